@@ -1,0 +1,170 @@
+//! Command line: the commands and flags of the contract (shared/design/contract.md).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "twmon",
+    version,
+    about = "Who holds the port, why, and what would fix it: a live monitor of failed binds, TCP states and TIME_WAIT sockets"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The dashboard on live kernel events (the default on a terminal).
+    Live(LiveArgs),
+    /// Print events, one line each, until Ctrl-C, SIGTERM or --duration.
+    Watch(WatchArgs),
+    /// Record events to a trace file.
+    Record(RecordArgs),
+    /// The dashboard over a recorded trace.
+    Replay(ReplayArgs),
+    /// A postmortem summary of a trace.
+    Report(ReportArgs),
+    /// Would a bind() on ADDR:PORT fail right now, why, and what would fix it?
+    Check(CheckArgs),
+    /// Play the field scenarios in a private network namespace, with the dashboard.
+    Demo(DemoArgs),
+}
+
+/// Which events to keep.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Filters {
+    /// Only events on this port (local or remote); repeatable.
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only events of this process id; repeatable.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only events whose process name is this; repeatable.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Only events of this network namespace (its inode); repeatable. Default: all.
+    #[arg(long = "netns", value_name = "INODE")]
+    pub netns: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ModeArg {
+    /// The most precise mode the kernel allows.
+    #[default]
+    Auto,
+    /// Tracepoints only (works wherever BTF and tracepoints exist).
+    Tracepoint,
+    /// Function hooks (fexit / kprobes) where the kernel allows them.
+    Precise,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ProbeArgs {
+    /// Which kernel hooks to use.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub filters: Filters,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Also record every event to this trace file.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub filters: Filters,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// JSON lines (the contract's format) instead of human lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Also print successful binds and listens (always in the JSON).
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub filters: Filters,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// The trace file to write (zstd-compressed when it ends in .zst or with --compress).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Compress with zstd.
+    #[arg(long)]
+    pub compress: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Rotate to FILE.1, FILE.2 ... when the file reaches this many bytes (suffixes K, M, G).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    pub file: PathBuf,
+    /// Playback speed (1, 10, ... or 0 for as fast as possible).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    pub file: PathBuf,
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    #[arg(long)]
+    pub markdown: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The address and port you are about to bind, e.g. 0.0.0.0:8080 or [::]:443.
+    pub addr: String,
+    /// A UDP socket (default TCP).
+    #[arg(long)]
+    pub udp: bool,
+    /// The new socket will set SO_REUSEADDR.
+    #[arg(long)]
+    pub reuseaddr: bool,
+    /// The new socket will set SO_REUSEPORT.
+    #[arg(long)]
+    pub reuseport: bool,
+    /// The new (IPv6) socket will set IPV6_V6ONLY.
+    #[arg(long)]
+    pub v6only: bool,
+    /// The uid the new socket will belong to (default: yours).
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+    /// Also predict listen() (default for TCP: yes, as a server would).
+    #[arg(long)]
+    pub no_listen: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Print the events as lines instead of opening the dashboard.
+    #[arg(long)]
+    pub headless: bool,
+}

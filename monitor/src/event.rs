@@ -1,0 +1,555 @@
+//! The typed events of twmon: what the kernel programs report, decoded and
+//! enriched, in the shape of the JSON lines contract (`shared/design/contract.md`).
+//!
+//! Every source of events (the kernel, a trace file, a test) produces these;
+//! everything downstream (model, diagnosis, views, recorder) consumes them.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An "ADDR:PORT" endpoint. IPv4-mapped IPv6 addresses are stored (and so shown)
+/// as IPv4, as the contract asks; real IPv6 is shown as "[ADDR]:PORT".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint(SocketAddr);
+
+impl Endpoint {
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            },
+            v4 => v4,
+        };
+        Endpoint(SocketAddr::new(ip, port))
+    }
+    pub fn v4(addr: [u8; 4], port: u16) -> Self {
+        Self::new(IpAddr::V4(Ipv4Addr::from(addr)), port)
+    }
+    pub fn v6(addr: [u8; 16], port: u16) -> Self {
+        Self::new(IpAddr::V6(Ipv6Addr::from(addr)), port)
+    }
+    pub fn ip(&self) -> IpAddr {
+        self.0.ip()
+    }
+    pub fn port(&self) -> u16 {
+        self.0.port()
+    }
+    pub fn is_unspecified(&self) -> bool {
+        self.0.ip().is_unspecified()
+    }
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(sa: SocketAddr) -> Self {
+        Endpoint::new(sa.ip(), sa.port())
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = std::net::AddrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SocketAddr::from_str(s).map(Endpoint::from)
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn from_ipproto(p: u16) -> Option<Proto> {
+        match p {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// TCP states with the names `ss` uses, plus the timewait substates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TcpState {
+    #[serde(rename = "ESTABLISHED")]
+    Established,
+    #[serde(rename = "SYN_SENT")]
+    SynSent,
+    #[serde(rename = "SYN_RECV")]
+    SynRecv,
+    #[serde(rename = "FIN_WAIT1")]
+    FinWait1,
+    #[serde(rename = "FIN_WAIT2")]
+    FinWait2,
+    #[serde(rename = "TIME_WAIT")]
+    TimeWait,
+    #[serde(rename = "CLOSE")]
+    Close,
+    #[serde(rename = "CLOSE_WAIT")]
+    CloseWait,
+    #[serde(rename = "LAST_ACK")]
+    LastAck,
+    #[serde(rename = "LISTEN")]
+    Listen,
+    #[serde(rename = "CLOSING")]
+    Closing,
+    #[serde(rename = "NEW_SYN_RECV")]
+    NewSynRecv,
+    /// A UDP socket, or a TCP socket that is bound but neither listening nor
+    /// connected (shown as "BOUND"; the kernel calls it CLOSE).
+    #[serde(rename = "BOUND")]
+    Bound,
+}
+
+impl TcpState {
+    /// The kernel's numbering (include/net/tcp_states.h).
+    pub fn from_kernel(v: u8) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match v {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait1 => "FIN_WAIT1",
+            FinWait2 => "FIN_WAIT2",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+            NewSynRecv => "NEW_SYN_RECV",
+            Bound => "BOUND",
+        }
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Syscall {
+    Bind,
+    Listen,
+    Connect,
+}
+
+impl Syscall {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Syscall::Bind => "bind",
+            Syscall::Listen => "listen",
+            Syscall::Connect => "connect",
+        }
+    }
+}
+
+/// A process, as far as the kernel context lets us trust it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    Exact,
+    Wildcard,
+    V4mapped,
+}
+
+/// A socket that holds the port a bind asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Holder {
+    pub state: TcpState,
+    pub local: Endpoint,
+    pub remote: Option<Endpoint>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub uid: Option<u32>,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub expires_in_ms: Option<u64>,
+    pub overlap: Overlap,
+    /// For a timewait holder: the process that last owned the original socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_by: Option<Process>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiagnosisCode {
+    Listener,
+    CloseWait,
+    Established,
+    Bound,
+    TimeWait,
+    ReuseportMismatch,
+    EphemeralExhausted,
+    PrivilegedPort,
+    AddressNotLocal,
+    AlreadyBound,
+    InvalidAddress,
+    Unknown,
+}
+
+impl DiagnosisCode {
+    pub fn as_str(self) -> &'static str {
+        use DiagnosisCode::*;
+        match self {
+            Listener => "listener",
+            CloseWait => "close_wait",
+            Established => "established",
+            Bound => "bound",
+            TimeWait => "time_wait",
+            ReuseportMismatch => "reuseport_mismatch",
+            EphemeralExhausted => "ephemeral_exhausted",
+            PrivilegedPort => "privileged_port",
+            AddressNotLocal => "address_not_local",
+            AlreadyBound => "already_bound",
+            InvalidAddress => "invalid_address",
+            Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    pub code: DiagnosisCode,
+    pub summary: String,
+    pub fix: String,
+    pub reuseaddr_would_help: bool,
+    pub reuseport_would_help: bool,
+}
+
+/// Fields every event carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Common {
+    /// RFC 3339 UTC with nanoseconds.
+    pub ts: String,
+    /// CLOCK_BOOTTIME nanoseconds, as the kernel stamped it.
+    pub ts_ns: u64,
+    pub netns: u32,
+    pub proto: Proto,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BindFailed {
+    pub syscall: Syscall,
+    pub errno: i32,
+    pub error: String,
+    /// The endpoint the caller asked for (from its sockaddr argument; for
+    /// listen(), the address the socket was bound to; for connect(), the
+    /// destination).
+    pub requested: Endpoint,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub v6only: bool,
+    pub uid: u32,
+    pub holders: Vec<Holder>,
+    pub diagnosis: Option<Diagnosis>,
+    // Extra fields beyond the contract.
+    #[serde(default)]
+    pub freebind: bool,
+    #[serde(default)]
+    pub transparent: bool,
+    #[serde(default)]
+    pub bound_dev_if: u32,
+    #[serde(default)]
+    pub cgroup_id: u64,
+    #[serde(default)]
+    pub cookie: u64,
+    /// The local endpoint the socket had when the call failed (connect, listen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<Endpoint>,
+}
+
+/// A successful bind() or listen(): the model needs them to know what holds a
+/// port. Not in the contract's list; an extra type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bound {
+    pub syscall: Syscall,
+    pub local: Endpoint,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub v6only: bool,
+    pub uid: u32,
+    pub cookie: u64,
+    #[serde(default)]
+    pub bound_dev_if: u32,
+    #[serde(default)]
+    pub inode: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub old: TcpState,
+    pub new: TcpState,
+    pub cookie: u64,
+    #[serde(default)]
+    pub reuseaddr: bool,
+    #[serde(default)]
+    pub reuseport: bool,
+    #[serde(default)]
+    pub uid: u32,
+    /// Socket inode: the key to the owning process's file descriptor.
+    #[serde(default)]
+    pub inode: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimewaitOpen {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub substate: TcpState,
+    pub expires_in_ms: u64,
+    pub left_by: Option<Process>,
+    #[serde(default)]
+    pub cookie: u64,
+    /// SO_REUSEADDR of the socket that left it: decides whether a new
+    /// SO_REUSEADDR bind may share the port.
+    #[serde(default)]
+    pub reuseaddr: bool,
+    #[serde(default)]
+    pub reuseport: bool,
+}
+
+/// FIN_WAIT2 timewait became TIME_WAIT (the peer's FIN arrived): a fresh timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimewaitSubstate {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub substate: TcpState,
+    pub expires_in_ms: u64,
+    #[serde(default)]
+    pub cookie: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimewaitEnd {
+    Expired,
+    ReusedByConnect,
+    ReusedBySyn,
+    Reset,
+    NetnsExit,
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimewaitClose {
+    pub local: Endpoint,
+    pub remote: Endpoint,
+    pub reason: TimewaitEnd,
+    #[serde(default)]
+    pub cookie: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lost {
+    pub count: u64,
+    /// Which stream lost them ("binds" or "events"); extra.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Kind {
+    BindFailed(BindFailed),
+    Bound(Bound),
+    State(StateChange),
+    TimewaitOpen(TimewaitOpen),
+    TimewaitSubstate(TimewaitSubstate),
+    TimewaitClose(TimewaitClose),
+    Lost(Lost),
+}
+
+impl Kind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Kind::BindFailed(_) => "bind_failed",
+            Kind::Bound(_) => "bound",
+            Kind::State(_) => "state",
+            Kind::TimewaitOpen(_) => "timewait_open",
+            Kind::TimewaitSubstate(_) => "timewait_substate",
+            Kind::TimewaitClose(_) => "timewait_close",
+            Kind::Lost(_) => "lost",
+        }
+    }
+}
+
+/// One event: the JSON object is the type tag, the common fields and the
+/// type's own fields, side by side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(flatten)]
+    pub kind: Kind,
+    #[serde(flatten)]
+    pub common: Common,
+}
+
+impl Event {
+    /// The local port this event is about (the requested one for failures).
+    pub fn port(&self) -> Option<u16> {
+        match &self.kind {
+            Kind::BindFailed(b) => Some(b.requested.port()),
+            Kind::Bound(b) => Some(b.local.port()),
+            Kind::State(s) => Some(s.local.port()),
+            Kind::TimewaitOpen(t) => Some(t.local.port()),
+            Kind::TimewaitSubstate(t) => Some(t.local.port()),
+            Kind::TimewaitClose(t) => Some(t.local.port()),
+            Kind::Lost(_) => None,
+        }
+    }
+
+    /// Ports this event touches (local and remote), for `--port` filters.
+    pub fn ports(&self) -> [Option<u16>; 2] {
+        match &self.kind {
+            Kind::BindFailed(b) => [Some(b.requested.port()), b.local.map(|l| l.port())],
+            Kind::Bound(b) => [Some(b.local.port()), None],
+            Kind::State(s) => [Some(s.local.port()), Some(s.remote.port())],
+            Kind::TimewaitOpen(t) => [Some(t.local.port()), Some(t.remote.port())],
+            Kind::TimewaitSubstate(t) => [Some(t.local.port()), Some(t.remote.port())],
+            Kind::TimewaitClose(t) => [Some(t.local.port()), Some(t.remote.port())],
+            Kind::Lost(_) => [None, None],
+        }
+    }
+}
+
+/// The symbolic name of an errno, as the contract's `error` field shows it.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EINVAL => "EINVAL",
+        libc::ENODEV => "ENODEV",
+        libc::EAGAIN => "EAGAIN",
+        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOMEM => "ENOMEM",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EISCONN => "EISCONN",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EFAULT => "EFAULT",
+        _ => return format!("E{errno}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_print_as_the_contract_says() {
+        let cases: &[(Endpoint, &str)] = &[
+            (Endpoint::v4([127, 0, 0, 1], 8080), "127.0.0.1:8080"),
+            (Endpoint::v4([0, 0, 0, 0], 0), "0.0.0.0:0"),
+            (Endpoint::v6(Ipv6Addr::LOCALHOST.octets(), 443), "[::1]:443"),
+            (Endpoint::v6(Ipv6Addr::UNSPECIFIED.octets(), 80), "[::]:80"),
+            // v4-mapped shown as IPv4
+            (
+                Endpoint::v6(Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped().octets(), 9),
+                "127.0.0.2:9",
+            ),
+        ];
+        for (ep, want) in cases {
+            assert_eq!(ep.to_string(), *want);
+            assert_eq!(want.parse::<Endpoint>().unwrap(), *ep);
+        }
+    }
+
+    #[test]
+    fn an_event_round_trips_through_json_with_flat_fields() {
+        let ev = Event {
+            common: Common {
+                ts: "2026-11-21T23:00:00.000000001Z".into(),
+                ts_ns: 12,
+                netns: 4026531840,
+                proto: Proto::Tcp,
+                pid: Some(42),
+                comm: Some("server".into()),
+            },
+            kind: Kind::TimewaitClose(TimewaitClose {
+                local: "127.0.0.1:80".parse().unwrap(),
+                remote: "127.0.0.1:5555".parse().unwrap(),
+                reason: TimewaitEnd::ReusedBySyn,
+                cookie: 7,
+            }),
+        };
+        let line = serde_json::to_string(&ev).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["type"], "timewait_close");
+        assert_eq!(v["reason"], "reused_by_syn");
+        assert_eq!(v["proto"], "tcp");
+        assert_eq!(v["local"], "127.0.0.1:80");
+        assert_eq!(v["netns"], 4026531840u32);
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, ev);
+    }
+}

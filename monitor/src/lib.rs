@@ -1,0 +1,7 @@
+//! twmon: who holds the port, why, and what would fix it.
+//!
+//! Data flows one way: kernel programs -> ring buffers -> [`probe`] decoder ->
+//! typed [`event`]s -> (recorder) -> model -> diagnosis -> views or JSON lines.
+
+pub mod cli;
+pub mod event;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("twmon: under construction");
+}
