@@ -1,1 +1,232 @@
+//! The ABI between twmon's kernel programs and its userspace: the records the
+//! programs put in the ring buffers, and the field offsets userspace reads from
+//! the running kernel's BTF and hands to the programs at load time.
+//!
+//! Rules for everything here: `#[repr(C)]`, only integers and byte arrays,
+//! explicit padding, sizes asserted below. Userspace never transmutes these
+//! into enums; it decodes them field by field (monitor/src/probe/decode.rs).
 #![no_std]
+
+/// Record kinds: the first `u32` of every ring buffer record.
+pub const KIND_SOCK_CALL: u32 = 1;
+pub const KIND_STATE: u32 = 2;
+pub const KIND_TW: u32 = 3;
+
+/// x86_64 syscall numbers the programs watch.
+pub const NR_CONNECT: u16 = 42;
+pub const NR_BIND: u16 = 49;
+pub const NR_LISTEN: u16 = 50;
+
+/// Socket option bits in `flags` of the records.
+pub const F_REUSEADDR: u32 = 1 << 0;
+pub const F_REUSEPORT: u32 = 1 << 1;
+pub const F_V6ONLY: u32 = 1 << 2;
+pub const F_FREEBIND: u32 = 1 << 3;
+pub const F_TRANSPARENT: u32 = 1 << 4;
+pub const F_BIND_NO_PORT: u32 = 1 << 5;
+/// The transition ran in the owning process's context (the socket lock was
+/// owned), so pid and comm are that process; otherwise they are not sent.
+pub const F_IN_PROCESS: u32 = 1 << 6;
+/// The requested sockaddr could be read from the caller's memory.
+pub const F_HAVE_REQUEST: u32 = 1 << 7;
+/// `left_by` (owner pid/comm) of a timewait record is known.
+pub const F_HAVE_OWNER: u32 = 1 << 8;
+
+/// Timewait record subkinds (`TwEvent::what`).
+pub const TW_OPEN: u8 = 1;
+pub const TW_SUBSTATE: u8 = 2;
+pub const TW_EXPIRED: u8 = 3;
+/// The timer was cancelled while not expiring and with the same substate:
+/// an early kill (or a rare re-arm in TIME_WAIT); userspace decides from the
+/// kernel stack which one, and why.
+pub const TW_CANCEL: u8 = 4;
+
+pub const STACK_DEPTH: usize = 16;
+
+/// Ring buffer indexes of the per-CPU `LOST` counters.
+pub const LOST_BINDS: u32 = 0;
+pub const LOST_EVENTS: u32 = 1;
+
+/// A bind(), listen() or connect() that returned, from `sys_exit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockCallEvent {
+    pub kind: u32,
+    /// The syscall's return value (0 or -errno).
+    pub ret: i32,
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    /// Inode of the socket's file: the key to the process holding it.
+    pub inode: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The caller's uid.
+    pub uid: u32,
+    /// The socket's owner uid (sk_uid): what SO_REUSEPORT compares.
+    pub sk_uid: u32,
+    pub netns: u32,
+    pub bound_dev_if: u32,
+    pub flags: u32,
+    pub syscall: u16,
+    /// Address family of the sockaddr the caller passed (bind, connect).
+    pub req_family: u16,
+    pub sk_family: u16,
+    pub protocol: u16,
+    /// Host byte order.
+    pub req_port: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub req_addr: [u8; 16],
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+/// A TCP state transition, from the `inet_sock_set_state` tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StateEvent {
+    pub kind: u32,
+    pub flags: u32,
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub inode: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub netns: u32,
+    pub sk_uid: u32,
+    pub family: u16,
+    pub protocol: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub oldstate: u8,
+    pub newstate: u8,
+    pub _pad: [u8; 6],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+
+/// A moment in the life of a timewait socket, from the timer tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TwEvent {
+    pub kind: u32,
+    pub flags: u32,
+    pub ts_ns: u64,
+    pub cookie: u64,
+    /// The timewait socket's address: its identity while it lives.
+    pub tw: u64,
+    /// Timer expiry and the time now, in jiffies.
+    pub expires: u64,
+    pub jiffies: u64,
+    pub netns: u32,
+    pub owner_pid: u32,
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub what: u8,
+    pub substate: u8,
+    pub stack_len: u32,
+    pub _pad: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub owner_comm: [u8; 16],
+    pub stack: [u64; STACK_DEPTH],
+}
+
+/// Where a field lives inside a kernel struct: a byte offset, and for
+/// bitfields (or fields narrower than their load) the bit shift and width.
+/// `width == 0` means "not present on this kernel".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Field {
+    pub off: u16,
+    pub shift: u8,
+    pub width: u8,
+}
+
+impl Field {
+    pub const fn bytes(off: u16, size: u8) -> Field {
+        Field {
+            off,
+            shift: 0,
+            width: size * 8,
+        }
+    }
+    pub const fn present(&self) -> bool {
+        self.width != 0
+    }
+}
+
+/// Field offsets of the running kernel, computed by userspace from
+/// /sys/kernel/btf/vmlinux and written into the programs' read-only data
+/// before load. Nothing here is frozen to the kernel twmon was built on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    // fd -> struct sock
+    pub task_files: Field,
+    pub files_fdt: Field,
+    pub fdt_max_fds: Field,
+    pub fdt_fd: Field,
+    pub file_private_data: Field,
+    pub socket_sk: Field,
+    /// `struct socket_alloc`: vfs_inode minus socket, to reach the inode.
+    pub socket_to_inode: Field,
+    pub inode_ino: Field,
+    // struct sock_common / sock
+    pub skc_family: Field,
+    pub skc_state: Field,
+    pub skc_reuse: Field,
+    pub skc_reuseport: Field,
+    pub skc_ipv6only: Field,
+    pub skc_bound_dev_if: Field,
+    pub skc_net: Field,
+    pub skc_rcv_saddr: Field,
+    pub skc_daddr: Field,
+    pub skc_num: Field,
+    pub skc_dport: Field,
+    pub skc_v6_rcv_saddr: Field,
+    pub skc_v6_daddr: Field,
+    pub skc_cookie: Field,
+    pub sk_protocol: Field,
+    pub sk_type: Field,
+    pub sk_uid: Field,
+    pub sk_lock_owned: Field,
+    pub sk_socket: Field,
+    // struct inet_sock
+    pub inet_sport: Field,
+    pub inet_freebind: Field,
+    pub inet_transparent: Field,
+    pub inet_bind_no_port: Field,
+    // struct net
+    pub net_inum: Field,
+    // timewait
+    pub tw_substate: Field,
+    pub tw_timer: Field,
+    pub timer_function: Field,
+    pub timer_expires: Field,
+    pub _pad: Field,
+    /// Address of `tw_timer_handler` (from /proc/kallsyms).
+    pub tw_timer_handler: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` structs of integers and byte arrays with
+    // explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::SockCallEvent {}
+    unsafe impl aya::Pod for super::StateEvent {}
+    unsafe impl aya::Pod for super::TwEvent {}
+}
+
+// The layout is the ABI: a change here must be deliberate.
+const _: () = assert!(core::mem::size_of::<SockCallEvent>() == 152);
+const _: () = assert!(core::mem::size_of::<StateEvent>() == 112);
+const _: () = assert!(core::mem::size_of::<TwEvent>() == 248);
+const _: () = assert!(core::mem::size_of::<Field>() == 4);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 38 * 4 + 8);

@@ -1,0 +1,2 @@
+#![no_std]
+// Empty: the programs are in the `monitor` binary target (src/main.rs).

@@ -1,0 +1,185 @@
+//! bind(), listen() and connect() as they return (`sys_exit`): the endpoint
+//! the caller asked for comes from its sockaddr argument (after a failed bind
+//! the kernel has already reset the socket's own address and port to 0), the
+//! options and owner from the socket behind the file descriptor.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
+    },
+    programs::BtfTracePointContext,
+};
+use monitor_common::{
+    SockCallEvent, F_HAVE_REQUEST, KIND_SOCK_CALL, LOST_BINDS, NR_BIND, NR_CONNECT, NR_LISTEN,
+};
+
+use crate::kread::{field, off, ptr};
+use crate::sock::{self, AF_INET, AF_INET6};
+use crate::{count_lost, BINDS};
+
+const EBADF: i64 = 9;
+const EAGAIN: i64 = 11;
+const EFAULT: i64 = 14;
+const ENOTSOCK: i64 = 88;
+const EOPNOTSUPP: i64 = 95;
+const EADDRINUSE: i64 = 98;
+const EADDRNOTAVAIL: i64 = 99;
+
+// x86_64 `struct pt_regs` slots (the syscall ABI; fixed).
+const REG_DX: u64 = 12 * 8;
+const REG_SI: u64 = 13 * 8;
+const REG_DI: u64 = 14 * 8;
+const REG_ORIG_AX: u64 = 15 * 8;
+
+#[inline(always)]
+fn reg(regs: u64, slot: u64) -> Option<u64> {
+    // SAFETY: regs is the tracepoint's pt_regs pointer; the helper checks it.
+    unsafe { bpf_probe_read_kernel((regs + slot) as *const u64) }.ok()
+}
+
+pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
+    let regs: u64 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let nr = reg(regs, REG_ORIG_AX)?;
+    if nr != NR_BIND as u64 && nr != NR_LISTEN as u64 && nr != NR_CONNECT as u64 {
+        return None;
+    }
+    // No socket behind the fd, or a plain programming error: not ours.
+    if ret == -EBADF || ret == -ENOTSOCK || ret == -EFAULT {
+        return None;
+    }
+    if nr == NR_LISTEN as u64 && ret == -EOPNOTSUPP {
+        return None;
+    }
+    // connect(): only failures about the local port (exhaustion, 4-tuple in
+    // use, UDP autobind); refused or timed-out connections show up as state
+    // transitions instead.
+    if nr == NR_CONNECT as u64 && ret != -EADDRNOTAVAIL && ret != -EADDRINUSE && ret != -EAGAIN {
+        return None;
+    }
+    let fd = reg(regs, REG_DI)? as u32;
+    let socket = socket_of_fd(fd)?;
+    let sk = ptr(socket, off!(socket_sk));
+    if sk == 0 {
+        return None;
+    }
+    let family = sock::family(sk);
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let protocol = field(sk, off!(sk_protocol)) as u16;
+    if protocol != 6 && protocol != 17 {
+        return None;
+    }
+    if nr == NR_CONNECT as u64 && protocol == 6 && ret == -EAGAIN {
+        return None;
+    }
+
+    let Some(mut entry) = BINDS.reserve::<SockCallEvent>(0) else {
+        count_lost(LOST_BINDS);
+        return None;
+    };
+    let e = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: `e` points at a reserved record of the right size, written
+    // field by field before submit.
+    unsafe {
+        (*e).kind = KIND_SOCK_CALL;
+        (*e).ret = ret as i32;
+        (*e).ts_ns = bpf_ktime_get_boot_ns();
+        (*e).cookie = sock::cookie(sk);
+        (*e).cgroup_id = bpf_get_current_cgroup_id();
+        (*e).inode = sock::socket_inode(socket);
+        (*e).pid = (pid_tgid >> 32) as u32;
+        (*e).tid = pid_tgid as u32;
+        (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).sk_uid = field(sk, off!(sk_uid)) as u32;
+        (*e).netns = sock::netns(sk);
+        (*e).bound_dev_if = field(sk, off!(skc_bound_dev_if)) as u32;
+        (*e).flags = sock::common_flags(sk) | sock::inet_flags(sk);
+        (*e).syscall = nr as u16;
+        (*e).sk_family = family;
+        (*e).protocol = protocol;
+        (*e).local_port = sock::local_port(sk);
+        (*e).local_addr = sock::local_addr(sk, family);
+        (*e).remote_port = sock::remote_port(sk);
+        (*e).remote_addr = sock::remote_addr(sk, family);
+        (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*e).req_family = 0;
+        (*e).req_port = 0;
+        (*e).req_addr = [0; 16];
+        (*e)._pad = 0;
+        if nr != NR_LISTEN as u64 {
+            let uaddr = reg(regs, REG_SI).unwrap_or(0);
+            let ulen = reg(regs, REG_DX).unwrap_or(0);
+            if read_sockaddr(uaddr, ulen, &mut *e) {
+                (*e).flags |= F_HAVE_REQUEST;
+            }
+        }
+    }
+    entry.submit(0);
+    Some(())
+}
+
+/// current->files->fdt->fd[fd]->private_data: the `struct socket`.
+#[inline(always)]
+fn socket_of_fd(fd: u32) -> Option<u64> {
+    // SAFETY: returns the current task pointer; only read through helpers.
+    let task = unsafe { bpf_get_current_task() };
+    let files = ptr(task, off!(task_files));
+    let fdt = ptr(files, off!(files_fdt));
+    let max_fds = field(fdt, off!(fdt_max_fds)) as u32;
+    if fdt == 0 || fd >= max_fds {
+        return None;
+    }
+    let fd_array = ptr(fdt, off!(fdt_fd));
+    if fd_array == 0 {
+        return None;
+    }
+    // SAFETY: bounded by max_fds above; the helper checks the address.
+    let file: u64 =
+        unsafe { bpf_probe_read_kernel((fd_array + fd as u64 * 8) as *const u64) }.ok()?;
+    let socket = ptr(file, off!(file_private_data));
+    if socket == 0 {
+        None
+    } else {
+        Some(socket)
+    }
+}
+
+/// Copy the caller's sockaddr (family, port, address) into the record.
+#[inline(always)]
+fn read_sockaddr(uaddr: u64, ulen: u64, e: &mut SockCallEvent) -> bool {
+    if uaddr == 0 || ulen < 2 {
+        return false;
+    }
+    // SAFETY: user memory read through the helper, which checks it.
+    let Ok(head) = (unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]) }) else {
+        return false;
+    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    e.req_family = family;
+    e.req_port = u16::from_be_bytes([head[2], head[3]]);
+    if family == AF_INET6 {
+        if ulen < 24 {
+            return false;
+        }
+        // SAFETY: as above.
+        match unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) } {
+            Ok(a) => e.req_addr = a,
+            Err(_) => return false,
+        }
+    } else {
+        // AF_INET, or AF_UNSPEC (which bind() on an IPv4 socket takes as
+        // INADDR_ANY).
+        if ulen >= 8 {
+            e.req_addr[0] = head[4];
+            e.req_addr[1] = head[5];
+            e.req_addr[2] = head[6];
+            e.req_addr[3] = head[7];
+        }
+    }
+    true
+}

@@ -1,0 +1,139 @@
+//! The life of timewait sockets, which `inet_sock_set_state` never shows:
+//! the timer tracepoints filtered on `tw_timer_handler`.
+//!
+//! - `timer_start`: a new timewait sock (not in `TW` yet), or a re-arm; a
+//!   changed substate (FIN_WAIT2 -> TIME_WAIT) is reported.
+//! - `timer_expire_entry`: normal expiry.
+//! - `timer_cancel`: fires on expiry and on re-arm too. Expiry is recognised
+//!   by jiffies having reached the timer, a substate re-arm by the changed
+//!   substate; what is left is an early kill (or a rare re-arm within
+//!   TIME_WAIT), sent with the kernel stack so userspace can tell which, and
+//!   why (reused by connect, by a SYN, reset, netns exit).
+
+use aya_ebpf::{
+    helpers::{bpf_get_stack, bpf_jiffies64, bpf_ktime_get_boot_ns},
+    programs::BtfTracePointContext,
+    EbpfContext,
+};
+use monitor_common::{
+    TwEvent, F_HAVE_OWNER, KIND_TW, LOST_EVENTS, STACK_DEPTH, TW_CANCEL, TW_EXPIRED, TW_OPEN,
+    TW_SUBSTATE,
+};
+
+use crate::kread::{field, off, ptr};
+use crate::sock;
+use crate::{count_lost, EVENTS, OWNERS, TW};
+
+/// The timewait sock behind a timer, if the timer is a timewait timer.
+#[inline(always)]
+fn tw_of_timer(ctx: &BtfTracePointContext) -> Option<u64> {
+    let timer: u64 = ctx.arg(0);
+    let handler = unsafe { core::ptr::read_volatile(&crate::kread::OFFSETS.tw_timer_handler) };
+    if handler == 0 || ptr(timer, off!(timer_function)) != handler {
+        return None;
+    }
+    Some(timer - off!(tw_timer).off as u64)
+}
+
+#[inline(always)]
+fn substate(tw: u64) -> u8 {
+    field(tw, off!(tw_substate)) as u8
+}
+
+#[inline(always)]
+fn expires(tw: u64) -> u64 {
+    field(tw + off!(tw_timer).off as u64, off!(timer_expires))
+}
+
+pub fn on_timer_start(ctx: &BtfTracePointContext) -> Option<()> {
+    let tw = tw_of_timer(ctx)?;
+    let sub = substate(tw);
+    // SAFETY: value copied out at once; a concurrent delete only makes it stale.
+    let known = unsafe { TW.get(tw) }.copied();
+    let what = match known {
+        None => TW_OPEN,
+        Some(old) if old != sub => TW_SUBSTATE,
+        Some(_) => return None,
+    };
+    let _ = TW.insert(tw, sub, 0);
+    emit(ctx, tw, what, sub)
+}
+
+pub fn on_timer_expire(ctx: &BtfTracePointContext) -> Option<()> {
+    let tw = tw_of_timer(ctx)?;
+    let _ = TW.remove(tw);
+    emit(ctx, tw, TW_EXPIRED, substate(tw))
+}
+
+pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
+    let tw = tw_of_timer(ctx)?;
+    let sub = substate(tw);
+    // Expiry: timer_expire_entry follows and reports it.
+    // SAFETY: plain helper call.
+    if unsafe { bpf_jiffies64() } >= expires(tw) {
+        return None;
+    }
+    // SAFETY: as in on_timer_start.
+    if let Some(old) = unsafe { TW.get(tw) }.copied() {
+        if old != sub {
+            // Substate re-arm: timer_start follows and reports it.
+            return None;
+        }
+    }
+    let _ = TW.remove(tw);
+    emit(ctx, tw, TW_CANCEL, sub)
+}
+
+#[inline(always)]
+fn emit(ctx: &BtfTracePointContext, tw: u64, what: u8, sub: u8) -> Option<()> {
+    let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
+        count_lost(LOST_EVENTS);
+        return None;
+    };
+    let e = entry.as_mut_ptr();
+    let family = sock::family(tw);
+    let cookie = sock::cookie(tw);
+    // SAFETY: `e` is a reserved record of the right size, filled before submit.
+    unsafe {
+        (*e).kind = KIND_TW;
+        (*e).flags = sock::common_flags(tw);
+        (*e).ts_ns = bpf_ktime_get_boot_ns();
+        (*e).cookie = cookie;
+        (*e).tw = tw;
+        (*e).expires = expires(tw);
+        (*e).jiffies = bpf_jiffies64();
+        (*e).netns = sock::netns(tw);
+        (*e).family = family;
+        (*e).sport = sock::local_port(tw);
+        (*e).dport = sock::remote_port(tw);
+        (*e).what = what;
+        (*e).substate = sub;
+        (*e)._pad = 0;
+        (*e).saddr = sock::local_addr(tw, family);
+        (*e).daddr = sock::remote_addr(tw, family);
+        (*e).owner_pid = 0;
+        (*e).owner_comm = [0; 16];
+        if what == TW_OPEN {
+            if let Some(owner) = OWNERS.get(cookie) {
+                (*e).owner_pid = owner.pid;
+                (*e).owner_comm = owner.comm;
+                (*e).flags |= F_HAVE_OWNER;
+            }
+        }
+        (*e).stack_len = 0;
+        (*e).stack = [0; STACK_DEPTH];
+        if what == TW_CANCEL {
+            let n = bpf_get_stack(
+                ctx.as_ptr(),
+                (*e).stack.as_mut_ptr() as *mut core::ffi::c_void,
+                (STACK_DEPTH * 8) as u32,
+                0,
+            );
+            if n > 0 {
+                (*e).stack_len = (n / 8) as u32;
+            }
+        }
+    }
+    entry.submit(0);
+    Some(())
+}
