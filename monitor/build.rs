@@ -37,7 +37,9 @@ fn main() {
         if require {
             panic!("building the eBPF programs failed: {e:#}");
         }
-        println!("cargo:warning=building the eBPF programs failed ({e:#}); twmon is built WITHOUT them");
+        println!(
+            "cargo:warning=building the eBPF programs failed ({e:#}); twmon is built WITHOUT them"
+        );
         fs::write(&target, b"").expect("write empty object");
     }
 }

@@ -12,14 +12,12 @@ pub static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
 /// Read one offset entry. Volatile so that the compiler does not fold the
 /// zero-initialised value into the code: the loader rewrites it.
 macro_rules! off {
-    ($f:ident) => {
-        {
-            #[allow(unused_unsafe)]
-            // SAFETY: reading a field of an initialised static.
-            let v = unsafe { core::ptr::read_volatile(&$crate::kread::OFFSETS.$f) };
-            v
-        }
-    };
+    ($f:ident) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: reading a field of an initialised static.
+        let v = unsafe { core::ptr::read_volatile(&$crate::kread::OFFSETS.$f) };
+        v
+    }};
 }
 pub(crate) use off;
 

@@ -1,7 +1,9 @@
 //! What every program reads from a `struct sock` (or the `sock_common` at the
 //! start of a timewait sock).
 
-use monitor_common::{F_BIND_NO_PORT, F_FREEBIND, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY};
+use monitor_common::{
+    F_BIND_NO_PORT, F_FREEBIND, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY,
+};
 
 use crate::kread::{bytes16, bytes4, field, off, ptr};
 

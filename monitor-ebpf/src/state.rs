@@ -54,7 +54,11 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cookie = cookie;
         (*e).inode = sock::socket_inode(ptr(sk, off!(sk_socket)));
-        (*e).pid = if in_process { (pid_tgid >> 32) as u32 } else { 0 };
+        (*e).pid = if in_process {
+            (pid_tgid >> 32) as u32
+        } else {
+            0
+        };
         (*e).tid = if in_process { pid_tgid as u32 } else { 0 };
         (*e).netns = sock::netns(sk);
         (*e).sk_uid = field(sk, off!(sk_uid)) as u32;

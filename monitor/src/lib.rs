@@ -4,4 +4,8 @@
 //! typed [`event`]s -> (recorder) -> model -> diagnosis -> views or JSON lines.
 
 pub mod cli;
+pub mod cmd_watch;
 pub mod event;
+pub mod filter;
+pub mod output;
+pub mod probe;

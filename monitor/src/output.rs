@@ -1,0 +1,126 @@
+//! One event as one line: the contract's JSON, or a line for a person.
+
+use std::fmt::Write as _;
+
+use crate::event::{Event, Kind};
+
+pub fn json_line(ev: &Event) -> String {
+    serde_json::to_string(ev)
+        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+}
+
+fn yn(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// "HH:MM:SS.mmm" out of an RFC 3339 stamp.
+fn clock(ts: &str) -> &str {
+    ts.get(11..23).unwrap_or(ts)
+}
+
+fn who(pid: Option<u32>, comm: Option<&str>) -> String {
+    match (pid, comm) {
+        (Some(p), Some(c)) => format!("{c}[{p}]"),
+        (Some(p), None) => format!("[{p}]"),
+        _ => "-".into(),
+    }
+}
+
+pub fn human_line(ev: &Event) -> String {
+    let c = &ev.common;
+    let mut s = format!("{} {:>9} ", clock(&c.ts), c.netns);
+    let actor = who(c.pid, c.comm.as_deref());
+    let _ = match &ev.kind {
+        Kind::BindFailed(b) => {
+            let _ = write!(
+                s,
+                "BIND FAILED {} {} {} {}: {} (reuseaddr={} reuseport={} v6only={} uid={})",
+                actor,
+                c.proto.as_str(),
+                b.syscall.as_str(),
+                b.requested,
+                b.error,
+                yn(b.reuseaddr),
+                yn(b.reuseport),
+                yn(b.v6only),
+                b.uid
+            );
+            for h in &b.holders {
+                let owner = match (&h.pid, &h.left_by) {
+                    (Some(p), _) => who(Some(*p), h.comm.as_deref()),
+                    (None, Some(l)) => format!("left by {}", who(Some(l.pid), Some(&l.comm))),
+                    _ => "-".into(),
+                };
+                let _ = write!(
+                    s,
+                    "\n    held by {} {} {} ({:?})",
+                    h.state, h.local, owner, h.overlap
+                );
+                if let Some(ms) = h.expires_in_ms {
+                    let _ = write!(s, " expires in {:.1}s", ms as f64 / 1000.0);
+                }
+            }
+            if let Some(d) = &b.diagnosis {
+                let _ = write!(s, "\n    why: {}\n    fix: {}", d.summary, d.fix);
+            }
+            Ok(())
+        }
+        Kind::Bound(b) => write!(
+            s,
+            "{:<11} {} {} {} {} (reuseaddr={} reuseport={})",
+            "bound",
+            actor,
+            c.proto.as_str(),
+            b.syscall.as_str(),
+            b.local,
+            yn(b.reuseaddr),
+            yn(b.reuseport)
+        ),
+        Kind::State(t) => write!(
+            s,
+            "{:<11} {} -> {} {} {} -> {}",
+            "state", t.local, t.remote, actor, t.old, t.new
+        ),
+        Kind::TimewaitOpen(t) => write!(
+            s,
+            "{:<11} {} -> {} {} expires in {:.1}s, left by {}",
+            "timewait+",
+            t.local,
+            t.remote,
+            t.substate,
+            t.expires_in_ms as f64 / 1000.0,
+            t.left_by
+                .as_ref()
+                .map(|p| who(Some(p.pid), Some(&p.comm)))
+                .unwrap_or_else(|| "unknown".into())
+        ),
+        Kind::TimewaitSubstate(t) => write!(
+            s,
+            "{:<11} {} -> {} now {} expires in {:.1}s",
+            "timewait",
+            t.local,
+            t.remote,
+            t.substate,
+            t.expires_in_ms as f64 / 1000.0
+        ),
+        Kind::TimewaitClose(t) => write!(
+            s,
+            "{:<11} {} -> {} {:?}",
+            "timewait-", t.local, t.remote, t.reason
+        ),
+        Kind::Lost(l) => write!(
+            s,
+            "LOST        {} events the kernel could not hand over{}",
+            l.count,
+            l.stream
+                .as_deref()
+                .map(|x| format!(" ({x})"))
+                .unwrap_or_default()
+        ),
+    };
+    s
+}

@@ -1,0 +1,463 @@
+//! Kernel records -> the typed events of the contract: endpoints, names,
+//! wall-clock time, timewait identity and end reasons.
+//!
+//! Pure apart from the facts it is given (clock offset, HZ, kernel symbols),
+//! so it is tested without a kernel.
+
+use std::collections::HashMap;
+
+use monitor_common::{
+    SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_OWNER, F_HAVE_REQUEST, F_IN_PROCESS,
+    F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND, NR_CONNECT, NR_LISTEN, TW_CANCEL,
+    TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
+};
+
+use super::decode::{cstr, Raw};
+use super::sys::Kallsyms;
+use crate::event::{
+    errno_name, BindFailed, Bound, Common, Endpoint, Event, Kind, Process, Proto, StateChange,
+    Syscall, TcpState, TimewaitClose, TimewaitEnd, TimewaitOpen, TimewaitSubstate,
+};
+
+const AF_INET6: u16 = 10;
+
+/// At most this many live timewait socks are remembered (the kernel's own
+/// default cap, tcp_max_tw_buckets, is 262144 per namespace).
+const MAX_TW: usize = 1 << 20;
+
+pub struct Enricher {
+    boot_to_unix_ns: i128,
+    hz: u32,
+    syms: Option<Kallsyms>,
+    /// Timewait socks we have announced, by kernel address.
+    open_tw: HashMap<u64, TcpState>,
+}
+
+/// What a timer-cancel stack says about a timewait sock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelMeaning {
+    /// mod_timer: it lives on with a new timer.
+    Rearm,
+    Ended(TimewaitEnd),
+}
+
+/// Classify a cancel by the functions on the kernel stack, innermost first.
+pub fn classify_cancel(funcs: &[&str]) -> CancelMeaning {
+    let has = |f: &str| funcs.contains(&f);
+    if has("__mod_timer") || has("mod_timer") || has("mod_timer_pending") {
+        CancelMeaning::Rearm
+    } else if has("__run_timers") || has("run_timer_softirq") {
+        CancelMeaning::Ended(TimewaitEnd::Expired)
+    } else if has("tcp_twsk_unique") || has("__inet_hash_connect") {
+        CancelMeaning::Ended(TimewaitEnd::ReusedByConnect)
+    } else if has("inet_twsk_purge") {
+        CancelMeaning::Ended(TimewaitEnd::NetnsExit)
+    } else if has("tcp_timewait_state_process") {
+        // An RST (or a bad segment answered with one) in timewait.
+        CancelMeaning::Ended(TimewaitEnd::Reset)
+    } else if has("tcp_v4_rcv") || has("tcp_v6_rcv") {
+        // tcp_v4_rcv kills the timewait sock itself only for TCP_TW_SYN: a
+        // new SYN took over the 4-tuple.
+        CancelMeaning::Ended(TimewaitEnd::ReusedBySyn)
+    } else {
+        CancelMeaning::Ended(TimewaitEnd::Unknown)
+    }
+}
+
+fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> Endpoint {
+    if family == AF_INET6 {
+        Endpoint::v6(*addr, port)
+    } else {
+        Endpoint::v4([addr[0], addr[1], addr[2], addr[3]], port)
+    }
+}
+
+fn proto_of(p: u16) -> Proto {
+    Proto::from_ipproto(p).unwrap_or(Proto::Tcp)
+}
+
+impl Enricher {
+    pub fn new(boot_to_unix_ns: i128, hz: u32, syms: Option<Kallsyms>) -> Enricher {
+        Enricher {
+            boot_to_unix_ns,
+            hz: hz.max(1),
+            syms,
+            open_tw: HashMap::new(),
+        }
+    }
+
+    pub fn common(&self, ts_ns: u64, netns: u32, proto: Proto, proc_: Option<Process>) -> Common {
+        let (pid, comm) = match proc_ {
+            Some(p) => (Some(p.pid), Some(p.comm)),
+            None => (None, None),
+        };
+        Common {
+            ts: rfc3339(self.boot_to_unix_ns + ts_ns as i128),
+            ts_ns,
+            netns,
+            proto,
+            pid,
+            comm,
+        }
+    }
+
+    /// One record in, zero or one event out.
+    pub fn enrich(&mut self, raw: &Raw) -> Option<Event> {
+        match raw {
+            Raw::SockCall(r) => Some(self.sock_call(r)),
+            Raw::State(r) => self.state(r),
+            Raw::Tw(r) => self.timewait(r),
+        }
+    }
+
+    fn sock_call(&self, r: &SockCallEvent) -> Event {
+        let syscall = match r.syscall {
+            NR_BIND => Syscall::Bind,
+            NR_LISTEN => Syscall::Listen,
+            _ => Syscall::Connect,
+        };
+        debug_assert!(matches!(r.syscall, NR_BIND | NR_LISTEN | NR_CONNECT));
+        let proto = proto_of(r.protocol);
+        let local = endpoint(r.sk_family, &r.local_addr, r.local_port);
+        let requested = if r.flags & F_HAVE_REQUEST != 0 && syscall != Syscall::Listen {
+            // AF_UNSPEC on an IPv4 bind means INADDR_ANY; the address bytes
+            // of the record are then zero.
+            endpoint(r.req_family, &r.req_addr, r.req_port)
+        } else {
+            local
+        };
+        let common = self.common(
+            r.ts_ns,
+            r.netns,
+            proto,
+            Some(Process {
+                pid: r.pid,
+                comm: cstr(&r.comm),
+            }),
+        );
+        let flag = |f: u32| r.flags & f != 0;
+        let kind = if r.ret == 0 {
+            Kind::Bound(Bound {
+                syscall,
+                local,
+                reuseaddr: flag(F_REUSEADDR),
+                reuseport: flag(F_REUSEPORT),
+                v6only: flag(F_V6ONLY),
+                uid: r.sk_uid,
+                cookie: r.cookie,
+                bound_dev_if: r.bound_dev_if,
+                inode: r.inode,
+            })
+        } else {
+            let errno = -r.ret;
+            let has_local = local.port() != 0 || !local.is_unspecified();
+            Kind::BindFailed(BindFailed {
+                syscall,
+                errno,
+                error: errno_name(errno),
+                requested,
+                reuseaddr: flag(F_REUSEADDR),
+                reuseport: flag(F_REUSEPORT),
+                v6only: flag(F_V6ONLY),
+                uid: r.sk_uid,
+                holders: Vec::new(),
+                diagnosis: None,
+                freebind: flag(F_FREEBIND),
+                transparent: flag(F_TRANSPARENT),
+                bound_dev_if: r.bound_dev_if,
+                cgroup_id: r.cgroup_id,
+                cookie: r.cookie,
+                local: (syscall != Syscall::Bind && has_local).then_some(local),
+            })
+        };
+        Event { kind, common }
+    }
+
+    fn state(&self, r: &StateEvent) -> Option<Event> {
+        let old = TcpState::from_kernel(r.oldstate)?;
+        let new = TcpState::from_kernel(r.newstate)?;
+        let proc_ = (r.flags & F_IN_PROCESS != 0).then(|| Process {
+            pid: r.pid,
+            comm: cstr(&r.comm),
+        });
+        Some(Event {
+            common: self.common(r.ts_ns, r.netns, Proto::Tcp, proc_),
+            kind: Kind::State(StateChange {
+                local: endpoint(r.family, &r.saddr, r.sport),
+                remote: endpoint(r.family, &r.daddr, r.dport),
+                old,
+                new,
+                cookie: r.cookie,
+                reuseaddr: r.flags & F_REUSEADDR != 0,
+                reuseport: r.flags & F_REUSEPORT != 0,
+                uid: r.sk_uid,
+                inode: r.inode,
+            }),
+        })
+    }
+
+    fn expires_in_ms(&self, r: &TwEvent) -> u64 {
+        r.expires.saturating_sub(r.jiffies) * 1000 / self.hz as u64
+    }
+
+    fn timewait(&mut self, r: &TwEvent) -> Option<Event> {
+        let local = endpoint(r.family, &r.saddr, r.sport);
+        let remote = endpoint(r.family, &r.daddr, r.dport);
+        let substate = TcpState::from_kernel(r.substate).unwrap_or(TcpState::TimeWait);
+        let kind = match r.what {
+            TW_OPEN | TW_SUBSTATE => {
+                let known = self.open_tw.get(&r.tw).copied();
+                if self.open_tw.len() >= MAX_TW && known.is_none() {
+                    // Bounded memory: forget an arbitrary old one.
+                    if let Some(k) = self.open_tw.keys().next().copied() {
+                        self.open_tw.remove(&k);
+                    }
+                }
+                self.open_tw.insert(r.tw, substate);
+                match known {
+                    // Re-armed after a cancel we already saw: same socket.
+                    Some(s) if s == substate => return None,
+                    Some(_) => Kind::TimewaitSubstate(TimewaitSubstate {
+                        local,
+                        remote,
+                        substate,
+                        expires_in_ms: self.expires_in_ms(r),
+                        cookie: r.cookie,
+                    }),
+                    None if r.what == TW_SUBSTATE => Kind::TimewaitSubstate(TimewaitSubstate {
+                        local,
+                        remote,
+                        substate,
+                        expires_in_ms: self.expires_in_ms(r),
+                        cookie: r.cookie,
+                    }),
+                    None => Kind::TimewaitOpen(TimewaitOpen {
+                        local,
+                        remote,
+                        substate,
+                        expires_in_ms: self.expires_in_ms(r),
+                        left_by: (r.flags & F_HAVE_OWNER != 0).then(|| Process {
+                            pid: r.owner_pid,
+                            comm: cstr(&r.owner_comm),
+                        }),
+                        cookie: r.cookie,
+                        reuseaddr: r.flags & F_REUSEADDR != 0,
+                        reuseport: r.flags & F_REUSEPORT != 0,
+                    }),
+                }
+            }
+            TW_EXPIRED => {
+                self.open_tw.remove(&r.tw);
+                Kind::TimewaitClose(TimewaitClose {
+                    local,
+                    remote,
+                    reason: TimewaitEnd::Expired,
+                    cookie: r.cookie,
+                })
+            }
+            TW_CANCEL => {
+                let n = (r.stack_len as usize).min(r.stack.len());
+                let funcs: Vec<&str> = match &self.syms {
+                    Some(s) => r.stack[..n]
+                        .iter()
+                        .filter_map(|a| s.function_of(*a))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                match classify_cancel(&funcs) {
+                    CancelMeaning::Rearm => return None,
+                    CancelMeaning::Ended(reason) => {
+                        self.open_tw.remove(&r.tw);
+                        Kind::TimewaitClose(TimewaitClose {
+                            local,
+                            remote,
+                            reason,
+                            cookie: r.cookie,
+                        })
+                    }
+                }
+            }
+            _ => return None,
+        };
+        Some(Event {
+            common: self.common(r.ts_ns, r.netns, Proto::Tcp, None),
+            kind,
+        })
+    }
+}
+
+/// RFC 3339 UTC with nanoseconds, e.g. 2026-11-21T23:00:00.000000001Z.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000000000Z".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monitor_common::{KIND_SOCK_CALL, KIND_TW};
+
+    fn zeroed<T>() -> T {
+        // SAFETY: the ABI structs are plain integers and byte arrays.
+        unsafe { std::mem::zeroed() }
+    }
+
+    #[test]
+    fn cancel_stacks_tell_why_a_timewait_ended() {
+        use CancelMeaning::*;
+        use TimewaitEnd::*;
+        let cases: &[(&[&str], CancelMeaning)] = &[
+            (&["__mod_timer", "tcp_timewait_state_process"], Rearm),
+            (&["__run_timers", "run_timer_softirq"], Ended(Expired)),
+            (
+                &["tcp_twsk_unique", "__inet_hash_connect"],
+                Ended(ReusedByConnect),
+            ),
+            (&["inet_twsk_purge"], Ended(NetnsExit)),
+            (&["tcp_timewait_state_process", "tcp_v4_rcv"], Ended(Reset)),
+            (&["tcp_v4_rcv"], Ended(ReusedBySyn)),
+            (&["tcp_v6_rcv"], Ended(ReusedBySyn)),
+            (&[], Ended(Unknown)),
+        ];
+        for (funcs, want) in cases {
+            assert_eq!(classify_cancel(funcs), *want, "{funcs:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_bind_reports_the_requested_endpoint_not_the_reset_socket() {
+        let e = Enricher::new(0, 250, None);
+        let mut r: SockCallEvent = zeroed();
+        r.kind = KIND_SOCK_CALL;
+        r.syscall = NR_BIND;
+        r.ret = -98;
+        r.protocol = 6;
+        r.sk_family = 2;
+        r.req_family = 2;
+        r.req_port = 8080;
+        r.req_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        r.flags = F_HAVE_REQUEST | F_REUSEADDR;
+        r.pid = 77;
+        r.comm[..6].copy_from_slice(b"server");
+        let ev = e.sock_call(&r);
+        let Kind::BindFailed(b) = &ev.kind else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(b.requested.to_string(), "127.0.0.2:8080");
+        assert_eq!(b.error, "EADDRINUSE");
+        assert!(b.reuseaddr && !b.reuseport);
+        assert_eq!(b.local, None);
+        assert_eq!(ev.common.pid, Some(77));
+        assert_eq!(ev.common.comm.as_deref(), Some("server"));
+
+        // listen(): the bound address is what was asked for.
+        r.syscall = NR_LISTEN;
+        r.flags = 0;
+        r.local_port = 9000;
+        r.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let ev = e.sock_call(&r);
+        let Kind::BindFailed(b) = &ev.kind else {
+            panic!()
+        };
+        assert_eq!(b.requested.to_string(), "127.0.0.1:9000");
+
+        // A v4-mapped IPv6 request shows as IPv4.
+        r.syscall = NR_BIND;
+        r.flags = F_HAVE_REQUEST;
+        r.req_family = AF_INET6;
+        r.req_addr = std::net::Ipv4Addr::new(127, 0, 0, 1)
+            .to_ipv6_mapped()
+            .octets();
+        let Kind::BindFailed(b) = e.sock_call(&r).kind else {
+            panic!()
+        };
+        assert_eq!(b.requested.to_string(), "127.0.0.1:8080");
+
+        r.ret = 0;
+        assert!(matches!(e.sock_call(&r).kind, Kind::Bound(_)));
+    }
+
+    #[test]
+    fn timewait_life_is_told_once_per_socket() {
+        let mut e = Enricher::new(0, 250, None);
+        let mut r: TwEvent = zeroed();
+        r.kind = KIND_TW;
+        r.tw = 0xffff_8880_0000_1000;
+        r.family = 2;
+        r.sport = 8080;
+        r.dport = 40000;
+        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.substate = 5; // FIN_WAIT2
+        r.what = TW_OPEN;
+        r.jiffies = 1000;
+        r.expires = 1000 + 15000; // 60 s at HZ=250
+        r.flags = F_HAVE_OWNER;
+        r.owner_pid = 42;
+        r.owner_comm[..3].copy_from_slice(b"srv");
+        let ev = e.enrich(&Raw::Tw(r)).unwrap();
+        let Kind::TimewaitOpen(o) = &ev.kind else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(o.substate, TcpState::FinWait2);
+        assert_eq!(o.expires_in_ms, 60_000);
+        assert_eq!(o.left_by.as_ref().map(|p| p.pid), Some(42));
+        assert_eq!(ev.common.pid, None, "a timewait sock has no process");
+
+        // FIN_WAIT2 -> TIME_WAIT
+        r.what = TW_SUBSTATE;
+        r.substate = 6;
+        assert!(matches!(
+            e.enrich(&Raw::Tw(r)).unwrap().kind,
+            Kind::TimewaitSubstate(_)
+        ));
+        // A cancel we cannot explain without symbols ends it as "unknown";
+        // a later expiry of an unknown socket still reports.
+        r.what = TW_CANCEL;
+        let Kind::TimewaitClose(c) = e.enrich(&Raw::Tw(r)).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(c.reason, TimewaitEnd::Unknown);
+        r.what = TW_EXPIRED;
+        let Kind::TimewaitClose(c) = e.enrich(&Raw::Tw(r)).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!(c.reason, TimewaitEnd::Expired);
+    }
+
+    #[test]
+    fn rearm_after_cancel_is_not_a_new_socket() {
+        let syms = Kallsyms::parse("ffffffff81000100 T __mod_timer\nffffffff81000200 T x\n");
+        let mut e = Enricher::new(0, 250, Some(syms));
+        let mut r: TwEvent = zeroed();
+        r.kind = KIND_TW;
+        r.tw = 1;
+        r.family = 2;
+        r.substate = 6;
+        r.what = TW_OPEN;
+        assert!(matches!(
+            e.enrich(&Raw::Tw(r)).unwrap().kind,
+            Kind::TimewaitOpen(_)
+        ));
+        r.what = TW_CANCEL;
+        r.stack[0] = 0xffffffff81000150;
+        r.stack_len = 1;
+        assert_eq!(e.enrich(&Raw::Tw(r)), None);
+        r.what = TW_OPEN;
+        assert_eq!(e.enrich(&Raw::Tw(r)), None);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_nanoseconds() {
+        assert_eq!(rfc3339(1), "1970-01-01T00:00:00.000000001Z");
+        assert_eq!(
+            rfc3339(1_795_000_000_123_456_789),
+            "2026-11-18T11:06:40.123456789Z"
+        );
+    }
+}

@@ -1,0 +1,312 @@
+//! The kernel side as userspace sees it: load the programs with the running
+//! kernel's offsets, attach them, and turn ring buffer records into events.
+//!
+//! Modes: `tracepoint` (tp_btf on sys_exit, inet_sock_set_state and the timer
+//! tracepoints) works wherever BTF exists and is the only one these
+//! machines allow (no kprobes, fentry refused). A precise mode on function
+//! hooks slots in beside it (`Mode`), feeding the same records.
+
+pub mod decode;
+pub mod enrich;
+pub mod offsets;
+pub mod sys;
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
+use tokio::sync::mpsc;
+
+use crate::cli::ModeArg;
+use crate::event::{Event, Kind, Lost, Proto};
+use enrich::Enricher;
+use sys::Kallsyms;
+
+/// The eBPF object built by build.rs (empty when built without the BPF
+/// toolchain).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+/// Why the probe cannot run: each says what is missing and how to get it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("twmon needs {0} (or root) to load its kernel programs: run it with sudo, or grant the capabilities (e.g. setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_syslog+ep twmon)")]
+    Privileges(&'static str),
+    #[error("this kernel has no BTF at {0} (CONFIG_DEBUG_INFO_BTF=y is needed): twmon reads struct layouts from it")]
+    NoBtf(String),
+    #[error("this twmon was built without its eBPF programs (bpf-linker was missing at build time): build it with `cargo xtask build`")]
+    NoObject,
+    #[error("the kernel refused hook {hook}: {reason}")]
+    Hook { hook: String, reason: String },
+    #[error("{0} is not implemented in this build: use --mode tracepoint (or auto)")]
+    ModeUnavailable(&'static str),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ProbeError {
+    /// Exit code: 3 for missing privileges or kernel support, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ProbeError::Other(_) => 1,
+            _ => 3,
+        }
+    }
+}
+
+/// Which hooks are live, for status lines and trace headers.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ModeInfo {
+    pub mode: String,
+    pub hooks: Vec<String>,
+    /// One line each: why this mode, what is degraded.
+    pub notes: Vec<String>,
+}
+
+pub struct Probe {
+    /// Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    binds: RingBuf<MapData>,
+    events: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    enricher: Enricher,
+    pub mode: ModeInfo,
+}
+
+const PROGRAMS: &[(&str, &str)] = &[
+    ("twmon_sys_exit", "sys_exit"),
+    ("twmon_set_state", "inet_sock_set_state"),
+    ("twmon_timer_start", "timer_start"),
+    ("twmon_timer_expire", "timer_expire_entry"),
+    ("twmon_timer_cancel", "timer_cancel"),
+];
+
+impl Probe {
+    pub fn load(mode: ModeArg) -> Result<Probe, ProbeError> {
+        if mode == ModeArg::Precise {
+            return Err(ProbeError::ModeUnavailable(
+                "precise mode (fexit/kprobe hooks)",
+            ));
+        }
+        if let Some(missing) = sys::missing_caps(sys::effective_caps()) {
+            return Err(ProbeError::Privileges(missing));
+        }
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let mut offsets = offsets::from_vmlinux().map_err(|e| match e {
+            offsets::OffsetError::NoBtf { path, .. } => ProbeError::NoBtf(path),
+            other => ProbeError::Other(format!("reading kernel struct layouts from BTF: {other}")),
+        })?;
+        let mut notes = vec![match mode {
+            ModeArg::Auto => {
+                "auto: tracepoint mode (the function-hook mode is not in this build)".to_string()
+            }
+            _ => "tracepoint mode, as asked".to_string(),
+        }];
+        let syms = Kallsyms::load().ok().filter(|k| !k.is_empty());
+        match syms.as_ref().and_then(|k| k.address_of("tw_timer_handler")) {
+            Some(a) => offsets.tw_timer_handler = a,
+            None => notes.push(
+                "timewait life unavailable: /proc/kallsyms does not show tw_timer_handler (needs CAP_SYSLOG, or kernel.kptr_restrict=0)".into(),
+            ),
+        }
+        let hz = sys::kernel_hz().unwrap_or_else(|| {
+            notes.push("kernel HZ unknown (/proc/timer_list unreadable): assuming 250 for timewait countdowns".into());
+            250
+        });
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Other(format!("loading the eBPF object: {e}")))?;
+        let btf =
+            Btf::from_sys_fs().map_err(|_| ProbeError::NoBtf(offsets::VMLINUX_BTF.to_string()))?;
+        let mut hooks = Vec::new();
+        for (prog, tp) in PROGRAMS {
+            if tp.starts_with("timer_") && offsets.tw_timer_handler == 0 {
+                continue;
+            }
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| {
+                    ProbeError::Other(format!("program {prog} missing from the object"))
+                })?
+                .try_into()
+                .map_err(|e| ProbeError::Other(format!("{prog}: {e}")))?;
+            p.load(tp, &btf).map_err(|e| ProbeError::Hook {
+                hook: format!("tp_btf/{tp}"),
+                reason: error_chain(&e),
+            })?;
+            p.attach().map_err(|e| ProbeError::Hook {
+                hook: format!("tp_btf/{tp}"),
+                reason: error_chain(&e),
+            })?;
+            hooks.push(format!("tp_btf/{tp}"));
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| ProbeError::Other(format!("map {name} missing from the object")))
+        };
+        let binds = RingBuf::try_from(take(&mut ebpf, "BINDS")?)
+            .map_err(|e| ProbeError::Other(format!("BINDS: {e}")))?;
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+            .map_err(|e| ProbeError::Other(format!("EVENTS: {e}")))?;
+        let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
+            .map_err(|e| ProbeError::Other(format!("LOST: {e}")))?;
+        Ok(Probe {
+            _ebpf: ebpf,
+            binds,
+            events,
+            lost,
+            enricher: Enricher::new(sys::boot_to_unix_offset_ns(), hz, syms),
+            mode: ModeInfo {
+                mode: "tracepoint".into(),
+                hooks,
+                notes,
+            },
+        })
+    }
+
+    /// Read the rings on a thread of their own until `stop` is set, sending
+    /// events (bind results first) to `tx`. Returns when stopped, after a
+    /// last drain, so nothing the kernel delivered is left behind.
+    pub fn spawn_reader(
+        self,
+        tx: mpsc::Sender<Event>,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<Probe> {
+        std::thread::Builder::new()
+            .name("twmon-rings".into())
+            .spawn(move || {
+                let mut probe = self;
+                probe.read_loop(&tx, &stop);
+                probe
+            })
+            .expect("spawn ring reader thread")
+    }
+
+    fn read_loop(&mut self, tx: &mpsc::Sender<Event>, stop: &AtomicBool) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.binds.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let mut lost_seen = [0u64; 2];
+        let mut last_lost_check = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            // SAFETY: fds is a valid array of pollfd for the call's duration.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            // Bind results first: they are what the user is waiting for.
+            if !self.drain(Which::Binds, usize::MAX, tx) {
+                return;
+            }
+            if !self.drain(Which::Events, 4096, tx) {
+                return;
+            }
+            if stopping || last_lost_check.elapsed() >= Duration::from_secs(1) {
+                last_lost_check = Instant::now();
+                for (i, stream) in [(0usize, "binds"), (1, "events")] {
+                    let total = self.lost_total(i as u32);
+                    if total > lost_seen[i] {
+                        let ev = self.lost_event(total - lost_seen[i], stream);
+                        lost_seen[i] = total;
+                        if tx.blocking_send(ev).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            if stopping {
+                let _ = self.drain(Which::Binds, usize::MAX, tx)
+                    && self.drain(Which::Events, usize::MAX, tx);
+                return;
+            }
+        }
+    }
+
+    /// Hand over up to `budget` records of one ring. Returns false when the
+    /// receiver is gone.
+    fn drain(&mut self, which: Which, budget: usize, tx: &mpsc::Sender<Event>) -> bool {
+        for n in 0..budget {
+            let ring = match which {
+                Which::Binds => &mut self.binds,
+                Which::Events => &mut self.events,
+            };
+            let Some(record) = next_record(ring) else {
+                return true;
+            };
+            match record {
+                Ok(raw) => {
+                    if let Some(ev) = self.enricher.enrich(&raw) {
+                        if tx.blocking_send(ev).is_err() {
+                            return false;
+                        }
+                    }
+                }
+                Err(e) => log::warn!("dropping a kernel record: {e}"),
+            }
+            // Keep bind results prompt during a flood of transitions.
+            if matches!(which, Which::Events)
+                && n % 64 == 63
+                && !self.drain(Which::Binds, usize::MAX, tx)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn lost_total(&self, index: u32) -> u64 {
+        self.lost
+            .get(&index, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn lost_event(&self, count: u64, stream: &str) -> Event {
+        Event {
+            common: self
+                .enricher
+                .common(sys::boottime_ns(), 0, Proto::Tcp, None),
+            kind: Kind::Lost(Lost {
+                count,
+                stream: Some(stream.to_string()),
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Binds,
+    Events,
+}
+
+/// The next record of a ring, decoded (and the ring slot released).
+fn next_record(ring: &mut RingBuf<MapData>) -> Option<Result<decode::Raw, decode::DecodeError>> {
+    let item = ring.next()?;
+    Some(decode::decode(&item))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

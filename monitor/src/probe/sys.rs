@@ -1,0 +1,236 @@
+//! Facts about the running system the probe needs: privileges, clocks, the
+//! kernel's HZ, and symbols from /proc/kallsyms.
+
+use std::collections::HashMap;
+use std::fs;
+
+/// Capability numbers (linux/capability.h).
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYSLOG: u32 = 34;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// Effective capabilities of this process, from /proc/self/status.
+pub fn effective_caps() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_capeff(&s))
+        .unwrap_or(0)
+}
+
+pub fn parse_capeff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// What is missing to load and attach the programs: None when enough.
+pub fn missing_caps(caps: u64) -> Option<&'static str> {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        None
+    } else if has(CAP_BPF) {
+        Some("CAP_PERFMON")
+    } else if has(CAP_PERFMON) {
+        Some("CAP_BPF")
+    } else {
+        Some("CAP_BPF and CAP_PERFMON")
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec on our stack.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Nanoseconds to add to a CLOCK_BOOTTIME stamp to get Unix time.
+pub fn boot_to_unix_offset_ns() -> i128 {
+    let boot1 = clock_ns(libc::CLOCK_BOOTTIME);
+    let real = clock_ns(libc::CLOCK_REALTIME);
+    let boot2 = clock_ns(libc::CLOCK_BOOTTIME);
+    real - (boot1 + boot2) / 2
+}
+
+pub fn boottime_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
+}
+
+/// The kernel's HZ, which converts timewait timers (jiffies) into ms.
+/// /proc/timer_list shows jiffies and monotonic time together; jiffies start
+/// at INITIAL_JIFFIES = 2^32 - 300*HZ, so only the right HZ fits both.
+pub fn kernel_hz() -> Option<u32> {
+    let text = fs::read_to_string("/proc/timer_list").ok()?;
+    hz_from_timer_list(&text)
+}
+
+pub fn hz_from_timer_list(text: &str) -> Option<u32> {
+    let now_ns: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("now at "))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let jiffies: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies: "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let secs = now_ns as f64 / 1e9;
+    [100u32, 250, 300, 1000]
+        .into_iter()
+        .map(|hz| {
+            let initial = (1u64 << 32) - 300 * hz as u64;
+            let expect = initial as f64 + secs * hz as f64;
+            (hz, ((jiffies as f64 - expect) / hz as f64).abs())
+        })
+        .filter(|(_, err_secs)| *err_secs < 2.0)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(hz, _)| hz)
+}
+
+/// Text symbols of the kernel, enough to name the function a stack frame is
+/// in. Only the functions twmon cares about keep their names.
+pub struct Kallsyms {
+    /// Start addresses of every text symbol, sorted.
+    starts: Vec<u64>,
+    /// Names of the interesting ones, by start address.
+    names: HashMap<u64, &'static str>,
+}
+
+/// The functions whose presence on a timer-cancel stack tells why a timewait
+/// sock ended, or that it did not end at all.
+pub const TW_STACK_FUNCS: &[&str] = &[
+    "__mod_timer",
+    "mod_timer",
+    "mod_timer_pending",
+    "__run_timers",
+    "run_timer_softirq",
+    "tcp_timewait_state_process",
+    "tcp_v4_rcv",
+    "tcp_v6_rcv",
+    "__inet_hash_connect",
+    "tcp_twsk_unique",
+    "inet_twsk_purge",
+];
+
+impl Kallsyms {
+    pub fn load() -> std::io::Result<Kallsyms> {
+        Ok(Self::parse(&fs::read_to_string("/proc/kallsyms")?))
+    }
+
+    pub fn parse(text: &str) -> Kallsyms {
+        let mut starts = Vec::with_capacity(200_000);
+        let mut names = HashMap::new();
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            if !matches!(kind, "t" | "T") {
+                continue;
+            }
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            if addr == 0 {
+                continue;
+            }
+            starts.push(addr);
+            // Names may carry a ".cold"/".isra" suffix; match on the stem.
+            let stem = name.split('.').next().unwrap_or(name);
+            if let Some(known) = TW_STACK_FUNCS.iter().find(|f| **f == stem) {
+                names.insert(addr, *known);
+            }
+            if name == "tw_timer_handler" {
+                names.insert(addr, "tw_timer_handler");
+            }
+        }
+        starts.sort_unstable();
+        Kallsyms { starts, names }
+    }
+
+    /// Address of a named function (one of the interesting ones).
+    pub fn address_of(&self, name: &str) -> Option<u64> {
+        self.names
+            .iter()
+            .find(|(_, n)| **n == name)
+            .map(|(a, _)| *a)
+    }
+
+    /// The interesting function containing `addr`, if it is one.
+    pub fn function_of(&self, addr: u64) -> Option<&'static str> {
+        let i = self.starts.partition_point(|s| *s <= addr);
+        let start = *self.starts.get(i.checked_sub(1)?)?;
+        self.names.get(&start).copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_decide_what_is_missing() {
+        let bit = |c: u32| 1u64 << c;
+        let cases = [
+            (0, Some("CAP_BPF and CAP_PERFMON")),
+            (bit(CAP_SYS_ADMIN), None),
+            (bit(CAP_BPF) | bit(CAP_PERFMON), None),
+            (bit(CAP_BPF), Some("CAP_PERFMON")),
+            (bit(CAP_PERFMON), Some("CAP_BPF")),
+            (0x1ff_ffff_ffff, None),
+        ];
+        for (caps, want) in cases {
+            assert_eq!(missing_caps(caps), want, "caps {caps:#x}");
+        }
+        assert_eq!(
+            parse_capeff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(0x1ff_ffff_ffff)
+        );
+        assert_eq!(parse_capeff("CapEff:\t0000000000000000"), Some(0));
+    }
+
+    #[test]
+    fn hz_is_recovered_from_timer_list() {
+        // Seen on this project's 6.18 machine (HZ=250).
+        let text = "Timer List Version: v0.10\nnow at 541557217328 nsecs\n\ncpu: 0\n jiffies: 4295027649\n";
+        assert_eq!(hz_from_timer_list(text), Some(250));
+        for hz in [100u64, 300, 1000] {
+            let secs = 1234u64;
+            let j = (1u64 << 32) - 300 * hz + secs * hz;
+            let text = format!("now at {} nsecs\n jiffies: {j}\n", secs * 1_000_000_000);
+            assert_eq!(hz_from_timer_list(&text), Some(hz as u32));
+        }
+        assert_eq!(hz_from_timer_list("garbage"), None);
+    }
+
+    #[test]
+    fn stack_frames_are_named_by_their_function() {
+        let text = "ffffffff81000000 T _stext\n\
+                    ffffffff81000100 T __mod_timer\n\
+                    ffffffff81000200 t other\n\
+                    ffffffff81000300 T tcp_v4_rcv\n\
+                    ffffffff81000400 t tcp_twsk_unique.isra.0\n\
+                    ffffffff81000500 d some_data\n\
+                    ffffffff82006070 t tw_timer_handler\n";
+        let k = Kallsyms::parse(text);
+        assert_eq!(k.function_of(0xffffffff81000150), Some("__mod_timer"));
+        assert_eq!(k.function_of(0xffffffff81000250), None);
+        assert_eq!(k.function_of(0xffffffff81000310), Some("tcp_v4_rcv"));
+        assert_eq!(k.function_of(0xffffffff81000410), Some("tcp_twsk_unique"));
+        assert_eq!(k.function_of(0xffffffff80000000), None);
+        assert_eq!(k.address_of("tw_timer_handler"), Some(0xffffffff82006070));
+    }
+}
