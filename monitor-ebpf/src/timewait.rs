@@ -5,10 +5,13 @@
 //!   changed substate (FIN_WAIT2 -> TIME_WAIT) is reported.
 //! - `timer_expire_entry`: normal expiry.
 //! - `timer_cancel`: fires on expiry and on re-arm too. Expiry is recognised
-//!   by jiffies having reached the timer, a substate re-arm by the changed
-//!   substate; what is left is an early kill (or a rare re-arm within
-//!   TIME_WAIT), sent with the kernel stack so userspace can tell which, and
-//!   why (reused by connect, by a SYN, reset, netns exit).
+//!   by jiffies having reached the timer; what is left is an early kill or a
+//!   re-arm, sent with the kernel stack so userspace can tell which, and why
+//!   (reused by connect, by a SYN, reset, netns exit).
+//!
+//! A re-arm whose new expiry falls in the same timer-wheel bucket only
+//! rewrites `expires` and fires no tracepoint at all: a FIN_WAIT2 -> TIME_WAIT
+//! change can go unseen. The substate is read again at every later event.
 
 use aya_ebpf::{
     helpers::{bpf_get_stack, bpf_jiffies64, bpf_ktime_get_boot_ns},
@@ -67,21 +70,16 @@ pub fn on_timer_expire(ctx: &BtfTracePointContext) -> Option<()> {
 
 pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
     let tw = tw_of_timer(ctx)?;
-    let sub = substate(tw);
     // Expiry: timer_expire_entry follows and reports it.
     // SAFETY: plain helper call.
     if unsafe { bpf_jiffies64() } >= expires(tw) {
         return None;
     }
-    // SAFETY: as in on_timer_start.
-    if let Some(old) = unsafe { TW.get(tw) }.copied() {
-        if old != sub {
-            // Substate re-arm: timer_start follows and reports it.
-            return None;
-        }
-    }
+    // A kill or a re-arm (mod_timer detaches first): only the stack tells.
+    // Forget the socket either way; a re-arm's timer_start re-announces it
+    // and userspace, which still knows it, takes that as the same socket.
     let _ = TW.remove(tw);
-    emit(ctx, tw, TW_CANCEL, sub)
+    emit(ctx, tw, TW_CANCEL, substate(tw))
 }
 
 #[inline(always)]

@@ -404,6 +404,40 @@ pub struct TimewaitClose {
     pub cookie: u64,
 }
 
+/// A socket that exists, as a sock_diag snapshot saw it (at start, or when a
+/// bind failed): the model's starting picture, and in a trace the evidence a
+/// replay needs. Not in the contract's list; an extra type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SocketSeen {
+    pub local: Endpoint,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<Endpoint>,
+    /// ss's name; BOUND for a bound TCP socket and for UDP.
+    pub state: TcpState,
+    /// An inet_timewait_sock (TIME_WAIT, or FIN_WAIT2 substate).
+    #[serde(default)]
+    pub timewait: bool,
+    pub uid: u32,
+    #[serde(default)]
+    pub inode: u64,
+    #[serde(default)]
+    pub cookie: u64,
+    /// None when the snapshot could not tell.
+    #[serde(default)]
+    pub reuseaddr: Option<bool>,
+    #[serde(default)]
+    pub reuseport: Option<bool>,
+    #[serde(default)]
+    pub v6only: bool,
+    #[serde(default)]
+    pub bound_dev_if: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_ms: Option<u64>,
+    /// The process holding its file (none for timewait socks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Process>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lost {
     pub count: u64,
@@ -421,6 +455,7 @@ pub enum Kind {
     TimewaitOpen(TimewaitOpen),
     TimewaitSubstate(TimewaitSubstate),
     TimewaitClose(TimewaitClose),
+    Socket(SocketSeen),
     Lost(Lost),
 }
 
@@ -433,6 +468,7 @@ impl Kind {
             Kind::TimewaitOpen(_) => "timewait_open",
             Kind::TimewaitSubstate(_) => "timewait_substate",
             Kind::TimewaitClose(_) => "timewait_close",
+            Kind::Socket(_) => "socket",
             Kind::Lost(_) => "lost",
         }
     }
@@ -458,6 +494,7 @@ impl Event {
             Kind::TimewaitOpen(t) => Some(t.local.port()),
             Kind::TimewaitSubstate(t) => Some(t.local.port()),
             Kind::TimewaitClose(t) => Some(t.local.port()),
+            Kind::Socket(s) => Some(s.local.port()),
             Kind::Lost(_) => None,
         }
     }
@@ -471,6 +508,7 @@ impl Event {
             Kind::TimewaitOpen(t) => [Some(t.local.port()), Some(t.remote.port())],
             Kind::TimewaitSubstate(t) => [Some(t.local.port()), Some(t.remote.port())],
             Kind::TimewaitClose(t) => [Some(t.local.port()), Some(t.remote.port())],
+            Kind::Socket(s) => [Some(s.local.port()), s.remote.map(|r| r.port())],
             Kind::Lost(_) => [None, None],
         }
     }

@@ -112,6 +112,18 @@ pub fn human_line(ev: &Event) -> String {
             "{:<11} {} -> {} {:?}",
             "timewait-", t.local, t.remote, t.reason
         ),
+        Kind::Socket(k) => write!(
+            s,
+            "{:<11} {} {} {} {}",
+            "socket",
+            c.proto.as_str(),
+            k.state,
+            k.local,
+            k.owner
+                .as_ref()
+                .map(|p| who(Some(p.pid), Some(&p.comm)))
+                .unwrap_or_else(|| "-".into())
+        ),
         Kind::Lost(l) => write!(
             s,
             "LOST        {} events the kernel could not hand over{}",

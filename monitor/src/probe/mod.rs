@@ -33,7 +33,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mo
 /// Why the probe cannot run: each says what is missing and how to get it.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("twmon needs {0} (or root) to load its kernel programs: run it with sudo, or grant the capabilities (e.g. setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_syslog+ep twmon)")]
+    #[error("loading the kernel programs needs {0} (or root): run twmon with sudo, or grant the capabilities (e.g. setcap cap_bpf,cap_perfmon,cap_net_admin,cap_sys_ptrace,cap_syslog+ep twmon)")]
     Privileges(&'static str),
     #[error("this kernel has no BTF at {0} (CONFIG_DEBUG_INFO_BTF=y is needed): twmon reads struct layouts from it")]
     NoBtf(String),
