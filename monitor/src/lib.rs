@@ -9,3 +9,4 @@ pub mod event;
 pub mod filter;
 pub mod output;
 pub mod probe;
+pub mod scenario;
