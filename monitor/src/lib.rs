@@ -4,9 +4,13 @@
 //! typed [`event`]s -> (recorder) -> model -> diagnosis -> views or JSON lines.
 
 pub mod cli;
+pub mod cmd_check;
 pub mod cmd_watch;
+pub mod diagnose;
 pub mod event;
 pub mod filter;
 pub mod output;
 pub mod probe;
+pub mod rules;
+pub mod snapshot;
 pub mod scenario;

@@ -1,0 +1,1002 @@
+//! From a failed bind()/listen()/connect() and the sockets that hold the port
+//! to an [`event::Diagnosis`]: a code, one sentence saying what happened, one
+//! sentence saying what fixes it, and whether SO_REUSEADDR / SO_REUSEPORT on
+//! the new socket would have helped (the kernel's rules, see `rules.rs`).
+//!
+//! Codes, most decisive first (contract.md): listener > close_wait >
+//! established > bound > time_wait; reuseport_mismatch replaces the first four
+//! when every holder refuses only because of SO_REUSEPORT (one side lacks it,
+//! or the uids differ); then ephemeral_exhausted, privileged_port,
+//! address_not_local, already_bound, invalid_address, unknown.
+//!
+//! Entry points: [`diagnose`] (the failure plus a [`Context`] of evidence),
+//! [`holder`] / [`holders_from_verdict`] (model sockets to contract holders),
+//! and [`explain`], which does both for a `rules::Verdict`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::event::{
+    errno_name, Diagnosis, DiagnosisCode, Endpoint, Holder, Overlap, Process, Proto, Syscall,
+    TcpState,
+};
+use crate::rules::{ExistingSocket, NetEnv, NewSocket, Verdict};
+
+/// What failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub syscall: Syscall,
+    pub errno: i32,
+    pub proto: Proto,
+    /// The endpoint as the caller passed it (AF_INET6 v4-mapped stays mapped).
+    pub requested: SocketAddr,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub v6only: bool,
+    pub uid: u32,
+    pub bound_dev_if: u32,
+}
+
+impl Failure {
+    /// The failure of `new` as the rules predicted it.
+    pub fn from_new(new: &NewSocket, syscall: Syscall, errno: i32) -> Failure {
+        Failure {
+            syscall,
+            errno,
+            proto: new.proto,
+            requested: SocketAddr::new(new.addr, new.port),
+            reuseaddr: new.reuseaddr,
+            reuseport: new.reuseport,
+            v6only: new.v6only,
+            uid: new.uid,
+            bound_dev_if: new.bound_dev_if,
+        }
+    }
+}
+
+/// The evidence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Context {
+    /// Sockets that refuse the port (any order; sorted here).
+    pub holders: Vec<Holder>,
+    /// From the rules: EADDRINUSE now, success with the flag on the new socket.
+    pub reuseaddr_would_help: bool,
+    pub reuseport_would_help: bool,
+    /// Some holder's SO_REUSEADDR/SO_REUSEPORT was guessed, and it mattered.
+    pub flags_uncertain: bool,
+    pub local_port_range: Option<(u16, u16)>,
+    pub unprivileged_port_start: Option<u32>,
+    /// TIME_WAIT sockets whose local port is in `local_port_range`.
+    pub timewait_in_range: Option<usize>,
+    /// Sockets in use in that range (any state).
+    pub used_in_range: Option<usize>,
+    /// How many sockets were looked at (for `unknown`).
+    pub sockets_seen: Option<usize>,
+    /// Some processes' descriptors could not be read (owners may be missing).
+    pub owners_hidden: bool,
+    /// The rules' reason for a refusal that is not a conflict.
+    pub reason: Option<String>,
+}
+
+/// A model socket as a contract holder. `owner` names the process holding it
+/// (ignored for timewait sockets, which have none); `left_by` is who left a
+/// timewait socket.
+pub fn holder(
+    sock: &ExistingSocket,
+    overlap: Overlap,
+    owner: Option<Process>,
+    left_by: Option<Process>,
+) -> Holder {
+    let tw = sock.is_timewait();
+    let owner = if tw { None } else { owner };
+    Holder {
+        state: sock.state,
+        local: Endpoint::new(sock.local, sock.port),
+        remote: sock.remote.map(Endpoint::from),
+        pid: owner.as_ref().map(|p| p.pid),
+        comm: owner.map(|p| p.comm),
+        uid: (!tw).then_some(sock.uid),
+        reuseaddr: sock.reuseaddr,
+        reuseport: sock.reuseport,
+        expires_in_ms: if tw { sock.expires_in_ms } else { None },
+        overlap,
+        left_by: if tw { left_by } else { None },
+    }
+}
+
+/// The holders behind a verdict, most decisive first.
+pub fn holders_from_verdict(
+    verdict: &Verdict,
+    existing: &[ExistingSocket],
+    owner_of: &dyn Fn(&ExistingSocket) -> Option<Process>,
+) -> Vec<Holder> {
+    let mut hs: Vec<Holder> = verdict
+        .blockers
+        .iter()
+        .filter_map(|b| {
+            existing
+                .get(b.index)
+                .map(|s| holder(s, b.overlap, owner_of(s), None))
+        })
+        .collect();
+    sort_holders(&mut hs);
+    hs
+}
+
+/// Holders and diagnosis for a predicted verdict (None when it succeeds).
+pub fn explain(
+    new: &NewSocket,
+    verdict: &Verdict,
+    existing: &[ExistingSocket],
+    env: &NetEnv,
+    owner_of: &dyn Fn(&ExistingSocket) -> Option<Process>,
+) -> (Vec<Holder>, Option<Diagnosis>) {
+    let Some(errno) = verdict.errno else {
+        return (Vec::new(), None);
+    };
+    let holders = holders_from_verdict(verdict, existing, owner_of);
+    let range = env.local_port_range;
+    let in_range =
+        |s: &&ExistingSocket| s.proto == new.proto && s.port >= range.0 && s.port <= range.1;
+    let ctx = Context {
+        holders: holders.clone(),
+        reuseaddr_would_help: verdict.reuseaddr_would_help,
+        reuseport_would_help: verdict.reuseport_would_help,
+        flags_uncertain: verdict.uncertain,
+        local_port_range: Some(range),
+        unprivileged_port_start: Some(env.unprivileged_port_start),
+        timewait_in_range: Some(
+            existing
+                .iter()
+                .filter(in_range)
+                .filter(|s| s.is_timewait())
+                .count(),
+        ),
+        used_in_range: Some(
+            existing
+                .iter()
+                .filter(in_range)
+                .map(|s| s.port)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+        ),
+        sockets_seen: Some(existing.len()),
+        owners_hidden: false,
+        reason: verdict.reason.map(str::to_string),
+    };
+    let f = Failure::from_new(new, verdict.syscall, errno);
+    (holders, Some(diagnose(&f, &ctx)))
+}
+
+fn state_rank(h: &Holder) -> u8 {
+    match state_code(h) {
+        DiagnosisCode::Listener => 0,
+        DiagnosisCode::CloseWait => 1,
+        DiagnosisCode::Established => 2,
+        DiagnosisCode::Bound => 3,
+        _ => 4,
+    }
+}
+
+/// Most decisive first, then by local endpoint.
+pub fn sort_holders(hs: &mut [Holder]) {
+    hs.sort_by(|a, b| {
+        state_rank(a)
+            .cmp(&state_rank(b))
+            .then(a.local.cmp(&b.local))
+    });
+}
+
+fn is_timewait_holder(h: &Holder) -> bool {
+    h.state == TcpState::TimeWait
+        || (h.state == TcpState::FinWait2 && h.pid.is_none() && h.expires_in_ms.is_some())
+}
+
+/// The code one holder stands for.
+fn state_code(h: &Holder) -> DiagnosisCode {
+    use TcpState::*;
+    if is_timewait_holder(h) {
+        return DiagnosisCode::TimeWait;
+    }
+    match h.state {
+        Listen => DiagnosisCode::Listener,
+        CloseWait => DiagnosisCode::CloseWait,
+        Bound | Close => DiagnosisCode::Bound,
+        TimeWait => DiagnosisCode::TimeWait,
+        Established | SynSent | SynRecv | FinWait1 | FinWait2 | LastAck | Closing | NewSynRecv => {
+            DiagnosisCode::Established
+        }
+    }
+}
+
+/// The holder refuses only because of SO_REUSEPORT: one side asked for it and
+/// the pair fails the reuseport rule.
+fn reuseport_refusal(f: &Failure, h: &Holder) -> bool {
+    let tw = is_timewait_holder(h);
+    (f.reuseport || h.reuseport) && !(f.reuseport && h.reuseport && (tw || h.uid == Some(f.uid)))
+}
+
+fn is_mapped(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_some())
+}
+
+/// The code alone.
+pub fn code(f: &Failure, ctx: &Context) -> DiagnosisCode {
+    let ip = f.requested.ip();
+    match (f.syscall, f.errno) {
+        (Syscall::Connect, libc::EADDRNOTAVAIL) => DiagnosisCode::EphemeralExhausted,
+        (_, libc::EADDRINUSE) => {
+            if ctx.holders.is_empty() {
+                // bind(port 0), or listen() without bind(): the port search.
+                if f.requested.port() == 0 {
+                    return DiagnosisCode::EphemeralExhausted;
+                }
+                return DiagnosisCode::Unknown;
+            }
+            let best = ctx
+                .holders
+                .iter()
+                .map(state_code)
+                .min_by_key(|c| *c as u8)
+                .unwrap_or(DiagnosisCode::Unknown);
+            let live = best != DiagnosisCode::TimeWait;
+            if live && ctx.holders.iter().all(|h| reuseport_refusal(f, h)) {
+                DiagnosisCode::ReuseportMismatch
+            } else {
+                best
+            }
+        }
+        (Syscall::Bind, libc::EACCES) => match ctx.unprivileged_port_start {
+            Some(start) if (f.requested.port() as u32) >= start || f.requested.port() == 0 => {
+                DiagnosisCode::Unknown
+            }
+            _ => DiagnosisCode::PrivilegedPort,
+        },
+        (Syscall::Bind, libc::EADDRNOTAVAIL) => DiagnosisCode::AddressNotLocal,
+        (Syscall::Bind, libc::EINVAL) => {
+            let invalid = match ip {
+                IpAddr::V6(a) => {
+                    (is_mapped(ip) && f.v6only)
+                        || (a.is_multicast() && f.proto == Proto::Tcp)
+                        || ((a.segments()[0] & 0xffc0) == 0xfe80 && f.bound_dev_if == 0)
+                }
+                IpAddr::V4(_) => false,
+            };
+            if invalid {
+                DiagnosisCode::InvalidAddress
+            } else {
+                DiagnosisCode::AlreadyBound
+            }
+        }
+        _ => DiagnosisCode::Unknown,
+    }
+}
+
+fn secs(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// "nginx (pid 1234)", or what is known instead.
+fn who(h: &Holder, ctx: &Context) -> String {
+    match (&h.comm, h.pid) {
+        (Some(c), Some(p)) => format!("{c} (pid {p})"),
+        (None, Some(p)) => format!("pid {p}"),
+        _ if ctx.owners_hidden => "a process twmon could not see (run it as root)".to_string(),
+        _ => "no process (an orphaned socket the kernel is still closing)".to_string(),
+    }
+}
+
+fn comm_or(h: &Holder, default: &str) -> String {
+    h.comm.clone().unwrap_or_else(|| default.to_string())
+}
+
+/// The diagnosis.
+pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
+    let mut holders = ctx.holders.clone();
+    sort_holders(&mut holders);
+    let c = code(f, ctx);
+    let req = Endpoint::from(f.requested);
+    let port = f.requested.port();
+    let error = errno_name(f.errno);
+    let sys = f.syscall.as_str();
+    let first = holders.first();
+    let (summary, fix) = match c {
+        DiagnosisCode::Listener => {
+            let h = first.expect("listener has a holder");
+            let n = holders
+                .iter()
+                .filter(|h| h.state == TcpState::Listen)
+                .count();
+            let more = if n > 1 {
+                format!(" (and {} more)", plural(n - 1, "listener", "listeners"))
+            } else {
+                String::new()
+            };
+            let summary = format!(
+                "{req} is taken: {} is listening on {}{more}.",
+                who(h, ctx),
+                h.local
+            );
+            let fix = if ctx.reuseport_would_help {
+                format!("Set SO_REUSEPORT on the new socket to share the port with {} (it has SO_REUSEPORT and the same uid), or stop it.", who(h, ctx))
+            } else {
+                format!("Stop {} (another instance of this server?) or use another port; SO_REUSEADDR cannot share a port with a listening socket.", who(h, ctx))
+            };
+            (summary, fix)
+        }
+        DiagnosisCode::CloseWait => {
+            let cw: Vec<&Holder> = holders
+                .iter()
+                .filter(|h| h.state == TcpState::CloseWait)
+                .collect();
+            let mut by_pid: BTreeMap<Option<u32>, usize> = BTreeMap::new();
+            for h in &cw {
+                *by_pid.entry(h.pid).or_default() += 1;
+            }
+            let (top_pid, n) = by_pid
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(p, n)| (*p, *n))
+                .unwrap_or((None, cw.len()));
+            let h = cw
+                .iter()
+                .find(|h| h.pid == top_pid)
+                .copied()
+                .unwrap_or(cw[0]);
+            let name = comm_or(h, "its owner");
+            let summary = format!(
+                "{} holds {} on port {port}: the peers closed those connections but {name} never called close() on them.",
+                who(h, ctx),
+                plural(n, "CLOSE_WAIT socket", "CLOSE_WAIT sockets")
+            );
+            let fix = if ctx.reuseaddr_would_help {
+                format!("Set SO_REUSEADDR on the new socket (the CLOSE_WAIT sockets have it too), and fix {name} to close connections its peers ended.")
+            } else {
+                let stop = h
+                    .pid
+                    .map(|p| format!(" or stop it (pid {p})"))
+                    .unwrap_or_default();
+                format!("Make {name} close the connections its peers ended{stop}; SO_REUSEADDR on the new socket alone will not help because those sockets did not set it.")
+            };
+            (summary, fix)
+        }
+        DiagnosisCode::Established => {
+            let est: Vec<&Holder> = holders
+                .iter()
+                .filter(|h| state_code(h) == DiagnosisCode::Established)
+                .collect();
+            let h = est[0];
+            let summary = format!(
+                "{} on {} still {} alive, held by {}: connections that outlived their listener.",
+                plural(est.len(), "connection", "connections"),
+                h.local,
+                if est.len() == 1 { "is" } else { "are" },
+                who(h, ctx)
+            );
+            let fix = if ctx.reuseaddr_would_help {
+                format!("Set SO_REUSEADDR on the new socket (the old connections have it too), or let {} finish them.", who(h, ctx))
+            } else {
+                format!("Let {} finish those connections or stop it; SO_REUSEADDR on the new socket alone will not help because the old connections did not set it.", who(h, ctx))
+            };
+            (summary, fix)
+        }
+        DiagnosisCode::Bound => {
+            let h = holders
+                .iter()
+                .find(|h| state_code(h) == DiagnosisCode::Bound)
+                .unwrap_or(&holders[0]);
+            let what = if f.proto == Proto::Udp {
+                "a UDP socket bound to"
+            } else {
+                "a socket bound to"
+            };
+            let tail = if f.proto == Proto::Udp {
+                ""
+            } else {
+                " that is neither listening nor connected"
+            };
+            let summary = format!("{} has {what} {}{tail}.", who(h, ctx), h.local);
+            let fix = if ctx.reuseaddr_would_help {
+                format!("Set SO_REUSEADDR on the new socket (the bound socket has it too), or have {} close that socket.", who(h, ctx))
+            } else if ctx.reuseport_would_help {
+                format!("Set SO_REUSEPORT on the new socket (the bound socket has it and the same uid), or have {} close that socket.", who(h, ctx))
+            } else {
+                format!("Have {} close that socket or stop it; SO_REUSEADDR on the new socket alone will not help because the bound socket did not set it.", who(h, ctx))
+            };
+            (summary, fix)
+        }
+        DiagnosisCode::TimeWait => {
+            let tw: Vec<&Holder> = holders.iter().filter(|h| is_timewait_holder(h)).collect();
+            let h = tw[0];
+            let wait = secs(
+                tw.iter()
+                    .filter_map(|h| h.expires_in_ms)
+                    .max()
+                    .unwrap_or(60_000),
+            );
+            let left = tw
+                .iter()
+                .find_map(|h| h.left_by.as_ref())
+                .map(|p| format!(" left by {} (pid {})", p.comm, p.pid))
+                .unwrap_or_else(|| " left by earlier connections".to_string());
+            let summary = format!(
+                "{} on {}{left} still {} the port; the last one expires in {wait} s.",
+                plural(tw.len(), "TIME_WAIT socket", "TIME_WAIT sockets"),
+                h.local,
+                if tw.len() == 1 { "holds" } else { "hold" }
+            );
+            let fix = if ctx.reuseaddr_would_help {
+                format!("Restart with SO_REUSEADDR (the old socket had it too), or wait {wait} s.")
+            } else if ctx.reuseport_would_help {
+                format!("Restart with SO_REUSEPORT (the old socket had it too), or wait {wait} s.")
+            } else if ctx.flags_uncertain {
+                format!("Wait {wait} s for the TIME_WAIT to expire, or set SO_REUSEADDR on the new socket, which helps only if the old socket set it too (twmon could not see whether it did).")
+            } else if f.reuseaddr {
+                format!("Wait {wait} s for the TIME_WAIT to expire; SO_REUSEADDR on the new socket does not help because the old socket did not set it.")
+            } else {
+                format!("Wait {wait} s for the TIME_WAIT to expire; SO_REUSEADDR on the new socket alone will not help because the old socket did not set it.")
+            };
+            (summary, fix)
+        }
+        DiagnosisCode::ReuseportMismatch => {
+            let h = first.expect("mismatch has a holder");
+            let sock = format!("the {} socket of {} on {}", h.state, who(h, ctx), h.local);
+            let reason = if !f.reuseport {
+                format!("{sock} has SO_REUSEPORT but the new socket does not")
+            } else if !h.reuseport {
+                format!("the new socket has SO_REUSEPORT but {sock} does not")
+            } else {
+                format!(
+                    "{sock} belongs to uid {}, the new socket to uid {}",
+                    h.uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into()),
+                    f.uid
+                )
+            };
+            (
+                format!("Port sharing with SO_REUSEPORT is refused: {reason}."),
+                format!("Set SO_REUSEPORT on every socket that shares port {port} and run them all as the same uid, or stop {}.", who(h, ctx)),
+            )
+        }
+        DiagnosisCode::EphemeralExhausted => {
+            let what = match f.syscall {
+                Syscall::Connect => format!("connect() to {req} found no free local port"),
+                Syscall::Listen => "listen() without bind() found no free port".to_string(),
+                Syscall::Bind => "bind() to port 0 found no free port".to_string(),
+            };
+            let range = match ctx.local_port_range {
+                Some((lo, hi)) => {
+                    let total = (hi as usize).saturating_sub(lo as usize) + 1;
+                    let tw = ctx
+                        .timewait_in_range
+                        .map(|n| {
+                            format!(
+                                ", {} of them",
+                                plural(n, "TIME_WAIT socket", "TIME_WAIT sockets")
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!(" in ip_local_port_range {lo}-{hi} ({total} ports{tw})")
+                }
+                None => " in ip_local_port_range".to_string(),
+            };
+            (
+                format!("{what}{range}."),
+                "Widen net.ipv4.ip_local_port_range, reuse connections (keep-alive, pooling) instead of opening one per request, or let the server close first so the TIME_WAIT stays on its side.".to_string(),
+            )
+        }
+        DiagnosisCode::PrivilegedPort => {
+            let start = ctx.unprivileged_port_start.unwrap_or(1024);
+            (
+                format!("Port {port} is below net.ipv4.ip_unprivileged_port_start ({start}) and uid {} lacks CAP_NET_BIND_SERVICE.", f.uid),
+                format!("Use a port of {start} or above, give the program CAP_NET_BIND_SERVICE (setcap cap_net_bind_service=+ep, or AmbientCapabilities= in its systemd unit), or lower net.ipv4.ip_unprivileged_port_start."),
+            )
+        }
+        DiagnosisCode::AddressNotLocal => {
+            let ip = Endpoint::from(f.requested).ip();
+            (
+                format!("{ip} is not an address of this host (in this network namespace), so bind() cannot use it."),
+                format!("Bind to an address the host has (or to 0.0.0.0 / [::]), add {ip} to an interface first, or set IP_FREEBIND (or net.ipv4.ip_nonlocal_bind=1) to bind before the address exists."),
+            )
+        }
+        DiagnosisCode::AlreadyBound => (
+            "The socket is already bound: bind() was called a second time on the same socket."
+                .to_string(),
+            "Create a new socket for each bind(), or drop the second bind() call.".to_string(),
+        ),
+        DiagnosisCode::InvalidAddress => {
+            let ip = f.requested.ip();
+            match ip {
+                IpAddr::V6(a) if is_mapped(ip) && f.v6only => (
+                    format!("[{a}] is an IPv4-mapped IPv6 address but the socket has IPV6_V6ONLY set."),
+                    "Clear IPV6_V6ONLY before bind(), or use an AF_INET socket for IPv4 addresses.".to_string(),
+                ),
+                IpAddr::V6(a) if a.is_multicast() && f.proto == Proto::Tcp => (
+                    format!("[{a}] is a multicast address, which a TCP socket cannot bind."),
+                    "Bind TCP to a unicast address (or to [::]), and use UDP for multicast.".to_string(),
+                ),
+                _ => (
+                    format!("{ip} is a link-local address and the socket names no interface."),
+                    "Give a scope id ([fe80::1%eth0]:PORT) or bind the socket to a device with SO_BINDTODEVICE first.".to_string(),
+                ),
+            }
+        }
+        DiagnosisCode::Unknown => {
+            let seen = ctx
+                .sockets_seen
+                .map(|n| format!("no overlapping socket among the {n} TCP/UDP sockets of this network namespace"))
+                .unwrap_or_else(|| "no overlapping socket was known".to_string());
+            let hidden = if ctx.owners_hidden {
+                ", and some processes could not be inspected"
+            } else {
+                ""
+            };
+            let why = ctx
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            (
+                format!("{error} on {sys}() of {req}{why} but nothing found explains it: {seen}{hidden}."),
+                "Run twmon as root to see every socket and owner, and check cgroup BPF bind hooks and security modules (SELinux, AppArmor), which can also refuse a bind.".to_string(),
+            )
+        }
+    };
+    Diagnosis {
+        code: c,
+        summary,
+        fix,
+        reuseaddr_would_help: ctx.reuseaddr_would_help,
+        reuseport_would_help: ctx.reuseport_would_help,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DiagnosisCode as C;
+
+    fn h(state: TcpState, local: &str) -> Holder {
+        Holder {
+            state,
+            local: local.parse().unwrap(),
+            remote: None,
+            pid: Some(42),
+            comm: Some("server".into()),
+            uid: Some(0),
+            reuseaddr: false,
+            reuseport: false,
+            expires_in_ms: None,
+            overlap: Overlap::Exact,
+            left_by: None,
+        }
+    }
+
+    fn tw(local: &str, ms: u64, reuseaddr: bool) -> Holder {
+        Holder {
+            pid: None,
+            comm: None,
+            uid: None,
+            expires_in_ms: Some(ms),
+            reuseaddr,
+            ..h(TcpState::TimeWait, local)
+        }
+    }
+
+    fn fail(syscall: Syscall, errno: i32, addr: &str) -> Failure {
+        Failure {
+            syscall,
+            errno,
+            proto: Proto::Tcp,
+            requested: addr.parse().unwrap(),
+            reuseaddr: false,
+            reuseport: false,
+            v6only: false,
+            uid: 0,
+            bound_dev_if: 0,
+        }
+    }
+
+    fn inuse(holders: Vec<Holder>) -> (Failure, Context) {
+        (
+            fail(Syscall::Bind, libc::EADDRINUSE, "0.0.0.0:8080"),
+            Context {
+                holders,
+                ..Context::default()
+            },
+        )
+    }
+
+    fn one_sentence(s: &str) {
+        assert!(s.ends_with('.'), "{s}");
+        let body = &s[..s.len() - 1];
+        assert!(!body.contains(". "), "more than one sentence: {s}");
+        assert!(!s.contains('\n'));
+    }
+
+    type Row = (
+        Failure,
+        Context,
+        C,
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+
+    /// One row per code: (failure, context, code, words the summary must
+    /// contain, words the fix must contain).
+    #[test]
+    fn every_code() {
+        let cw = |pid| Holder {
+            pid: Some(pid),
+            comm: Some(format!("app{pid}")),
+            ..h(TcpState::CloseWait, "127.0.0.1:8080")
+        };
+        let rows: Vec<Row> = vec![
+            {
+                let (f, c) = inuse(vec![
+                    tw("127.0.0.1:8080", 1000, false),
+                    h(TcpState::Listen, "0.0.0.0:8080"),
+                ]);
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &["server (pid 42)", "listening on 0.0.0.0:8080"],
+                    &["Stop server (pid 42)", "SO_REUSEADDR cannot"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![
+                    cw(7),
+                    cw(7),
+                    cw(9),
+                    h(TcpState::Established, "127.0.0.1:8080"),
+                ]);
+                (
+                    f,
+                    c,
+                    C::CloseWait,
+                    &[
+                        "app7 (pid 7) holds 2 CLOSE_WAIT sockets on port 8080",
+                        "never called close()",
+                    ],
+                    &["Make app7 close", "pid 7", "alone will not help"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![
+                    h(TcpState::Established, "127.0.0.1:8080"),
+                    h(TcpState::Bound, "127.0.0.2:8080"),
+                ]);
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &[
+                        "1 connection on 127.0.0.1:8080",
+                        "server (pid 42)",
+                        "outlived",
+                    ],
+                    &["did not set it"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![
+                    h(TcpState::Bound, "127.0.0.1:8080"),
+                    tw("127.0.0.1:8080", 5, false),
+                ]);
+                (
+                    f,
+                    c,
+                    C::Bound,
+                    &["bound to 127.0.0.1:8080", "neither listening nor connected"],
+                    &["close that socket"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![
+                    tw("127.0.0.1:8080", 40_200, false),
+                    tw("127.0.0.1:8080", 12_000, false),
+                ]);
+                (
+                    f,
+                    c,
+                    C::TimeWait,
+                    &["2 TIME_WAIT sockets on 127.0.0.1:8080", "expires in 41 s"],
+                    &[
+                        "Wait 41 s",
+                        "alone will not help because the old socket did not set it",
+                    ],
+                )
+            },
+            {
+                let (mut f, c) = inuse(vec![Holder {
+                    reuseport: true,
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                f.reuseaddr = true;
+                (
+                    f,
+                    c,
+                    C::ReuseportMismatch,
+                    &["has SO_REUSEPORT but the new socket does not"],
+                    &["SO_REUSEPORT on every socket"],
+                )
+            },
+            {
+                let (mut f, c) = inuse(vec![Holder {
+                    reuseport: true,
+                    uid: Some(1000),
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                f.reuseport = true;
+                (
+                    f,
+                    c,
+                    C::ReuseportMismatch,
+                    &["belongs to uid 1000, the new socket to uid 0"],
+                    &["same uid"],
+                )
+            },
+            (
+                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:80"),
+                Context {
+                    local_port_range: Some((40000, 40001)),
+                    timewait_in_range: Some(2),
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &[
+                    "connect() to 127.0.0.1:80",
+                    "40000-40001 (2 ports, 2 TIME_WAIT sockets",
+                ],
+                &["ip_local_port_range"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EADDRINUSE, "0.0.0.0:0"),
+                Context {
+                    local_port_range: Some((40000, 40009)),
+                    timewait_in_range: Some(3),
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &["bind() to port 0", "10 ports, 3 TIME_WAIT sockets"],
+                &["Widen"],
+            ),
+            (
+                Failure {
+                    uid: 65534,
+                    ..fail(Syscall::Bind, libc::EACCES, "0.0.0.0:80")
+                },
+                Context {
+                    unprivileged_port_start: Some(1024),
+                    ..Context::default()
+                },
+                C::PrivilegedPort,
+                &["Port 80 is below", "(1024)", "uid 65534"],
+                &["CAP_NET_BIND_SERVICE", "1024 or above"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EADDRNOTAVAIL, "192.0.2.1:80"),
+                Context::default(),
+                C::AddressNotLocal,
+                &["192.0.2.1 is not an address of this host"],
+                &["IP_FREEBIND"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EINVAL, "127.0.0.1:80"),
+                Context::default(),
+                C::AlreadyBound,
+                &["already bound"],
+                &["new socket"],
+            ),
+            (
+                Failure {
+                    v6only: true,
+                    ..fail(Syscall::Bind, libc::EINVAL, "[::ffff:127.0.0.1]:80")
+                },
+                Context::default(),
+                C::InvalidAddress,
+                &["IPv4-mapped", "IPV6_V6ONLY"],
+                &["Clear IPV6_V6ONLY"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EINVAL, "[ff02::1]:80"),
+                Context::default(),
+                C::InvalidAddress,
+                &["multicast"],
+                &["UDP"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EADDRINUSE, "127.0.0.1:8080"),
+                Context {
+                    sockets_seen: Some(17),
+                    ..Context::default()
+                },
+                C::Unknown,
+                &[
+                    "EADDRINUSE on bind() of 127.0.0.1:8080",
+                    "17 TCP/UDP sockets",
+                ],
+                &["root"],
+            ),
+            (
+                Failure {
+                    uid: 1000,
+                    ..fail(Syscall::Bind, libc::EACCES, "0.0.0.0:8080")
+                },
+                Context {
+                    unprivileged_port_start: Some(1024),
+                    ..Context::default()
+                },
+                C::Unknown,
+                &["EACCES"],
+                &["cgroup BPF"],
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (f, ctx, want, in_summary, in_fix) in rows {
+            let d = diagnose(&f, &ctx);
+            assert_eq!(d.code, want, "{f:?} {ctx:?} -> {d:?}");
+            for w in in_summary {
+                assert!(
+                    d.summary.contains(w),
+                    "summary of {want:?} lacks {w:?}: {}",
+                    d.summary
+                );
+            }
+            for w in in_fix {
+                assert!(d.fix.contains(w), "fix of {want:?} lacks {w:?}: {}", d.fix);
+            }
+            one_sentence(&d.summary);
+            one_sentence(&d.fix);
+            seen.insert(want);
+        }
+        let all = [
+            C::Listener,
+            C::CloseWait,
+            C::Established,
+            C::Bound,
+            C::TimeWait,
+            C::ReuseportMismatch,
+            C::EphemeralExhausted,
+            C::PrivilegedPort,
+            C::AddressNotLocal,
+            C::AlreadyBound,
+            C::InvalidAddress,
+            C::Unknown,
+        ];
+        for c in all {
+            assert!(seen.contains(&c), "no row for {c:?}");
+        }
+    }
+
+    #[test]
+    fn time_wait_fix_depends_on_the_old_sockets_flag() {
+        let (f, mut c) = inuse(vec![tw("127.0.0.1:8080", 41_000, true)]);
+        c.reuseaddr_would_help = true;
+        let d = diagnose(&f, &c);
+        assert_eq!(
+            d.fix,
+            "Restart with SO_REUSEADDR (the old socket had it too), or wait 41 s."
+        );
+        assert!(d.reuseaddr_would_help);
+
+        let (mut f, c) = inuse(vec![tw("127.0.0.1:8080", 41_000, false)]);
+        f.reuseaddr = true;
+        let d = diagnose(&f, &c);
+        assert!(d.fix.starts_with("Wait 41 s for the TIME_WAIT to expire; SO_REUSEADDR on the new socket does not help"), "{}", d.fix);
+
+        let (f, mut c) = inuse(vec![tw("127.0.0.1:8080", 41_000, false)]);
+        c.flags_uncertain = true;
+        assert!(diagnose(&f, &c).fix.contains("could not see"));
+
+        let (f, mut c) = inuse(vec![Holder {
+            left_by: Some(Process {
+                pid: 77,
+                comm: "web".into(),
+            }),
+            ..tw("127.0.0.1:8080", 500, false)
+        }]);
+        c.owners_hidden = true;
+        assert!(diagnose(&f, &c).summary.contains("left by web (pid 77)"));
+    }
+
+    #[test]
+    fn reuseport_mismatch_needs_every_live_holder_to_refuse_only_for_reuseport() {
+        // One holder refuses for another reason: the state code stays.
+        let (mut f, c) = inuse(vec![
+            Holder {
+                reuseport: true,
+                ..h(TcpState::Listen, "0.0.0.0:8080")
+            },
+            h(TcpState::Listen, "127.0.0.1:8080"),
+        ]);
+        f.reuseport = false;
+        assert_eq!(code(&f, &c), C::Listener);
+        // Only timewait holders: time_wait, even if reuseport is involved.
+        let (mut f, c) = inuse(vec![tw("127.0.0.1:8080", 1000, false)]);
+        f.reuseport = true;
+        assert_eq!(code(&f, &c), C::TimeWait);
+    }
+
+    #[test]
+    fn listener_fix_with_reuseport_help() {
+        let (mut f, mut c) = inuse(vec![Holder {
+            reuseport: true,
+            ..h(TcpState::Listen, "0.0.0.0:8080")
+        }]);
+        f.reuseport = false;
+        c.reuseport_would_help = true;
+        let d = diagnose(&f, &c);
+        assert_eq!(d.code, C::ReuseportMismatch);
+        assert!(d.reuseport_would_help);
+    }
+
+    #[test]
+    fn holders_from_model_sockets() {
+        let mut s = ExistingSocket::new(
+            Proto::Tcp,
+            "[::ffff:127.0.0.1]:8080".parse().unwrap(),
+            TcpState::TimeWait,
+        );
+        s.expires_in_ms = Some(1234);
+        s.uid = 0;
+        let hh = holder(
+            &s,
+            Overlap::V4mapped,
+            Some(Process {
+                pid: 1,
+                comm: "x".into(),
+            }),
+            None,
+        );
+        assert_eq!(hh.local.to_string(), "127.0.0.1:8080");
+        assert_eq!((hh.pid, hh.uid, hh.expires_in_ms), (None, None, Some(1234)));
+        let l = ExistingSocket::new(
+            Proto::Tcp,
+            "0.0.0.0:8080".parse().unwrap(),
+            TcpState::Listen,
+        );
+        let hh = holder(
+            &l,
+            Overlap::Wildcard,
+            Some(Process {
+                pid: 1,
+                comm: "x".into(),
+            }),
+            None,
+        );
+        assert_eq!(
+            (hh.pid, hh.comm.as_deref(), hh.uid, hh.expires_in_ms),
+            (Some(1), Some("x"), Some(0), None)
+        );
+    }
+
+    #[test]
+    fn explain_a_predicted_time_wait() {
+        let env = NetEnv::default();
+        let mut old = ExistingSocket::new(
+            Proto::Tcp,
+            "127.0.0.1:8080".parse().unwrap(),
+            TcpState::TimeWait,
+        );
+        old.expires_in_ms = Some(30_500);
+        let new = NewSocket::new(Proto::Tcp, "0.0.0.0:8080".parse().unwrap());
+        let v = crate::rules::predict(&new, std::slice::from_ref(&old), &env, true);
+        let (holders, d) = explain(&new, &v, std::slice::from_ref(&old), &env, &|_| None);
+        let d = d.unwrap();
+        assert_eq!(holders.len(), 1);
+        assert_eq!(holders[0].overlap, Overlap::Wildcard);
+        assert_eq!(d.code, C::TimeWait);
+        assert!(d.fix.starts_with("Wait 31 s"), "{}", d.fix);
+        assert!(!d.reuseaddr_would_help);
+    }
+}
