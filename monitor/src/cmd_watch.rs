@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::cli::WatchArgs;
+use crate::correlate::{Correlator, Kernel};
 use crate::event::Kind;
 use crate::output::{human_line, json_line};
 use crate::probe::Probe;
@@ -52,6 +53,7 @@ async fn watch_loop(probe: Probe, args: &WatchArgs) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut broken_pipe = false;
+    let mut correlator = Correlator::new(Kernel::new());
     loop {
         tokio::select! {
             biased;
@@ -60,7 +62,7 @@ async fn watch_loop(probe: Probe, args: &WatchArgs) -> anyhow::Result<i32> {
             _ = &mut deadline => break,
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
-                if !emit(&mut out, &ev, args) {
+                if !correlator.process(ev).iter().all(|e| emit(&mut out, e, args)) {
                     broken_pipe = true;
                     break;
                 }
@@ -76,7 +78,11 @@ async fn watch_loop(probe: Probe, args: &WatchArgs) -> anyhow::Result<i32> {
     stop.store(true, Ordering::Relaxed);
     if !broken_pipe {
         while let Some(ev) = rx.recv().await {
-            if !emit(&mut out, &ev, args) {
+            if !correlator
+                .process(ev)
+                .iter()
+                .all(|e| emit(&mut out, e, args))
+            {
                 break;
             }
         }
@@ -94,6 +100,10 @@ async fn watch_loop(probe: Probe, args: &WatchArgs) -> anyhow::Result<i32> {
 /// Returns false when stdout is gone.
 fn emit(out: &mut impl Write, ev: &crate::event::Event, args: &WatchArgs) -> bool {
     if !args.filters.keep(ev) {
+        return true;
+    }
+    // Snapshot evidence (`socket`) goes to traces; here only with -v.
+    if matches!(ev.kind, Kind::Socket(_)) && !args.verbose {
         return true;
     }
     let line = if args.json {

@@ -316,6 +316,12 @@ pub struct BindFailed {
     pub cgroup_id: u64,
     #[serde(default)]
     pub cookie: u64,
+    /// Inode of the socket's file: tells the failing socket from its holders.
+    #[serde(default)]
+    pub inode: u64,
+    /// The calling thread.
+    #[serde(default)]
+    pub tid: u32,
     /// The local endpoint the socket had when the call failed (connect, listen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<Endpoint>,

@@ -6,11 +6,13 @@
 pub mod cli;
 pub mod cmd_check;
 pub mod cmd_watch;
+pub mod correlate;
 pub mod diagnose;
 pub mod event;
 pub mod filter;
+pub mod model;
 pub mod output;
 pub mod probe;
 pub mod rules;
-pub mod snapshot;
 pub mod scenario;
+pub mod snapshot;

@@ -7,6 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Watch(args)) => monitor::cmd_watch::run(args),
+        Some(Command::Check(args)) => monitor::cmd_check::run(args),
         None => {
             eprintln!("twmon: the dashboard is not built yet; try `twmon watch`");
             Ok(2)

@@ -167,6 +167,8 @@ impl Enricher {
                 bound_dev_if: r.bound_dev_if,
                 cgroup_id: r.cgroup_id,
                 cookie: r.cookie,
+                inode: r.inode,
+                tid: r.tid,
                 local: (syscall != Syscall::Bind && has_local).then_some(local),
             })
         };

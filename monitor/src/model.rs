@@ -1,0 +1,626 @@
+//! The live picture: which sockets hold which ports, per network namespace,
+//! kept from events alone.
+//!
+//! Pure: fed by [`Event`]s in order, it takes its time from them and never
+//! from the wall clock, so a replayed trace builds the same model as the live
+//! run did. Memory is bounded: closed sockets are dropped at once, timewait
+//! socks when they end (or are long overdue), and the sockets no event can
+//! retire (bound-only TCP, UDP: close() fires no tracepoint) are capped.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::event::{
+    Bound, Endpoint, Event, Kind, Process, Proto, SocketSeen, StateChange, Syscall, TcpState,
+    TimewaitOpen,
+};
+use crate::rules::{ExistingSocket, Family};
+
+/// How many failures the model keeps for views and reports.
+pub const MAX_FAILURES: usize = 1000;
+/// Sockets that no event retires (bound-only TCP, UDP) are capped at this
+/// many per namespace; the oldest go first.
+pub const MAX_UNRETIRED: usize = 100_000;
+/// A timewait sock this far past its expiry without a close event is dropped.
+const TW_GRACE_NS: u64 = 5_000_000_000;
+
+/// How the model names a socket. Full sockets by cookie (inode until the
+/// kernel assigns a cookie), timewait socks by their 4-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SockId {
+    Cookie(u64),
+    Inode(u64),
+    Tw(Proto, Endpoint, Endpoint),
+}
+
+/// One socket the model knows, with what it knows about who owns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tracked {
+    pub sock: ExistingSocket,
+    /// The process that last acted on it in its own context.
+    pub owner: Option<Process>,
+    /// For timewait socks: who owned the socket it came from.
+    pub left_by: Option<Process>,
+    /// Boot-time ns of the first event that showed it.
+    pub since_ns: u64,
+    /// Boot-time ns when a timewait sock's timer runs out.
+    pub expires_at_ns: Option<u64>,
+    /// No event will tell when it goes away (bound-only TCP, UDP, snapshot).
+    pub unretired: bool,
+    seq: u64,
+}
+
+impl Tracked {
+    /// Remaining timewait time at `now_ns`.
+    pub fn expires_in_ms(&self, now_ns: u64) -> Option<u64> {
+        self.expires_at_ns
+            .map(|at| at.saturating_sub(now_ns) / 1_000_000)
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Namespace {
+    socks: HashMap<SockId, Tracked>,
+    unretired: usize,
+}
+
+impl Namespace {
+    pub fn sockets(&self) -> impl Iterator<Item = &Tracked> {
+        self.socks.values()
+    }
+
+    /// Sockets on `port` of `proto`.
+    pub fn on_port(&self, proto: Proto, port: u16) -> impl Iterator<Item = &Tracked> {
+        self.socks
+            .values()
+            .filter(move |t| t.sock.proto == proto && t.sock.port == port)
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Model {
+    ns: HashMap<u32, Namespace>,
+    /// Bind failures, oldest first, at most MAX_FAILURES.
+    pub failures: VecDeque<Event>,
+    /// Boot-time ns of the newest event.
+    pub now_ns: u64,
+    /// Events the kernel could not hand over, in total.
+    pub lost: u64,
+    pub events: u64,
+    seq: u64,
+}
+
+fn family_of(ep: &Endpoint) -> Family {
+    Family::of(ep.ip())
+}
+
+fn existing(proto: Proto, local: Endpoint, state: TcpState) -> ExistingSocket {
+    ExistingSocket::new(proto, local.socket_addr(), state)
+}
+
+impl Model {
+    pub fn new() -> Model {
+        Model::default()
+    }
+
+    pub fn namespace(&self, netns: u32) -> Option<&Namespace> {
+        self.ns.get(&netns)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = (&u32, &Namespace)> {
+        self.ns.iter()
+    }
+
+    pub fn apply(&mut self, ev: &Event) {
+        self.events += 1;
+        self.now_ns = self.now_ns.max(ev.common.ts_ns);
+        let ts = ev.common.ts_ns;
+        let proc_ = match (ev.common.pid, &ev.common.comm) {
+            (Some(pid), Some(comm)) => Some(Process {
+                pid,
+                comm: comm.clone(),
+            }),
+            _ => None,
+        };
+        let proto = ev.common.proto;
+        let netns = ev.common.netns;
+        match &ev.kind {
+            Kind::Lost(l) => self.lost += l.count,
+            Kind::BindFailed(_) => {
+                if self.failures.len() == MAX_FAILURES {
+                    self.failures.pop_front();
+                }
+                self.failures.push_back(ev.clone());
+            }
+            Kind::Bound(b) => self.bound(netns, proto, b, proc_, ts),
+            Kind::State(s) => self.state(netns, s, proc_, ts),
+            Kind::TimewaitOpen(t) => self.tw_open(netns, t, ts),
+            Kind::TimewaitSubstate(t) => {
+                let id = SockId::Tw(Proto::Tcp, t.local, t.remote);
+                let expires_at = ts + t.expires_in_ms * 1_000_000;
+                let ns = self.ns.entry(netns).or_default();
+                if let Some(tr) = ns.socks.get_mut(&id) {
+                    tr.sock.state = t.substate;
+                    tr.expires_at_ns = Some(expires_at);
+                }
+            }
+            Kind::TimewaitClose(t) => {
+                if let Some(ns) = self.ns.get_mut(&netns) {
+                    ns.socks.remove(&SockId::Tw(Proto::Tcp, t.local, t.remote));
+                }
+            }
+            Kind::Socket(s) => self.seen(netns, proto, s, ts),
+        }
+        self.expire_overdue_tw(netns);
+    }
+
+    fn insert(&mut self, netns: u32, id: SockId, mut t: Tracked) {
+        self.seq += 1;
+        t.seq = self.seq;
+        let ns = self.ns.entry(netns).or_default();
+        let was_unretired = ns.socks.get(&id).map(|o| o.unretired);
+        match (was_unretired, t.unretired) {
+            (Some(true), false) => ns.unretired -= 1,
+            (Some(false) | None, true) => ns.unretired += 1,
+            _ => {}
+        }
+        ns.socks.insert(id, t);
+        if ns.unretired > MAX_UNRETIRED {
+            // Bounded memory: forget the oldest socket nothing will retire.
+            if let Some(old) = ns
+                .socks
+                .iter()
+                .filter(|(_, t)| t.unretired)
+                .min_by_key(|(_, t)| t.seq)
+                .map(|(id, _)| *id)
+            {
+                ns.socks.remove(&old);
+                ns.unretired -= 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, netns: u32, id: &SockId) -> Option<Tracked> {
+        let ns = self.ns.get_mut(&netns)?;
+        let t = ns.socks.remove(id)?;
+        if t.unretired {
+            ns.unretired -= 1;
+        }
+        Some(t)
+    }
+
+    fn bound(&mut self, netns: u32, proto: Proto, b: &Bound, owner: Option<Process>, ts: u64) {
+        let state = match (proto, b.syscall) {
+            (Proto::Tcp, Syscall::Listen) => TcpState::Listen,
+            _ => TcpState::Bound,
+        };
+        let inode_id = SockId::Inode(b.inode);
+        let id = if b.cookie != 0 {
+            SockId::Cookie(b.cookie)
+        } else {
+            inode_id
+        };
+        let prev = self.remove(netns, &id).or_else(|| {
+            if b.inode != 0 {
+                self.remove(netns, &inode_id)
+            } else {
+                None
+            }
+        });
+        let mut sock = existing(proto, b.local, state);
+        sock.family = family_of(&b.local);
+        sock.reuseaddr = b.reuseaddr;
+        sock.reuseport = b.reuseport;
+        sock.v6only = b.v6only;
+        sock.uid = b.uid;
+        sock.bound_dev_if = b.bound_dev_if;
+        sock.inode = b.inode;
+        sock.cookie = b.cookie;
+        self.insert(
+            netns,
+            id,
+            Tracked {
+                sock,
+                owner,
+                left_by: None,
+                since_ns: prev.map(|p| p.since_ns).unwrap_or(ts),
+                expires_at_ns: None,
+                // A TCP listener retires through its LISTEN -> CLOSE event.
+                unretired: state == TcpState::Bound,
+                seq: 0,
+            },
+        );
+    }
+
+    fn state(&mut self, netns: u32, s: &StateChange, owner: Option<Process>, ts: u64) {
+        let id = SockId::Cookie(s.cookie);
+        if s.inode != 0 {
+            // The socket may be known by its inode from a bind before the
+            // kernel gave it a cookie.
+            if let Some(prev) = self.remove(netns, &SockId::Inode(s.inode)) {
+                if !self
+                    .ns
+                    .get(&netns)
+                    .is_some_and(|n| n.socks.contains_key(&id))
+                {
+                    self.insert(netns, id, prev);
+                }
+            }
+        }
+        if s.new == TcpState::Close {
+            self.remove(netns, &id);
+            return;
+        }
+        let prev = self.remove(netns, &id);
+        let mut sock = existing(Proto::Tcp, s.local, s.new);
+        sock.family = family_of(&s.local);
+        if s.remote.port() != 0 {
+            sock.remote = Some(s.remote.socket_addr());
+        }
+        sock.reuseaddr = s.reuseaddr;
+        sock.reuseport = s.reuseport;
+        sock.uid = s.uid;
+        sock.inode = if s.inode != 0 {
+            s.inode
+        } else {
+            prev.as_ref().map(|p| p.sock.inode).unwrap_or(0)
+        };
+        sock.cookie = s.cookie;
+        if let Some(p) = &prev {
+            sock.v6only = p.sock.v6only;
+            sock.bound_dev_if = p.sock.bound_dev_if;
+        }
+        let since = prev.as_ref().map(|p| p.since_ns).unwrap_or(ts);
+        self.insert(
+            netns,
+            id,
+            Tracked {
+                sock,
+                owner: owner.or_else(|| prev.and_then(|p| p.owner)),
+                left_by: None,
+                since_ns: since,
+                expires_at_ns: None,
+                unretired: false,
+                seq: 0,
+            },
+        );
+    }
+
+    fn tw_open(&mut self, netns: u32, t: &TimewaitOpen, ts: u64) {
+        let mut sock = existing(Proto::Tcp, t.local, t.substate);
+        sock.family = family_of(&t.local);
+        sock.timewait = true;
+        sock.remote = Some(t.remote.socket_addr());
+        sock.reuseaddr = t.reuseaddr;
+        sock.reuseport = t.reuseport;
+        sock.cookie = t.cookie;
+        self.insert(
+            netns,
+            SockId::Tw(Proto::Tcp, t.local, t.remote),
+            Tracked {
+                sock,
+                owner: None,
+                left_by: t.left_by.clone(),
+                since_ns: ts,
+                expires_at_ns: Some(ts + t.expires_in_ms * 1_000_000),
+                unretired: false,
+                seq: 0,
+            },
+        );
+    }
+
+    fn seen(&mut self, netns: u32, proto: Proto, s: &SocketSeen, ts: u64) {
+        let id = if s.timewait {
+            SockId::Tw(proto, s.local, s.remote.unwrap_or(s.local))
+        } else if s.cookie != 0 {
+            SockId::Cookie(s.cookie)
+        } else {
+            SockId::Inode(s.inode)
+        };
+        let mut prev = self.remove(netns, &id);
+        if s.inode != 0 && id != SockId::Inode(s.inode) {
+            // Known by its inode from a bind before it had a cookie.
+            let by_inode = self.remove(netns, &SockId::Inode(s.inode));
+            prev = prev.or(by_inode);
+        }
+        let mut sock = existing(proto, s.local, s.state);
+        sock.family = family_of(&s.local);
+        sock.timewait = s.timewait;
+        sock.remote = s.remote.map(|r| r.socket_addr());
+        sock.uid = s.uid;
+        sock.inode = s.inode;
+        sock.cookie = s.cookie;
+        sock.v6only = s.v6only;
+        sock.bound_dev_if = s.bound_dev_if;
+        // What the events told us about the options beats a guess.
+        let known = prev.as_ref().filter(|p| p.sock.flags_known);
+        match (s.reuseaddr, s.reuseport, known) {
+            (Some(a), Some(p), _) => {
+                sock.reuseaddr = a;
+                sock.reuseport = p;
+            }
+            (_, _, Some(p)) => {
+                sock.reuseaddr = p.sock.reuseaddr;
+                sock.reuseport = p.sock.reuseport;
+            }
+            _ => sock.flags_known = false,
+        }
+        let (left_by, since) = match &prev {
+            Some(p) => (p.left_by.clone(), p.since_ns),
+            None => (None, ts),
+        };
+        let retired_by_events = s.timewait || (proto == Proto::Tcp && s.state != TcpState::Bound);
+        self.insert(
+            netns,
+            id,
+            Tracked {
+                sock,
+                owner: s.owner.clone().or_else(|| prev.and_then(|p| p.owner)),
+                left_by,
+                since_ns: since,
+                expires_at_ns: s.expires_in_ms.map(|ms| ts + ms * 1_000_000),
+                unretired: !retired_by_events,
+                seq: 0,
+            },
+        );
+    }
+
+    fn expire_overdue_tw(&mut self, netns: u32) {
+        let now = self.now_ns;
+        if let Some(ns) = self.ns.get_mut(&netns) {
+            // Cheap check first: only scan when something could be overdue.
+            if ns.socks.len() < 4096 || self.events % 1024 == 0 {
+                ns.socks.retain(|_, t| {
+                    !(t.sock.timewait && t.expires_at_ns.is_some_and(|at| at + TW_GRACE_NS < now))
+                });
+            }
+        }
+    }
+
+    /// Every socket of `netns` and `proto` as the rules see them, with the
+    /// remaining timewait time filled in at the model's clock.
+    pub fn existing(&self, netns: u32, proto: Proto) -> Vec<(&Tracked, ExistingSocket)> {
+        let Some(ns) = self.ns.get(&netns) else {
+            return Vec::new();
+        };
+        ns.socks
+            .values()
+            .filter(|t| t.sock.proto == proto)
+            .map(|t| {
+                let mut s = t.sock.clone();
+                s.expires_in_ms = t.expires_in_ms(self.now_ns);
+                (t, s)
+            })
+            .collect()
+    }
+
+    /// Timewait socks of `netns` whose local port lies in `range`.
+    pub fn timewait_in_range(&self, netns: u32, range: (u16, u16)) -> usize {
+        self.ns.get(&netns).map_or(0, |ns| {
+            ns.socks
+                .values()
+                .filter(|t| t.sock.timewait && (range.0..=range.1).contains(&t.sock.port))
+                .count()
+        })
+    }
+}
+
+/// A remote endpoint as an [`Endpoint`].
+pub fn endpoint(sa: SocketAddr) -> Endpoint {
+    Endpoint::from(sa)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::*;
+
+    fn ev(ts_ns: u64, pid: Option<u32>, kind: Kind) -> Event {
+        Event {
+            common: Common {
+                ts: String::new(),
+                ts_ns,
+                netns: 1,
+                proto: Proto::Tcp,
+                pid,
+                comm: pid.map(|_| "srv".to_string()),
+            },
+            kind,
+        }
+    }
+
+    fn st(
+        local: &str,
+        remote: &str,
+        old: TcpState,
+        new: TcpState,
+        cookie: u64,
+        inode: u64,
+    ) -> Kind {
+        Kind::State(StateChange {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            old,
+            new,
+            cookie,
+            reuseaddr: false,
+            reuseport: false,
+            uid: 0,
+            inode,
+        })
+    }
+
+    fn states(m: &Model) -> Vec<(String, TcpState)> {
+        let mut v: Vec<_> = m
+            .namespace(1)
+            .map(|ns| {
+                ns.sockets()
+                    .map(|t| (format!("{}:{}", t.sock.local, t.sock.port), t.sock.state))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_connection_life_ends_in_timewait_then_nothing() {
+        use TcpState::*;
+        let mut m = Model::new();
+        let l = "127.0.0.1:80";
+        let r = "127.0.0.1:5000";
+        m.apply(&ev(
+            1,
+            Some(9),
+            Kind::Bound(crate::event::Bound {
+                syscall: Syscall::Bind,
+                local: l.parse().unwrap(),
+                reuseaddr: false,
+                reuseport: false,
+                v6only: false,
+                uid: 0,
+                cookie: 0,
+                bound_dev_if: 0,
+                inode: 77,
+            }),
+        ));
+        assert_eq!(states(&m), vec![("127.0.0.1:80".into(), Bound)]);
+        m.apply(&ev(2, Some(9), st(l, "0.0.0.0:0", Close, Listen, 5, 77)));
+        assert_eq!(states(&m), vec![("127.0.0.1:80".into(), Listen)]);
+        // accepted child, born in softirq
+        m.apply(&ev(3, None, st(l, r, SynRecv, Established, 6, 0)));
+        m.apply(&ev(4, Some(9), st(l, r, Established, FinWait1, 6, 78)));
+        m.apply(&ev(
+            5,
+            None,
+            Kind::TimewaitOpen(TimewaitOpen {
+                local: l.parse().unwrap(),
+                remote: r.parse().unwrap(),
+                substate: TimeWait,
+                expires_in_ms: 60_000,
+                left_by: Some(Process {
+                    pid: 9,
+                    comm: "srv".into(),
+                }),
+                cookie: 6,
+                reuseaddr: false,
+                reuseport: false,
+            }),
+        ));
+        m.apply(&ev(6, None, st(l, r, FinWait2, Close, 6, 0)));
+        assert_eq!(
+            states(&m),
+            vec![
+                ("127.0.0.1:80".into(), TimeWait),
+                ("127.0.0.1:80".into(), Listen)
+            ]
+        );
+        let tw = m
+            .namespace(1)
+            .unwrap()
+            .sockets()
+            .find(|t| t.sock.timewait)
+            .unwrap();
+        assert_eq!(tw.left_by.as_ref().unwrap().pid, 9);
+        assert_eq!(tw.expires_in_ms(5 + 1_000_000_000), Some(59_000));
+        m.apply(&ev(7, Some(9), st(l, "0.0.0.0:0", Listen, Close, 5, 77)));
+        m.apply(&ev(
+            8,
+            None,
+            Kind::TimewaitClose(TimewaitClose {
+                local: l.parse().unwrap(),
+                remote: r.parse().unwrap(),
+                reason: TimewaitEnd::Expired,
+                cookie: 6,
+            }),
+        ));
+        assert_eq!(states(&m), vec![]);
+    }
+
+    #[test]
+    fn the_model_forgets_overdue_timewait_and_caps_what_nothing_retires() {
+        let mut m = Model::new();
+        m.apply(&ev(
+            0,
+            None,
+            Kind::TimewaitOpen(TimewaitOpen {
+                local: "127.0.0.1:80".parse().unwrap(),
+                remote: "127.0.0.1:5000".parse().unwrap(),
+                substate: TcpState::TimeWait,
+                expires_in_ms: 1000,
+                left_by: None,
+                cookie: 1,
+                reuseaddr: false,
+                reuseport: false,
+            }),
+        ));
+        // A close event was lost: 1 s timer + 5 s grace later it is gone.
+        m.apply(&ev(
+            7_000_000_000,
+            None,
+            Kind::Lost(Lost {
+                count: 1,
+                stream: None,
+            }),
+        ));
+        assert_eq!(states(&m), vec![]);
+        assert_eq!(m.lost, 1);
+
+        for i in 0..(MAX_UNRETIRED as u64 + 10) {
+            let mut e = ev(
+                i,
+                Some(1),
+                Kind::Bound(crate::event::Bound {
+                    syscall: Syscall::Bind,
+                    local: format!("127.0.0.1:{}", 1 + (i % 60000)).parse().unwrap(),
+                    reuseaddr: false,
+                    reuseport: false,
+                    v6only: false,
+                    uid: 0,
+                    cookie: 0,
+                    bound_dev_if: 0,
+                    inode: i + 1,
+                }),
+            );
+            e.common.proto = Proto::Udp;
+            m.apply(&e);
+        }
+        assert_eq!(m.namespace(1).unwrap().sockets().count(), MAX_UNRETIRED);
+    }
+
+    #[test]
+    fn failures_are_kept_newest_last_and_bounded() {
+        let mut m = Model::new();
+        for i in 0..(MAX_FAILURES + 5) {
+            m.apply(&ev(
+                i as u64,
+                Some(1),
+                Kind::BindFailed(BindFailed {
+                    syscall: Syscall::Bind,
+                    errno: 98,
+                    error: "EADDRINUSE".into(),
+                    requested: "0.0.0.0:80".parse().unwrap(),
+                    reuseaddr: false,
+                    reuseport: false,
+                    v6only: false,
+                    uid: 0,
+                    holders: vec![],
+                    diagnosis: None,
+                    freebind: false,
+                    transparent: false,
+                    bound_dev_if: 0,
+                    cgroup_id: 0,
+                    cookie: 0,
+                    inode: 0,
+                    tid: 0,
+                    local: None,
+                }),
+            ));
+        }
+        assert_eq!(m.failures.len(), MAX_FAILURES);
+        assert_eq!(
+            m.failures.back().unwrap().common.ts_ns,
+            (MAX_FAILURES + 4) as u64
+        );
+    }
+}
