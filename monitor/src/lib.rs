@@ -10,6 +10,7 @@ pub mod correlate;
 pub mod diagnose;
 pub mod event;
 pub mod filter;
+pub mod live;
 pub mod model;
 pub mod output;
 pub mod probe;
