@@ -290,7 +290,9 @@ fn who(h: &Holder, ctx: &Context) -> String {
         (Some(c), Some(p)) => format!("{c} (pid {p})"),
         (None, Some(p)) => format!("pid {p}"),
         _ if ctx.owners_hidden => "a process twmon could not see (run it as root)".to_string(),
-        _ => "no process (an orphaned socket the kernel is still closing)".to_string(),
+        // Unknown is not "nobody": the owner may have exited, or was never
+        // seen in its own context.
+        _ => "an unidentified process (see `ss -tanpe`)".to_string(),
     }
 }
 
