@@ -71,6 +71,9 @@ impl<E: Evidence> Correlator<E> {
                 .evidence
                 .snapshot(ev.common.netns, ev.common.pid, &ports)
             {
+                let seen: Vec<(u64, u64)> =
+                    snap.sockets.iter().map(|s| (s.inode, s.cookie)).collect();
+                self.model.reconcile(ev.common.netns, &ports, &seen);
                 for s in &snap.sockets {
                     let seen = socket_event(&ev, s, snap.owner_of(s));
                     self.model.apply(&seen);
@@ -97,7 +100,9 @@ impl<E: Evidence> Correlator<E> {
     }
 }
 
-fn socket_event(failed: &Event, s: &ExistingSocket, owner: Option<Process>) -> Event {
+/// A sock_diag socket as a `socket` event, stamped with the common fields of
+/// `failed` (any event: its time and namespace; pid/comm are cleared).
+pub fn socket_event(failed: &Event, s: &ExistingSocket, owner: Option<Process>) -> Event {
     let mut common = failed.common.clone();
     common.proto = s.proto;
     common.pid = None;
@@ -247,8 +252,9 @@ impl Kernel {
         }
     }
 
-    /// A path to namespace `netns`: the failing thread's process first, then
-    /// any task in it, then the named namespaces under /run/netns.
+    /// A path to namespace `netns`: the failing process's threads first, then
+    /// the named namespaces under /run/netns, any task in it, any descriptor
+    /// that holds it.
     fn path_of(&mut self, netns: u32, hint_pid: Option<u32>) -> Option<String> {
         let matches = |p: &str| std::fs::metadata(p).is_ok_and(|m| m.ino() == netns as u64);
         if let Some(p) = self.paths.get(&netns) {
@@ -308,6 +314,19 @@ fn find_netns_path(netns: u32) -> Option<String> {
                 if matches(&p) {
                     return Some(p);
                 }
+            }
+        }
+    }
+    // No task lives in it: a namespace kept by an open descriptor (a
+    // container runtime, `ip netns` before its bind mount, a test).
+    let want = format!("net:[{netns}]");
+    for proc_ in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(fds) = std::fs::read_dir(proc_.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
+                return Some(fd.path().display().to_string());
             }
         }
     }

@@ -365,6 +365,25 @@ impl Model {
         );
     }
 
+    /// A snapshot of `netns` saw exactly `seen` (inodes and cookies) on
+    /// `ports` (every port when empty): forget the sockets no event retires
+    /// (bound-only TCP, UDP) that it no longer shows; they were closed.
+    pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) {
+        let Some(ns) = self.ns.get_mut(&netns) else {
+            return;
+        };
+        let before = ns.socks.len();
+        ns.socks.retain(|_, t| {
+            !(t.unretired
+                && (ports.is_empty() || ports.contains(&t.sock.port))
+                && !seen.iter().any(|&(inode, cookie)| {
+                    (inode != 0 && inode == t.sock.inode)
+                        || (cookie != 0 && cookie == t.sock.cookie)
+                }))
+        });
+        ns.unretired -= before - ns.socks.len();
+    }
+
     fn expire_overdue_tw(&mut self, netns: u32) {
         let now = self.now_ns;
         if let Some(ns) = self.ns.get_mut(&netns) {

@@ -1,0 +1,263 @@
+//! The field scenarios of contract.md, played for real while `twmon watch
+//! --json` runs: every failed bind must carry the diagnosis code the contract
+//! names for it, the holders that really held the port (with the owning
+//! process's pid for LISTEN, ESTABLISHED and CLOSE_WAIT holders, who left a
+//! TIME_WAIT, the overlap kind), and the kernel's verdict on whether
+//! SO_REUSEADDR / SO_REUSEPORT would have helped.
+//!
+//! Each scenario pauses after each failure until twmon has reported it, as a
+//! real incident would leave its holders in place while someone looks.
+//!
+//! Needs root and eBPF: skipped loudly otherwise, failing under CI=true.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use monitor::event::{BindFailed, DiagnosisCode, Event, Kind};
+use monitor::scenario::{self, Attempt, Netns, Options, Recorder, Step};
+use support::{kernel_or_skip, Watch};
+
+fn failure_of<'a>(events: &'a [Event], a: &Attempt) -> Option<&'a BindFailed> {
+    events.iter().find_map(|e| match &e.kind {
+        Kind::BindFailed(b)
+            if e.common.pid == Some(a.pid)
+                && b.syscall == a.syscall
+                && b.requested == a.requested
+                && e.common.ts_ns >= a.ts_before_ns
+                && e.common.ts_ns <= a.ts_after_ns =>
+        {
+            Some(b)
+        }
+        _ => None,
+    })
+}
+
+fn check_failure(id: u8, a: &Attempt, b: &BindFailed) -> Vec<String> {
+    let mut problems = Vec::new();
+    let expect = a.expect.as_ref().expect("a failure with expectations");
+    let d = match &b.diagnosis {
+        Some(d) => d,
+        None => return vec![format!("scenario {id}: {} has no diagnosis", a.requested)],
+    };
+    let what = format!(
+        "scenario {id}: {} {} ({})",
+        a.syscall.as_str(),
+        a.requested,
+        d.summary
+    );
+    if d.code != expect.code {
+        problems.push(format!(
+            "{what}: code {:?}, expected {:?}",
+            d.code, expect.code
+        ));
+    }
+    // One sentence each.
+    for (name, text) in [("summary", &d.summary), ("fix", &d.fix)] {
+        if text.trim().is_empty() || text.contains('\n') {
+            problems.push(format!("{what}: {name} is not one sentence: {text:?}"));
+        }
+    }
+    if expect.code != DiagnosisCode::EphemeralExhausted {
+        if d.reuseaddr_would_help != expect.reuseaddr_would_help {
+            problems.push(format!(
+                "{what}: reuseaddr_would_help {}, the kernel says {}",
+                d.reuseaddr_would_help, expect.reuseaddr_would_help
+            ));
+        }
+        if d.reuseport_would_help != expect.reuseport_would_help {
+            problems.push(format!(
+                "{what}: reuseport_would_help {}, the kernel says {}",
+                d.reuseport_would_help, expect.reuseport_would_help
+            ));
+        }
+    }
+    for want in &expect.holders {
+        let found = b.holders.iter().find(|h| {
+            h.state == want.state
+                && h.local == want.local
+                && want.remote.is_none_or(|r| h.remote == Some(r))
+        });
+        let Some(h) = found else {
+            problems.push(format!(
+                "{what}: holder {} {} missing; twmon named {:?}",
+                want.state,
+                want.local,
+                b.holders
+                    .iter()
+                    .map(|h| format!("{} {} pid {:?}", h.state, h.local, h.pid))
+                    .collect::<Vec<_>>()
+            ));
+            continue;
+        };
+        if let Some(pid) = want.pid {
+            if h.pid != Some(pid) {
+                problems.push(format!(
+                    "{what}: holder {} {} owned by pid {pid}, twmon says {:?}",
+                    h.state, h.local, h.pid
+                ));
+            }
+        }
+        if let Some(pid) = want.left_by_pid {
+            if h.left_by.as_ref().map(|p| p.pid) != Some(pid) {
+                problems.push(format!(
+                    "{what}: TIME_WAIT {} left by pid {pid}, twmon says {:?}",
+                    h.local, h.left_by
+                ));
+            }
+        }
+        if h.overlap != want.overlap {
+            problems.push(format!(
+                "{what}: holder {} overlap {:?}, expected {:?}",
+                h.local, h.overlap, want.overlap
+            ));
+        }
+        if h.reuseaddr != want.reuseaddr {
+            problems.push(format!(
+                "{what}: holder {} reuseaddr {}, expected {}",
+                h.local, h.reuseaddr, want.reuseaddr
+            ));
+        }
+    }
+    if let Some(n) = expect.time_wait_count {
+        if !d.summary.contains(&n.to_string()) {
+            problems.push(format!(
+                "{what}: the summary does not give the TIME_WAIT count {n}"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
+    if !kernel_or_skip("field_scenarios_get_the_contracts_diagnosis_and_holders") {
+        return;
+    }
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for sc in scenario::all() {
+        let ns = Netns::new().expect("network namespace");
+        let inode = ns.inode().to_string();
+        let watch = Arc::new(Watch::start_or_panic(&["--json", "--netns", &inode]));
+        // Hold each failure until twmon has reported it.
+        let w = watch.clone();
+        let rec = Recorder::new(&ns, Options::default()).on_step(move |step| {
+            if let Step::Attempt(a) = step {
+                if a.expect.is_some() {
+                    let a = a.clone();
+                    let _ = w.wait_for(Duration::from_secs(5), move |e| {
+                        failure_of(std::slice::from_ref(e), &a).is_some()
+                    });
+                }
+            }
+        });
+        let outcome = sc
+            .run(&ns, rec)
+            .unwrap_or_else(|e| panic!("scenario {} failed to play: {e}", sc.id));
+        std::thread::sleep(Duration::from_millis(200));
+        let watch =
+            Arc::try_unwrap(watch).unwrap_or_else(|_| panic!("the step hook still holds twmon"));
+        let done = watch.stop(libc::SIGTERM);
+        let events = done.events();
+        for a in outcome.failures() {
+            match failure_of(&events, a) {
+                Some(b) => {
+                    checked += 1;
+                    problems.extend(check_failure(sc.id, a, b));
+                }
+                None => problems.push(format!(
+                    "scenario {}: no bind_failed for {} {} (pid {})",
+                    sc.id,
+                    a.syscall.as_str(),
+                    a.requested,
+                    a.pid
+                )),
+            }
+        }
+    }
+    assert!(checked >= 15, "only {checked} failures were checked");
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn a_failure_is_explained_by_sockets_older_than_twmon() {
+    if !kernel_or_skip("a_failure_is_explained_by_sockets_older_than_twmon") {
+        return;
+    }
+    // LISTEN, CLOSE_WAIT and TIME_WAIT exist before twmon starts.
+    let ns = Netns::new().expect("network namespace");
+    let held = ns
+        .run(|| {
+            use std::io::Read;
+            use std::net::{TcpListener, TcpStream};
+            let tw_l = TcpListener::bind("127.0.0.1:7801").unwrap();
+            let c = TcpStream::connect("127.0.0.1:7801").unwrap();
+            let (s, _) = tw_l.accept().unwrap();
+            drop(s); // server closes first: TIME_WAIT on 7801
+            let mut buf = [0u8; 1];
+            let _ = (&c).read(&mut buf);
+            drop(c);
+            drop(tw_l);
+            let cw_l = TcpListener::bind("127.0.0.1:7802").unwrap();
+            let c2 = TcpStream::connect("127.0.0.1:7802").unwrap();
+            let (cw, _) = cw_l.accept().unwrap();
+            drop(c2); // peer closes, we never do: CLOSE_WAIT on 7802
+            drop(cw_l);
+            let listen = TcpListener::bind("127.0.0.1:7803").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            (cw, listen)
+        })
+        .unwrap();
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let codes: Vec<(u16, Option<DiagnosisCode>)> = ns
+        .run(|| {
+            [7801u16, 7802, 7803]
+                .iter()
+                .map(|&port| {
+                    // A plain socket: std's TcpListener would set SO_REUSEADDR.
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .unwrap();
+                    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+                    let e = s.bind(&addr.into()).unwrap_err();
+                    assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "port {port}");
+                    (port, None)
+                })
+                .collect()
+        })
+        .unwrap();
+    let me = std::process::id();
+    let want = [
+        (7801u16, DiagnosisCode::TimeWait),
+        (7802, DiagnosisCode::CloseWait),
+        (7803, DiagnosisCode::Listener),
+    ];
+    for (port, code) in want {
+        let got = watch.wait_for(
+            Duration::from_secs(5),
+            |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == port),
+        );
+        let Some(Event {
+            kind: Kind::BindFailed(b),
+            ..
+        }) = got
+        else {
+            panic!("no bind_failed for port {port}; got {:?}", codes)
+        };
+        let d = b.diagnosis.as_ref().expect("a diagnosis");
+        assert_eq!(d.code, code, "port {port}: {}", d.summary);
+        if code != DiagnosisCode::TimeWait {
+            assert!(
+                b.holders.iter().any(|h| h.pid == Some(me)),
+                "port {port}: the holder is this test process ({me}); twmon says {:?}",
+                b.holders
+            );
+        }
+    }
+    drop(held);
+    let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
