@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod cmd_check;
+pub mod cmd_demo;
+pub mod cmd_live;
 pub mod cmd_watch;
 pub mod correlate;
 pub mod diagnose;
@@ -17,3 +19,4 @@ pub mod probe;
 pub mod rules;
 pub mod scenario;
 pub mod snapshot;
+pub mod ui;

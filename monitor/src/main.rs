@@ -8,8 +8,21 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Watch(args)) => monitor::cmd_watch::run(args),
         Some(Command::Check(args)) => monitor::cmd_check::run(args),
+        Some(Command::Live(args)) => monitor::cmd_live::run(args),
+        Some(Command::Demo(args)) => monitor::cmd_demo::run(args),
+        None if monitor::cmd_live::on_a_terminal() => {
+            monitor::cmd_live::run(&monitor::cli::LiveArgs {
+                filters: Default::default(),
+                probe: Default::default(),
+                record: None,
+                duration: None,
+            })
+        }
         None => {
-            eprintln!("twmon: the dashboard is not built yet; try `twmon watch`");
+            eprintln!(
+                "twmon: no terminal for the dashboard. Try `twmon watch` (events as lines), \
+                 `twmon check ADDR:PORT`, or `twmon --help`."
+            );
             Ok(2)
         }
         Some(other) => {

@@ -1,0 +1,339 @@
+//! `twmon live` (and `twmon` alone on a terminal): the dashboard on live
+//! kernel events.
+//!
+//! The source is the probe ([`Live`]) through a `Correlator<Kernel>`: the
+//! dashboard gets what the correlator emits (snapshot evidence, then each
+//! event, failures with holders and diagnosis), exactly what a recording
+//! writes, so a replay of that recording shows the same.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc::error::TryRecvError;
+
+use crate::cli::{Filters, LiveArgs};
+use crate::correlate::{Correlator, Kernel};
+use crate::event::Event;
+use crate::live::Live;
+use crate::probe::ModeInfo;
+use crate::ui::app::{App, Dashboard};
+use crate::ui::run::{run as run_ui, CrosstermInput, RunOptions, RunStats};
+use crate::ui::source::{EventSource, Poll, Recording, SourceStatus};
+use crate::ui::terminal::TerminalGuard;
+
+/// "tracepoint: sys_exit, inet_sock_set_state, ..." (hook names without
+/// their program type).
+pub fn hooks_label(mode: &ModeInfo) -> String {
+    let hooks: Vec<&str> = mode
+        .hooks
+        .iter()
+        .map(|h| h.rsplit('/').next().unwrap_or(h))
+        .collect();
+    // timer_start, timer_expire_entry, timer_cancel -> timer_{start,expire_entry,cancel}
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < hooks.len() {
+        let prefix = hooks[i].split_once('_').map(|(p, _)| p);
+        let mut j = i + 1;
+        while let Some(p) = prefix {
+            if j < hooks.len() && hooks[j].split_once('_').map(|(q, _)| q) == Some(p) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        match prefix {
+            Some(p) if j - i > 1 => {
+                let rest: Vec<&str> = hooks[i..j]
+                    .iter()
+                    .map(|h| h.split_once('_').map_or(*h, |(_, r)| r))
+                    .collect();
+                out.push(format!("{p}_{{{}}}", rest.join(",")));
+            }
+            _ => out.push(hooks[i].to_string()),
+        }
+        i = j;
+    }
+    format!("{}: {}", mode.mode, out.join(", "))
+}
+
+/// Live kernel events through the correlator, optionally recorded.
+pub struct LiveSource {
+    pub live: Live,
+    pub correlator: Correlator<Kernel>,
+    /// Correlated events not handed over yet.
+    pending: VecDeque<Event>,
+    ended: bool,
+    /// "live" or "demo".
+    pub label: String,
+    /// Which events a recording keeps (the command line's filters).
+    pub record_filters: Filters,
+    recording: Option<rec::Rec>,
+    /// Why recording stopped by itself (a write error).
+    record_error: Option<String>,
+}
+
+impl LiveSource {
+    pub fn new(live: Live, label: &str) -> LiveSource {
+        LiveSource {
+            live,
+            correlator: Correlator::new(Kernel::new()),
+            pending: VecDeque::new(),
+            ended: false,
+            label: label.to_string(),
+            record_filters: Filters::default(),
+            recording: None,
+            record_error: Some("recording not available".into()),
+        }
+    }
+
+    /// Start recording to `path`.
+    pub fn start_recording(&mut self, path: PathBuf) -> Result<String, String> {
+        let r = rec::Rec::start(
+            path,
+            &self.record_filters,
+            &self.live.mode,
+            &mut self.correlator.model,
+        )?;
+        let msg = format!("recording to {}", r.path());
+        self.recording = Some(r);
+        self.record_error = None;
+        Ok(msg)
+    }
+
+    /// Stop recording; what was written.
+    pub fn stop_recording(&mut self) -> Option<Result<String, String>> {
+        Some(self.recording.take()?.finish())
+    }
+
+    /// Stop the probe, pass what the kernel still held through the
+    /// correlator (into the recording), and close the recording; what to
+    /// tell the user about it.
+    pub fn finish(&mut self) -> Option<String> {
+        self.live.request_stop();
+        let end = std::time::Instant::now() + Duration::from_secs(3);
+        let mut sink = Vec::new();
+        while std::time::Instant::now() < end {
+            sink.clear();
+            match self.poll(&mut sink, 4096, Duration::ZERO) {
+                Poll::Ended => break,
+                Poll::Idle => std::thread::sleep(Duration::from_millis(5)),
+                Poll::Ready => {}
+            }
+        }
+        self.stop_recording().map(|r| match r {
+            Ok(m) | Err(m) => m,
+        })
+    }
+
+    /// One kernel event through the correlator (and into the recording).
+    fn step(&mut self, ev: Event) {
+        let out = self.correlator.process(ev);
+        if let Some(rec) = &mut self.recording {
+            for e in &out {
+                if let Err(err) = rec.record(e, &self.correlator.model) {
+                    self.record_error = Some(err);
+                    self.recording = None;
+                    break;
+                }
+            }
+        }
+        self.pending.extend(out);
+    }
+}
+
+impl EventSource for LiveSource {
+    fn poll(&mut self, out: &mut Vec<Event>, max: usize, _wait: Duration) -> Poll {
+        while out.len() < max {
+            if let Some(e) = self.pending.pop_front() {
+                out.push(e);
+                continue;
+            }
+            match self.live.events.try_recv() {
+                Ok(ev) => self.step(ev),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.ended = true;
+                    break;
+                }
+            }
+        }
+        if let Some(rec) = &mut self.recording {
+            if let Err(err) = rec.tick() {
+                self.record_error = Some(err);
+                self.recording = None;
+            }
+        }
+        if !out.is_empty() {
+            Poll::Ready
+        } else if self.ended {
+            Poll::Ended
+        } else {
+            Poll::Idle
+        }
+    }
+
+    fn clock_ns(&self) -> Option<u64> {
+        // The clock the kernel stamps events with.
+        Some(crate::scenario::boottime_ns())
+    }
+
+    fn status(&self) -> SourceStatus {
+        SourceStatus {
+            mode: self.label.clone(),
+            detail: hooks_label(&self.live.mode),
+            recording: match (&self.recording, &self.record_error) {
+                (Some(r), _) => Recording::On(r.path()),
+                (None, Some(e)) => Recording::Unavailable(e.clone()),
+                (None, None) => Recording::Off,
+            },
+            speed: None,
+            position: None,
+            ended: self.ended,
+        }
+    }
+
+    fn toggle_recording(&mut self) -> Result<String, String> {
+        if let Some(r) = self.stop_recording() {
+            return r;
+        }
+        let stamp = time::OffsetDateTime::now_utc()
+            .format(time::macros::format_description!(
+                "[year][month][day]-[hour][minute][second]"
+            ))
+            .unwrap_or_else(|_| "now".into());
+        self.start_recording(PathBuf::from(format!("twmon-{stamp}.trace.zst")))
+    }
+}
+
+impl Drop for LiveSource {
+    fn drop(&mut self) {
+        if let Some(Err(e)) = self.stop_recording() {
+            log::warn!("{e}");
+        }
+    }
+}
+
+/// Recording for the dashboard (`r`, `--record`).
+///
+/// TODO(trace): the trace module (monitor/src/trace/) is not merged yet;
+/// until it is, `r` says "recording not available" and `--record` is
+/// refused. The working tree's version of this module wires
+/// `trace::Recording` in.
+mod rec {
+    use std::path::PathBuf;
+
+    use crate::cli::Filters;
+    use crate::event::Event;
+    use crate::model::Model;
+    use crate::probe::ModeInfo;
+
+    /// No recorder in this build: no value of this type can exist.
+    pub enum Rec {}
+
+    impl Rec {
+        pub fn start(
+            _path: PathBuf,
+            _filters: &Filters,
+            _mode: &ModeInfo,
+            _model: &mut Model,
+        ) -> Result<Rec, String> {
+            Err("recording not available in this build (no trace module yet)".into())
+        }
+
+        pub fn record(&mut self, _ev: &Event, _model: &Model) -> Result<(), String> {
+            match *self {}
+        }
+
+        pub fn tick(&mut self) -> Result<(), String> {
+            match *self {}
+        }
+
+        pub fn path(&self) -> String {
+            match *self {}
+        }
+
+        pub fn finish(self) -> Result<String, String> {
+            match self {}
+        }
+    }
+}
+
+/// Is stdin and stdout a terminal?
+pub fn on_a_terminal() -> bool {
+    // SAFETY: isatty only looks at the descriptors.
+    unsafe { libc::isatty(0) == 1 && libc::isatty(1) == 1 }
+}
+
+/// Open the dashboard over `source` until the user quits; the terminal is
+/// restored before this returns (also on error and on panic).
+pub fn dashboard<S: EventSource + ?Sized>(
+    source: &mut S,
+    app: App,
+    opts: &RunOptions,
+) -> anyhow::Result<RunStats> {
+    let mut dash = Dashboard::new(app);
+    let (guard, mut term) = TerminalGuard::enter()?;
+    let r = run_ui(&mut term, source, &mut dash, &mut CrosstermInput, opts);
+    drop(guard);
+    Ok(r?)
+}
+
+/// Print what the loop measured when TWMON_UI_STATS is set.
+pub fn report_stats(stats: &RunStats) {
+    if std::env::var_os("TWMON_UI_STATS").is_some() {
+        eprintln!(
+            "twmon: {} frames in {:.1} s ({:.1} fps), {} events, longest frame {:?}, {} keys: key to frame mean {:?} max {:?}",
+            stats.frames,
+            stats.elapsed.as_secs_f64(),
+            stats.fps(),
+            stats.events,
+            stats.max_draw,
+            stats.keys,
+            stats.mean_key_to_frame(),
+            stats.max_key_to_frame
+        );
+    }
+}
+
+pub fn run(args: &LiveArgs) -> anyhow::Result<i32> {
+    if !on_a_terminal() {
+        eprintln!("twmon live: the dashboard needs a terminal; for lines use `twmon watch` (or `twmon record -o FILE`)");
+        return Ok(2);
+    }
+    let live = match Live::start(args.probe.mode) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("twmon: {e}");
+            return Ok(e.exit_code());
+        }
+    };
+    let mut source = LiveSource::new(live, "live");
+    source.record_filters = args.filters.clone();
+    if let Some(path) = &args.record {
+        if let Err(e) = source.start_recording(path.clone()) {
+            eprintln!("twmon: {e}");
+            source.live.request_stop();
+            return Ok(1);
+        }
+    }
+    let mut app = App::new();
+    app.scope = args.filters.netns.clone();
+    app.cli = Filters {
+        netns: Vec::new(),
+        ..args.filters.clone()
+    };
+    let opts = RunOptions {
+        duration: args.duration.map(Duration::from_secs_f64),
+        ..RunOptions::default()
+    };
+    let stats = dashboard(&mut source, app, &opts);
+    if let Some(msg) = source.finish() {
+        eprintln!("twmon: {msg}");
+    }
+    drop(source); // detaches every program
+    let stats = stats?;
+    report_stats(&stats);
+    Ok(0)
+}
