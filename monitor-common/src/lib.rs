@@ -31,6 +31,9 @@ pub const F_IN_PROCESS: u32 = 1 << 6;
 pub const F_HAVE_REQUEST: u32 = 1 << 7;
 /// `left_by` (owner pid/comm) of a timewait record is known.
 pub const F_HAVE_OWNER: u32 = 1 << 8;
+/// The kernel answered with a RST from this timewait sock just before it was
+/// cancelled: a TCP_TW_RST kill, not a SYN taking the 4-tuple over.
+pub const F_RESET_SENT: u32 = 1 << 9;
 
 /// Timewait record subkinds (`TwEvent::what`).
 pub const TW_OPEN: u8 = 1;

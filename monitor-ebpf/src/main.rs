@@ -42,6 +42,11 @@ pub struct Owner {
     pub comm: [u8; 16],
 }
 
+/// The timewait sock the kernel just sent a RST for, per CPU (tcp_v4_rcv
+/// sends it and then kills the timewait sock, on the same CPU).
+#[map]
+static RST_TW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket cookie -> the last process that acted on the socket in its own
 /// context: who left a timewait sock behind (the cookie carries over).
 #[map]
@@ -83,6 +88,12 @@ pub fn twmon_timer_start(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn twmon_timer_expire(ctx: BtfTracePointContext) -> i32 {
     let _ = timewait::on_timer_expire(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn twmon_send_reset(ctx: BtfTracePointContext) -> i32 {
+    let _ = timewait::on_send_reset(&ctx);
     0
 }
 

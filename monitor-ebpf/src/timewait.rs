@@ -19,13 +19,15 @@ use aya_ebpf::{
     EbpfContext,
 };
 use monitor_common::{
-    TwEvent, F_HAVE_OWNER, KIND_TW, LOST_EVENTS, STACK_DEPTH, TW_CANCEL, TW_EXPIRED, TW_OPEN,
-    TW_SUBSTATE,
+    TwEvent, F_HAVE_OWNER, F_RESET_SENT, KIND_TW, LOST_EVENTS, STACK_DEPTH, TW_CANCEL, TW_EXPIRED,
+    TW_OPEN, TW_SUBSTATE,
 };
 
 use crate::kread::{field, off, ptr};
 use crate::sock;
-use crate::{count_lost, EVENTS, OWNERS, TW};
+use crate::{count_lost, EVENTS, OWNERS, RST_TW, TW};
+
+const TCP_TIME_WAIT: u64 = 6;
 
 /// The timewait sock behind a timer, if the timer is a timewait timer.
 #[inline(always)]
@@ -59,13 +61,42 @@ pub fn on_timer_start(ctx: &BtfTracePointContext) -> Option<()> {
         Some(_) => return None,
     };
     let _ = TW.insert(tw, sub, 0);
-    emit(ctx, tw, what, sub)
+    emit(ctx, tw, what, sub, 0)
 }
 
 pub fn on_timer_expire(ctx: &BtfTracePointContext) -> Option<()> {
     let tw = tw_of_timer(ctx)?;
     let _ = TW.remove(tw);
-    emit(ctx, tw, TW_EXPIRED, substate(tw))
+    emit(ctx, tw, TW_EXPIRED, substate(tw), 0)
+}
+
+/// `tcp_send_reset(sk, skb, reason)`: remember a RST sent on behalf of a
+/// timewait sock, which tcp_v4_rcv kills right after (TCP_TW_RST).
+pub fn on_send_reset(ctx: &BtfTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    if sk == 0 || field(sk, off!(skc_state)) != TCP_TIME_WAIT {
+        return None;
+    }
+    let slot = RST_TW.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot; only this CPU writes it.
+    unsafe { *slot = sk };
+    Some(())
+}
+
+/// Was the last RST on this CPU sent for `tw`? Clears the mark.
+#[inline(always)]
+fn reset_sent_for(tw: u64) -> bool {
+    match RST_TW.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; only this CPU touches it.
+        Some(slot) => unsafe {
+            let hit = *slot == tw;
+            if hit {
+                *slot = 0;
+            }
+            hit
+        },
+        None => false,
+    }
 }
 
 pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
@@ -79,11 +110,12 @@ pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
     // Forget the socket either way; a re-arm's timer_start re-announces it
     // and userspace, which still knows it, takes that as the same socket.
     let _ = TW.remove(tw);
-    emit(ctx, tw, TW_CANCEL, substate(tw))
+    let extra = if reset_sent_for(tw) { F_RESET_SENT } else { 0 };
+    emit(ctx, tw, TW_CANCEL, substate(tw), extra)
 }
 
 #[inline(always)]
-fn emit(ctx: &BtfTracePointContext, tw: u64, what: u8, sub: u8) -> Option<()> {
+fn emit(ctx: &BtfTracePointContext, tw: u64, what: u8, sub: u8, extra: u32) -> Option<()> {
     let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
         count_lost(LOST_EVENTS);
         return None;
@@ -94,7 +126,7 @@ fn emit(ctx: &BtfTracePointContext, tw: u64, what: u8, sub: u8) -> Option<()> {
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_TW;
-        (*e).flags = sock::common_flags(tw);
+        (*e).flags = sock::common_flags(tw) | extra;
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cookie = cookie;
         (*e).tw = tw;

@@ -6,10 +6,19 @@ use std::io::Write;
 use crate::cli::WatchArgs;
 use crate::correlate::{Correlator, Kernel};
 use crate::event::{Event, Kind};
-use crate::live::{shutdown_signal, Live};
+use crate::live::{Live, Shutdown};
 use crate::output::{human_line, json_line};
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(watch(args))
+}
+
+async fn watch(args: &WatchArgs) -> anyhow::Result<i32> {
+    // Signals are handled from here on: a stop request always drains.
+    let mut shutdown = Shutdown::new(args.duration)?;
     let live = match Live::start(args.probe.mode) {
         Ok(l) => l,
         Err(e) => {
@@ -21,17 +30,18 @@ pub fn run(args: &WatchArgs) -> anyhow::Result<i32> {
     for note in &live.mode.notes {
         eprintln!("twmon: {note}");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(watch_loop(live, args))
+    watch_loop(live, args, &mut shutdown).await
 }
 
-async fn watch_loop(mut live: Live, args: &WatchArgs) -> anyhow::Result<i32> {
+async fn watch_loop(
+    mut live: Live,
+    args: &WatchArgs,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut correlator = Correlator::new(Kernel::new());
-    let stop = shutdown_signal(args.duration);
+    let stop = shutdown.wait();
     tokio::pin!(stop);
     let mut stopping = false;
     loop {

@@ -68,30 +68,49 @@ impl Drop for Live {
     }
 }
 
-/// Resolves on Ctrl-C, SIGTERM, or after `duration` seconds.
-pub async fn shutdown_signal(duration: Option<f64>) {
-    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        Ok(s) => Some(s),
-        Err(_) => None,
-    };
-    let term = async {
-        match sigterm.as_mut() {
-            Some(s) => {
-                s.recv().await;
+/// Ctrl-C, SIGTERM or a deadline. The signal handlers are installed when
+/// this is created (inside a tokio runtime), so create it before telling
+/// anyone that twmon is ready: a signal in between would otherwise kill the
+/// process before it drains.
+pub struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Shutdown {
+    pub fn new(duration: Option<f64>) -> std::io::Result<Shutdown> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            deadline: duration
+                .map(|d| tokio::time::Instant::now() + Duration::from_secs_f64(d.max(0.0))),
+        })
+    }
+
+    /// Resolves at the first signal or at the deadline.
+    pub async fn wait(&mut self) {
+        let deadline = async {
+            match self.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            None => std::future::pending().await,
+        };
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = deadline => {}
         }
-    };
-    let deadline = async {
-        match duration {
-            Some(secs) => tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-        _ = deadline => {}
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM, or after `duration` seconds. The handlers
+/// are installed at the first poll; prefer [`Shutdown`] where a readiness
+/// message precedes it.
+pub async fn shutdown_signal(duration: Option<f64>) {
+    match Shutdown::new(duration) {
+        Ok(mut s) => s.wait().await,
+        Err(_) => std::future::pending().await,
     }
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use monitor_common::{
     SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_OWNER, F_HAVE_REQUEST, F_IN_PROCESS,
-    F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND, NR_CONNECT, NR_LISTEN, TW_CANCEL,
-    TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
+    F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND, NR_CONNECT,
+    NR_LISTEN, TW_CANCEL, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
 };
 
 use super::decode::{cstr, Raw};
@@ -266,7 +266,15 @@ impl Enricher {
                         .collect(),
                     None => Vec::new(),
                 };
-                match classify_cancel(&funcs) {
+                let meaning = match classify_cancel(&funcs) {
+                    // The kernel sent a RST for it just before: TCP_TW_RST,
+                    // which tcp_v4_rcv also kills (no SYN involved).
+                    CancelMeaning::Ended(_) if r.flags & F_RESET_SENT != 0 => {
+                        CancelMeaning::Ended(TimewaitEnd::Reset)
+                    }
+                    m => m,
+                };
+                match meaning {
                     CancelMeaning::Rearm => return None,
                     CancelMeaning::Ended(reason) => {
                         self.open_tw.remove(&r.tw);

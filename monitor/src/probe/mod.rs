@@ -82,7 +82,11 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("twmon_timer_start", "timer_start"),
     ("twmon_timer_expire", "timer_expire_entry"),
     ("twmon_timer_cancel", "timer_cancel"),
+    ("twmon_send_reset", "tcp_send_reset"),
 ];
+
+/// Hooks whose absence only degrades one answer (named in the notes).
+const OPTIONAL: &[&str] = &["tcp_send_reset"];
 
 impl Probe {
     pub fn load(mode: ModeArg) -> Result<Probe, ProbeError> {
@@ -137,15 +141,20 @@ impl Probe {
                 })?
                 .try_into()
                 .map_err(|e| ProbeError::Other(format!("{prog}: {e}")))?;
-            p.load(tp, &btf).map_err(|e| ProbeError::Hook {
-                hook: format!("tp_btf/{tp}"),
-                reason: error_chain(&e),
-            })?;
-            p.attach().map_err(|e| ProbeError::Hook {
-                hook: format!("tp_btf/{tp}"),
-                reason: error_chain(&e),
-            })?;
-            hooks.push(format!("tp_btf/{tp}"));
+            let attached = p.load(tp, &btf).and_then(|()| p.attach().map(|_| ()));
+            match attached {
+                Ok(()) => hooks.push(format!("tp_btf/{tp}")),
+                Err(e) if OPTIONAL.contains(tp) => notes.push(format!(
+                    "tp_btf/{tp} unavailable ({}): timewait kills by RST may be reported as reused_by_syn",
+                    error_chain(&e)
+                )),
+                Err(e) => {
+                    return Err(ProbeError::Hook {
+                        hook: format!("tp_btf/{tp}"),
+                        reason: error_chain(&e),
+                    })
+                }
+            }
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
