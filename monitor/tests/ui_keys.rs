@@ -448,3 +448,32 @@ fn under_a_flood_frames_stay_bounded_and_keys_are_prompt() {
         stats.max_key_to_frame
     );
 }
+
+#[test]
+fn history_outlives_the_sockets_for_three_minutes() {
+    let mut d = dashboard(12_000);
+    // The TIME_WAIT on 7100 expires at 60.9 s; its history stays.
+    d.feed(ev(
+        61_000,
+        None,
+        monitor::event::Kind::TimewaitClose(monitor::event::TimewaitClose {
+            local: fixture::ep("127.0.0.1:7100"),
+            remote: fixture::ep("127.0.0.1:40000"),
+            reason: monitor::event::TimewaitEnd::Expired,
+            cookie: 2,
+        }),
+    ));
+    for s in 62..150u64 {
+        d.tick(Some(fixture::at(s * 1000)), s * 1000);
+    }
+    let s = d.app.series(fixture::NETNS, 7100).expect("history kept");
+    assert_eq!(s.tw.iter().copied().max(), Some(1));
+    assert_eq!(s.tw.back(), Some(&0));
+    for s in 150..400u64 {
+        d.tick(Some(fixture::at(s * 1000)), s * 1000);
+    }
+    assert!(
+        d.app.series(fixture::NETNS, 7100).is_none(),
+        "forgotten after 3 min idle"
+    );
+}
