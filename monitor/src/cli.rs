@@ -117,6 +117,16 @@ pub struct RecordArgs {
     /// Rotate to FILE.1, FILE.2 ... when the file reaches this many bytes (suffixes K, M, G).
     #[arg(long, value_name = "SIZE")]
     pub max_size: Option<String>,
+    /// Overwrite FILE (and FILE.N parts) if they exist.
+    #[arg(long)]
+    pub force: bool,
+    /// zstd level when compressing (1 fastest .. 19 smallest).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: i32,
+    /// Which namespaces' existing sockets to write at the start: auto (the
+    /// --netns ones, else twmon's own), all, or none.
+    #[arg(long, value_enum, default_value_t = crate::trace::SnapshotScope::Auto)]
+    pub snapshot: crate::trace::SnapshotScope,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -130,10 +140,15 @@ pub struct ReplayArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
     pub file: PathBuf,
+    /// One JSON object instead of text.
     #[arg(long, conflicts_with = "markdown")]
     pub json: bool,
+    /// Markdown, to paste into an incident document.
     #[arg(long)]
     pub markdown: bool,
+    /// Also read the rotated parts FILE.1, FILE.2 ... of the same recording.
+    #[arg(long)]
+    pub all_parts: bool,
 }
 
 #[derive(Args, Debug, Clone)]

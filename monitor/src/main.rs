@@ -8,6 +8,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Some(Command::Watch(args)) => monitor::cmd_watch::run(args),
         Some(Command::Check(args)) => monitor::cmd_check::run(args),
+        Some(Command::Record(args)) => monitor::cmd_record::run(args),
+        Some(Command::Report(args)) => monitor::cmd_report::run(args),
         Some(Command::Live(args)) => monitor::cmd_live::run(args),
         Some(Command::Demo(args)) => monitor::cmd_demo::run(args),
         None if monitor::cmd_live::on_a_terminal() => {

@@ -1,0 +1,187 @@
+//! `twmon record -o FILE`: the live events, after the correlator, into a
+//! trace file until Ctrl-C, SIGTERM or --duration.
+//!
+//! Order at start: the probe is attached first (events start queueing),
+//! then the sockets that already exist are listed (sock_diag) and written as
+//! `socket` events, then the queued events follow. A socket that changes in
+//! between shows up in both, in the right order for the model.
+
+use std::time::Duration;
+
+use crate::cli::RecordArgs;
+use crate::correlate::{Correlator, Kernel};
+use crate::live::{shutdown_signal, Live};
+use crate::trace::{parse_size, RecordOptions, Recording, WriteError, WriterOptions, Written};
+
+/// The recorder's readiness line on stderr (tests wait for it).
+pub const READY_PREFIX: &str = "twmon: recording to ";
+
+pub fn run(args: &RecordArgs) -> anyhow::Result<i32> {
+    let max_size = match args.max_size.as_deref().map(parse_size) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(e)) => {
+            eprintln!("twmon: --max-size {e}");
+            return Ok(2);
+        }
+    };
+    let opts = RecordOptions {
+        path: args.output.clone(),
+        writer: WriterOptions {
+            compress: WriterOptions::compress_for(&args.output, args.compress),
+            level: args.level,
+            max_size,
+            overwrite: args.force,
+        },
+        filters: args.filters.clone(),
+        snapshot: args.snapshot,
+    };
+    if let Some(m) = max_size {
+        if m < crate::trace::writer::MIN_MAX_SIZE {
+            eprintln!(
+                "twmon: --max-size {m} is too small (at least {} bytes)",
+                crate::trace::writer::MIN_MAX_SIZE
+            );
+            return Ok(2);
+        }
+    }
+    if !args.force && args.output.exists() {
+        eprintln!(
+            "twmon: {}",
+            WriteError::Exists {
+                path: args.output.clone()
+            }
+        );
+        return Ok(2);
+    }
+    let live = match Live::start(args.probe.mode) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("twmon: {e}");
+            return Ok(e.exit_code());
+        }
+    };
+    let mut correlator = Correlator::new(Kernel::new());
+    let rec = match Recording::start(&opts, Some(live.mode.clone()), Some(&mut correlator.model)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("twmon: {e}");
+            live.finish();
+            return Ok(e.exit_code());
+        }
+    };
+    let mut ready = vec![format!(
+        "{READY_PREFIX}{} ({}; {} sockets at start)",
+        rec.path().display(),
+        live.describe(),
+        rec.header().snapshot.as_ref().map_or(0, |s| s.sockets)
+    )];
+    ready.extend(live.mode.notes.iter().map(|n| format!("twmon: {n}")));
+    if let Some(s) = &rec.header().snapshot {
+        ready.extend(
+            s.notes
+                .iter()
+                .map(|n| format!("twmon: starting snapshot: {n}")),
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(record_loop(live, correlator, rec, args.duration, ready))
+}
+
+async fn record_loop(
+    mut live: Live,
+    mut correlator: Correlator<Kernel>,
+    mut rec: Recording,
+    duration: Option<f64>,
+    ready: Vec<String>,
+) -> anyhow::Result<i32> {
+    let stop = shutdown_signal(duration);
+    tokio::pin!(stop);
+    let mut stopping = false;
+    // Poll the stop future once so that the Ctrl-C and SIGTERM handlers are
+    // in place before anyone is told that the recording runs.
+    tokio::select! {
+        biased;
+        _ = &mut stop => {
+            live.request_stop();
+            stopping = true;
+        }
+        _ = std::future::ready(()) => {}
+    }
+    for line in ready {
+        eprintln!("{line}");
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed: Option<WriteError> = None;
+    'run: loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop, if !stopping => {
+                // Let the reader hand over what the kernel still holds.
+                live.request_stop();
+                stopping = true;
+            }
+            _ = tick.tick() => {
+                if let Err(e) = rec.tick() {
+                    failed = Some(e);
+                    break 'run;
+                }
+            }
+            ev = live.events.recv() => {
+                let Some(ev) = ev else { break };
+                for out in correlator.process(ev) {
+                    if let Err(e) = rec.record(&out, &correlator.model) {
+                        failed = Some(e);
+                        break 'run;
+                    }
+                }
+                if let Err(e) = rec.tick() {
+                    failed = Some(e);
+                    break 'run;
+                }
+            }
+        }
+    }
+    if let Some(e) = failed {
+        let written = rec.written().clone();
+        drop(rec);
+        live.finish();
+        eprintln!("twmon: {e}; {}", kept(&written));
+        return Ok(e.exit_code());
+    }
+    let result = rec.finish();
+    // Joining the reader drops the probe: every program is detached.
+    live.finish();
+    match result {
+        Ok(w) => {
+            eprintln!(
+                "twmon: recorded {} events ({} bytes) to {}",
+                w.events,
+                w.bytes,
+                parts(&w)
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("twmon: {e}");
+            Ok(e.exit_code())
+        }
+    }
+}
+
+fn parts(w: &Written) -> String {
+    let names: Vec<String> = w.parts.iter().map(|p| p.display().to_string()).collect();
+    names.join(", ")
+}
+
+/// "the 1234 events written before it are in FILE and stay readable".
+fn kept(w: &Written) -> String {
+    format!(
+        "the {} events written before it are in {} and stay readable",
+        w.events,
+        parts(w)
+    )
+}
