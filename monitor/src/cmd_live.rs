@@ -84,7 +84,7 @@ impl LiveSource {
             label: label.to_string(),
             record_filters: Filters::default(),
             recording: None,
-            record_error: Some("recording not available".into()),
+            record_error: None,
         }
     }
 
@@ -215,12 +215,8 @@ impl Drop for LiveSource {
     }
 }
 
-/// Recording for the dashboard (`r`, `--record`).
-///
-/// TODO(trace): the trace module (monitor/src/trace/) is not merged yet;
-/// until it is, `r` says "recording not available" and `--record` is
-/// refused. The working tree's version of this module wires
-/// `trace::Recording` in.
+/// Recording for the dashboard (`r`, `--record`), through the trace
+/// module's recorder.
 mod rec {
     use std::path::PathBuf;
 
@@ -228,34 +224,50 @@ mod rec {
     use crate::event::Event;
     use crate::model::Model;
     use crate::probe::ModeInfo;
+    use crate::trace::{RecordOptions, Recording};
 
-    /// No recorder in this build: no value of this type can exist.
-    pub enum Rec {}
+    pub struct Rec(Recording);
 
     impl Rec {
         pub fn start(
-            _path: PathBuf,
-            _filters: &Filters,
-            _mode: &ModeInfo,
-            _model: &mut Model,
+            path: PathBuf,
+            filters: &Filters,
+            mode: &ModeInfo,
+            model: &mut Model,
         ) -> Result<Rec, String> {
-            Err("recording not available in this build (no trace module yet)".into())
+            let mut opts = RecordOptions::new(path);
+            opts.filters = filters.clone();
+            Recording::start(&opts, Some(mode.clone()), Some(model))
+                .map(Rec)
+                .map_err(|e| format!("cannot record: {e}"))
         }
 
-        pub fn record(&mut self, _ev: &Event, _model: &Model) -> Result<(), String> {
-            match *self {}
+        pub fn record(&mut self, ev: &Event, model: &Model) -> Result<(), String> {
+            self.0
+                .record(ev, model)
+                .map_err(|e| format!("recording stopped: {e}"))
         }
 
         pub fn tick(&mut self) -> Result<(), String> {
-            match *self {}
+            self.0.tick().map_err(|e| format!("recording stopped: {e}"))
         }
 
         pub fn path(&self) -> String {
-            match *self {}
+            self.0.path().display().to_string()
         }
 
         pub fn finish(self) -> Result<String, String> {
-            match self {}
+            match self.0.finish() {
+                Ok(w) => Ok(format!(
+                    "recording stopped: {} events in {}",
+                    w.events,
+                    w.parts
+                        .last()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )),
+                Err(e) => Err(format!("recording failed: {e}")),
+            }
         }
     }
 }
