@@ -3,6 +3,7 @@
 //! The alias lives in `.cargo/config.toml`. Every command this tool runs is
 //! printed before it runs, and every exit status is checked.
 
+mod bench;
 mod cmd;
 mod setup;
 
@@ -54,6 +55,10 @@ enum Command {
     },
     /// `cargo fmt --check` and `cargo clippy -D warnings` over default members.
     Lint,
+    /// Measure what twmon costs under loopback churn and a bind storm, side
+    /// by side with nothing attached (and tcpstates/bpftrace when installed);
+    /// writes bench/results.md. Needs root.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -82,5 +87,6 @@ fn dispatch(command: Command) -> Result<()> {
         } => cmd::run(!debug, &args),
         Command::Test { args } => cmd::test(&args),
         Command::Lint => cmd::lint(),
+        Command::Bench(args) => bench::run(&args),
     }
 }
