@@ -213,15 +213,19 @@ impl Probe {
         ];
         let mut lost_seen = [0u64; 2];
         let mut last_lost_check = Instant::now();
+        let stall_until = test_stall_events_until();
         loop {
             let stopping = stop.load(Ordering::Relaxed);
+            let stalled = !stopping && stall_until.is_some_and(|t| Instant::now() < t);
+            // Stalled (test hook only): poll the bind ring alone.
+            let nfds = if stalled { 1 } else { fds.len() };
             // SAFETY: fds is a valid array of pollfd for the call's duration.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+            unsafe { libc::poll(fds.as_mut_ptr(), nfds as libc::nfds_t, 100) };
             // Bind results first: they are what the user is waiting for.
             if !self.drain(Which::Binds, usize::MAX, tx) {
                 return;
             }
-            if !self.drain(Which::Events, 4096, tx) {
+            if !stalled && !self.drain(Which::Events, 4096, tx) {
                 return;
             }
             if stopping || last_lost_check.elapsed() >= Duration::from_secs(1) {
@@ -295,6 +299,21 @@ impl Probe {
             }),
         }
     }
+}
+
+/// TEST HOOK, for monitor/tests/kernel_lost.rs only: with
+/// `TWMON_TEST_STALL_EVENTS_MS=N` in the environment the reader leaves the
+/// EVENTS ring unread for the first N ms (the bind ring is read as usual),
+/// so that a test can overflow EVENTS on purpose and check that every lost
+/// record is counted and that failed binds still arrive. Unset (always, in
+/// normal use) it changes nothing.
+fn test_stall_events_until() -> Option<Instant> {
+    let ms: u64 = std::env::var("TWMON_TEST_STALL_EVENTS_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    log::warn!("test hook: the EVENTS ring is not read for the first {ms} ms");
+    Some(Instant::now() + Duration::from_millis(ms))
 }
 
 #[derive(Clone, Copy)]
