@@ -13,6 +13,9 @@ use crate::correlate::{Correlator, Kernel};
 use crate::live::{shutdown_signal, Live};
 use crate::trace::{parse_size, RecordOptions, Recording, WriteError, WriterOptions, Written};
 
+/// A failure whose evidence takes longer than this is logged.
+const SLOW_EVIDENCE: Duration = Duration::from_millis(300);
+
 /// The recorder's readiness line on stderr (tests wait for it).
 pub const READY_PREFIX: &str = "twmon: recording to ";
 
@@ -132,7 +135,24 @@ async fn record_loop(
             }
             ev = live.events.recv() => {
                 let Some(ev) = ev else { break };
-                for out in correlator.process(ev) {
+                let failure = matches!(ev.kind, crate::event::Kind::BindFailed(_));
+                if failure {
+                    // The evidence for a failure (a sock_diag snapshot) may
+                    // take a moment: what came before it goes to disk first.
+                    if let Err(e) = rec.flush() {
+                        failed = Some(e);
+                        break 'run;
+                    }
+                }
+                let t = std::time::Instant::now();
+                let outs = correlator.process(ev);
+                if failure && t.elapsed() > SLOW_EVIDENCE {
+                    log::warn!("the evidence for a failed bind took {:?}", t.elapsed());
+                    if std::env::var_os("TWMON_DEBUG_TIMING").is_some() {
+                        eprintln!("twmon: the evidence for a failed bind took {:?}", t.elapsed());
+                    }
+                }
+                for out in outs {
                     if let Err(e) = rec.record(&out, &correlator.model) {
                         failed = Some(e);
                         break 'run;

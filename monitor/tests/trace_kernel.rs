@@ -1,6 +1,7 @@
 //! `twmon record` against the real kernel, and what survives it: a scenario
-//! recorded and the recorder SIGKILLed right after the failure (plain and
-//! zstd), the report naming the failed bind, its port and diagnosis; the
+//! recorded and the recorder SIGKILLed right after the failure reached the
+//! file (plain and zstd; within 3 s), the report naming the failed bind,
+//! its port and diagnosis; the
 //! 0600 mode; the same report twice; a clean stop on SIGTERM; a full disk
 //! (a 64 KiB tmpfs) giving one sentence, exit 1 and a readable file.
 //!
@@ -53,6 +54,7 @@ impl Rec {
         let mut child = Command::new(TWMON)
             .arg("record")
             .args(args)
+            .env("TWMON_DEBUG_TIMING", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -130,8 +132,9 @@ fn text(b: &[u8]) -> String {
 }
 
 /// Play scenario 1 (restart into TIME_WAIT) while `twmon record` records
-/// its namespace; SIGKILL the recorder 1.5 s after the first failure, while
-/// the scenario goes on. Returns (the failed attempt's port, its syscall).
+/// its namespace; SIGKILL the recorder once its first failure is in the file
+/// (at most 3 s after it), while the scenario goes on. Returns (the failed
+/// attempt's port, its syscall, the recorder's stderr).
 fn record_and_kill(path: &Path, extra: &[&str]) -> (u16, Syscall, Vec<String>) {
     let ns = Netns::new().expect("network namespace");
     let inode = ns.inode().to_string();
@@ -140,14 +143,29 @@ fn record_and_kill(path: &Path, extra: &[&str]) -> (u16, Syscall, Vec<String>) {
     let rec = Arc::new(Mutex::new(Rec::start(&args)));
     let killed: Arc<Mutex<Option<(u16, Syscall)>>> = Arc::new(Mutex::new(None));
     let (r2, k2) = (rec.clone(), killed.clone());
+    let file = path.to_path_buf();
     let hook = move |step: &Step| {
         if let Step::Attempt(a) = step {
             if a.failed() && k2.lock().unwrap().is_none() {
-                // More than the flush delay, then the hard way.
-                std::thread::sleep(Duration::from_millis(1500));
+                // Wait for the failure to reach the file (the writer flushes
+                // within 0.6 s; the correlator's evidence for the failure
+                // comes first, and a loaded machine adds scheduling delays:
+                // up to 3 s), then the hard way while the scenario goes on.
+                let t = Instant::now();
+                let port = a.requested.port();
+                while !has_failure(&file, port) && t.elapsed() < Duration::from_secs(3) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let took = t.elapsed();
+                if took > Duration::from_secs(1) {
+                    support::loud(&format!(
+                        "trace_kernel: the failure took {took:?} to reach {}",
+                        file.display()
+                    ));
+                }
                 let st = r2.lock().unwrap().signal(libc::SIGKILL);
                 assert_eq!(st.code(), None, "killed by a signal");
-                *k2.lock().unwrap() = Some((a.requested.port(), a.syscall));
+                *k2.lock().unwrap() = Some((port, a.syscall));
             }
         }
     };
@@ -159,7 +177,17 @@ fn record_and_kill(path: &Path, extra: &[&str]) -> (u16, Syscall, Vec<String>) {
     (got.0, got.1, stderr)
 }
 
-fn check_killed_trace(path: &Path, port: u16, syscall: Syscall) {
+/// Whether the trace at `path` holds a bind_failed on `port` by now.
+fn has_failure(path: &Path, port: u16) -> bool {
+    let Ok(r) = monitor::trace::TraceReader::open(path) else {
+        return false;
+    };
+    r.map_while(Result::ok).any(
+        |e| matches!(&e.kind, monitor::event::Kind::BindFailed(b) if b.requested.port() == port),
+    )
+}
+
+fn check_killed_trace(path: &Path, port: u16, syscall: Syscall, stderr: &[String]) {
     let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "trace mode");
     let a = report(path, &[]);
@@ -171,7 +199,7 @@ fn check_killed_trace(path: &Path, port: u16, syscall: Syscall) {
     let want_any = format!(":{port}): EADDRINUSE");
     assert!(
         out.contains(&want) || out.contains(&want_any),
-        "the report names the failed bind on port {port}:\n{out}"
+        "the report names the failed bind on port {port}:\n{out}\nrecorder stderr: {stderr:?}"
     );
     assert!(out.contains("diagnosis: time_wait:"), "{out}");
     let j = report(path, &["--json"]);
@@ -206,12 +234,12 @@ fn a_sigkilled_recording_reports_the_failure_plain_and_compressed() {
         ("s1c", &["--compress"][..]),
     ] {
         let path = dir.0.join(name);
-        let (port, syscall, _) = record_and_kill(&path, extra);
+        let (port, syscall, stderr) = record_and_kill(&path, extra);
         let compressed = std::fs::read(&path)
             .unwrap()
             .starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
         assert_eq!(compressed, name != "s1.trace", "{name}");
-        check_killed_trace(&path, port, syscall);
+        check_killed_trace(&path, port, syscall, &stderr);
     }
 }
 

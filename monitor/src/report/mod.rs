@@ -947,6 +947,20 @@ pub fn build(path: &Path, all_parts: bool) -> Result<Report, TraceError> {
             break;
         }
     }
+    if !all_parts {
+        // Say so when the recording goes on in a rotated part.
+        let mut next = path.as_os_str().to_owned();
+        next.push(".1");
+        let next = PathBuf::from(next);
+        if let Ok(r) = TraceReader::open(&next) {
+            if recording.as_deref() == Some(r.header().recording.as_str()) {
+                b.note(format!(
+                    "the recording goes on in {} (rotated parts): --all-parts reads them all",
+                    next.display()
+                ));
+            }
+        }
+    }
     Ok(b.finish())
 }
 

@@ -128,7 +128,11 @@ fn events_line(r: &Report) -> String {
         let _ = write!(s, " ({})", parts.join(", "));
     }
     if r.events.skipped > 0 {
-        let _ = write!(s, "; {} lines skipped", r.events.skipped);
+        let _ = write!(
+            s,
+            "; {} lines skipped (sockets carried over into later parts, unknown types)",
+            r.events.skipped
+        );
     }
     s
 }

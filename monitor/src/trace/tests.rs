@@ -227,10 +227,18 @@ fn rotation_starts_each_part_with_a_header_and_the_known_sockets() {
             all.extend(back.into_iter().skip(carried));
         }
         assert_eq!(all, evs, "compress={compress}");
-        // The report reads the parts as one trace.
+        // The report reads the parts as one trace, and says so when asked
+        // for the first part only.
         let rep = crate::report::build(&p, true).unwrap();
         assert_eq!(rep.events.total, evs.len() as u64);
         assert_eq!(rep.trace.parts as usize, w.parts.len());
+        let first = crate::report::build(&p, false).unwrap();
+        assert_eq!(first.trace.parts, 1);
+        assert!(
+            first.notes.iter().any(|n| n.contains("--all-parts")),
+            "{:?}",
+            first.notes
+        );
     }
 }
 
@@ -573,4 +581,77 @@ fn chunks_end_at_line_ends() {
     // A line longer than the chunk is one chunk.
     assert_eq!(chunk_end(d, 3, 2), 8);
     assert_eq!(chunk_end(b"xxxxxx", 0, 2), 6);
+}
+
+#[test]
+fn a_carry_over_larger_than_the_limit_is_at_most_as_large_as_the_new_events() {
+    use crate::event::{Common, Kind, Proto, SocketSeen, TcpState};
+    let dir = TempDir::new("bigcarry");
+    let p = dir.join("c.trace");
+    let opts = super::RecordOptions {
+        path: p.clone(),
+        writer: WriterOptions {
+            max_size: Some(4096),
+            ..WriterOptions::default()
+        },
+        filters: Default::default(),
+        snapshot: super::SnapshotScope::None,
+    };
+    // 500 sockets the model knows before anything is recorded: ~100 KB of
+    // carry-over, far over the 4 KiB limit.
+    let mut model = crate::model::Model::new();
+    for i in 0..500u16 {
+        model.apply(&Event {
+            common: Common {
+                ts: String::new(),
+                ts_ns: synth::BOOT_NS,
+                netns: 1,
+                proto: Proto::Tcp,
+                pid: None,
+                comm: None,
+            },
+            kind: Kind::Socket(SocketSeen {
+                local: format!("10.0.0.1:{}", 1000 + i).parse().unwrap(),
+                remote: None,
+                state: TcpState::Listen,
+                timewait: false,
+                uid: 0,
+                inode: 10 + i as u64,
+                cookie: 10 + i as u64,
+                reuseaddr: Some(false),
+                reuseport: Some(false),
+                v6only: false,
+                bound_dev_if: 0,
+                expires_in_ms: None,
+                owner: None,
+            }),
+        });
+    }
+    let mut rec = super::Recording::start(&opts, None, Some(&mut model)).unwrap();
+    let evs = events(3000);
+    let fresh: usize = evs
+        .iter()
+        .map(|e| crate::output::json_line(e).len() + 1)
+        .sum();
+    for e in &evs {
+        rec.record(e, &model).unwrap();
+    }
+    let w = rec.finish().unwrap();
+    assert!(w.parts.len() >= 2, "{:?}", w.parts);
+    let mut carried = 0usize;
+    for part in &w.parts[1..] {
+        let (back, _) = read_all(TraceReader::open(part).unwrap());
+        carried += back
+            .iter()
+            .take_while(|e| matches!(e.kind, Kind::Socket(_)))
+            .map(|e| crate::output::json_line(e).len() + 1)
+            .sum::<usize>();
+    }
+    // Each closed part holds at least as many new bytes as it carried in;
+    // only the last part's carry-over is not yet matched.
+    let one = carried / (w.parts.len() - 1);
+    assert!(
+        carried <= fresh + one,
+        "carried {carried} bytes for {fresh} of events"
+    );
 }

@@ -17,8 +17,9 @@
 //! recorder knew at that moment (`socket` events, passed to
 //! [`TraceWriter::rotate`]), so every part can be read on its own. A part may
 //! grow past the limit by one line (plain) or one flush (compressed), and
-//! always takes at least half the limit of new events on top of what was
-//! carried into it. Parts are never deleted.
+//! always takes at least half the limit, and at least as much as was
+//! carried into it, of new events (so with very many sockets a part grows
+//! to twice its carry-over). Parts are never deleted.
 //!
 //! Flushes are write(2)s; the file is fsync'ed when a part is closed. A
 //! killed process loses nothing that was flushed; a crash of the whole
@@ -359,15 +360,14 @@ impl TraceWriter {
     /// True when the current part has reached `max_size` (and holds more
     /// than what was carried into it): call [`TraceWriter::rotate`].
     ///
-    /// A part always takes at least half of `max_size` of new events, so
-    /// that a carry-over larger than the limit cannot make every event a
-    /// part of its own.
+    /// A part always takes at least half of `max_size`, and at least as
+    /// much as was carried into it, of new events: a carry-over near or over
+    /// the limit (many sockets) cannot make most of the trace repeats.
     pub fn wants_rotation(&self) -> bool {
         self.opts.max_size.is_some_and(|m| {
             let size = self.part_size();
-            size >= m
-                && size - self.carried_bytes.min(size) >= m / 2
-                && self.part_events > self.carried
+            let fresh = size - self.carried_bytes.min(size);
+            size >= m && fresh >= (m / 2).max(self.carried_bytes) && self.part_events > self.carried
         })
     }
 
