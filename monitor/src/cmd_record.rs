@@ -90,7 +90,14 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(record_loop(live, correlator, rec, args.duration, ready))
+    rt.block_on(record_loop(
+        live,
+        correlator,
+        rec,
+        args.duration,
+        args.filters.netns.clone(),
+        ready,
+    ))
 }
 
 async fn record_loop(
@@ -98,6 +105,7 @@ async fn record_loop(
     mut correlator: Correlator<Kernel>,
     mut rec: Recording,
     duration: Option<f64>,
+    netns: Vec<u32>,
     ready: Vec<String>,
 ) -> anyhow::Result<i32> {
     let stop = shutdown_signal(duration);
@@ -135,6 +143,17 @@ async fn record_loop(
             }
             ev = live.events.recv() => {
                 let Some(ev) = ev else { break };
+                // Other namespaces cannot change what is explained in the
+                // recorded ones (the model is per namespace): drop them
+                // before the correlator, so a flood elsewhere does not hold
+                // up this recording. (--port/--pid/--comm apply after it:
+                // other processes' sockets are evidence.)
+                if !netns.is_empty()
+                    && !netns.contains(&ev.common.netns)
+                    && !matches!(ev.kind, crate::event::Kind::Lost(_))
+                {
+                    continue;
+                }
                 let failure = matches!(ev.kind, crate::event::Kind::BindFailed(_));
                 if failure {
                     // The evidence for a failure (a sock_diag snapshot) may
