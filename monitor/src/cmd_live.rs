@@ -76,7 +76,7 @@ pub struct LiveSource {
 
 impl LiveSource {
     pub fn new(live: Live, label: &str) -> LiveSource {
-        LiveSource {
+        let mut src = LiveSource {
             live,
             correlator: Correlator::new(Kernel::new()),
             pending: VecDeque::new(),
@@ -85,7 +85,17 @@ impl LiveSource {
             record_filters: Filters::default(),
             recording: None,
             record_error: None,
+        };
+        // The sockets that exist already, in every namespace: the views
+        // know the ports before the first event.
+        let (seed, _) = crate::trace::recording::snapshot_events(
+            crate::trace::recording::SnapshotScope::All,
+            &[],
+        );
+        for ev in seed {
+            src.step(ev);
         }
+        src
     }
 
     /// Start recording to `path`.

@@ -8,6 +8,7 @@ use crate::correlate::{Correlator, Kernel};
 use crate::event::{Event, Kind};
 use crate::live::{Live, Shutdown};
 use crate::output::{human_line, json_line};
+use crate::trace::recording::{snapshot_events, SnapshotScope};
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -41,6 +42,18 @@ async fn watch_loop(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut correlator = Correlator::new(Kernel::new());
+    // The sockets that exist already, in every namespace, seed the model
+    // (printed with -v only, as `socket` lines).
+    let (seed, _) = snapshot_events(SnapshotScope::All, &args.filters.netns);
+    for ev in seed {
+        if !correlator
+            .process(ev)
+            .iter()
+            .all(|e| emit(&mut out, e, args))
+        {
+            return Ok(0);
+        }
+    }
     let stop = shutdown.wait();
     tokio::pin!(stop);
     let mut stopping = false;
