@@ -8,6 +8,7 @@ pub mod cmd_check;
 pub mod cmd_demo;
 pub mod cmd_live;
 pub mod cmd_record;
+pub mod cmd_replay;
 pub mod cmd_report;
 pub mod cmd_watch;
 pub mod correlate;

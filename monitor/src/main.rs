@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Some(Command::Report(args)) => monitor::cmd_report::run(args),
         Some(Command::Live(args)) => monitor::cmd_live::run(args),
         Some(Command::Demo(args)) => monitor::cmd_demo::run(args),
+        Some(Command::Replay(args)) => monitor::cmd_replay::run(args),
         None if monitor::cmd_live::on_a_terminal() => {
             monitor::cmd_live::run(&monitor::cli::LiveArgs {
                 filters: Default::default(),
