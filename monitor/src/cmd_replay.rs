@@ -287,7 +287,7 @@ impl EventSource for ReplaySource {
         let mut detail = self.detail.clone();
         if let Some((n, at)) = &self.note {
             if (self.now)().saturating_duration_since(*at) < Duration::from_secs(4) {
-                detail = format!("{detail} · {n}");
+                detail = n.clone();
             }
         }
         SourceStatus {
@@ -353,7 +353,13 @@ impl EventSource for ReplaySource {
 
 /// The file name for the status line, with where a damaged trace stops.
 fn detail(path: &Path, stopped: Option<&crate::trace::TraceError>) -> String {
-    let name = path.display().to_string();
+    // The path as given; its file name alone when that is long.
+    let mut name = path.display().to_string();
+    if name.chars().count() > 48 {
+        if let Some(f) = path.file_name() {
+            name = f.to_string_lossy().into_owned();
+        }
+    }
     match stopped.and_then(|e| e.position()) {
         Some((line, _)) => format!("{name} (damaged: stops at line {line})"),
         None => name,

@@ -28,10 +28,6 @@ fn main() -> ExitCode {
             );
             Ok(2)
         }
-        Some(other) => {
-            eprintln!("twmon: {other:?} is not built yet");
-            Ok(2)
-        }
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
