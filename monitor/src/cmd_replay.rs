@@ -28,7 +28,7 @@ use crate::cmd_live::{dashboard, on_a_terminal, report_stats};
 use crate::event::{Event, Kind};
 use crate::ui::app::App;
 use crate::ui::run::RunOptions;
-use crate::ui::source::{EventSource, Poll, SourceStatus};
+use crate::ui::source::{EventSource, Poll, Recording, SourceStatus};
 
 /// The speeds `+` and `-` step through (0: as fast as possible, last).
 pub const SPEEDS: [f64; 4] = [1.0, 10.0, 100.0, 0.0];
@@ -59,6 +59,9 @@ pub struct ReplaySource {
     detail: String,
     /// A short note for a while (e.g. "no bind failure after 00:12.0").
     note: Option<(String, Instant)>,
+    /// (ns of the UTC day, boot ns) at the same instant: the trace's wall
+    /// clock, from its header.
+    wall: Option<(u64, u64)>,
     now: Box<dyn Fn() -> Instant>,
 }
 
@@ -100,8 +103,23 @@ impl ReplaySource {
             reset: false,
             detail: detail.into(),
             note: None,
+            wall: None,
             now,
         }
+    }
+
+    /// The trace's wall clock: `started` (RFC 3339 UTC, as in the header)
+    /// was boot time `boot_ns`.
+    pub fn set_wall_clock(&mut self, started: &str, boot_ns: u64) {
+        self.wall = day_ns(started).map(|d| (d, boot_ns));
+    }
+
+    /// "00:38:56": the trace's time of day (UTC) at the playback clock.
+    fn wall_at(&self, ns: u64) -> Option<String> {
+        let (day, boot) = self.wall?;
+        let t = (day as i128 + ns as i128 - boot as i128).rem_euclid(86_400_000_000_000) as u64;
+        let s = t / 1_000_000_000;
+        Some(format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60))
     }
 
     /// The next event to hand over (tests, status).
@@ -295,13 +313,21 @@ impl EventSource for ReplaySource {
             detail,
             speed: Some(self.speed),
             position: Some(format!(
-                "{}/{}",
+                "{}{}/{}",
+                self.wall_at(self.clock)
+                    .map(|w| format!("{w} UTC  "))
+                    .unwrap_or_default(),
                 self.rel(self.clock),
                 self.rel(self.end_ns)
             )),
             ended: self.pos >= self.events.len(),
-            ..SourceStatus::default()
+            // (Not "unavailable": that takes the room of the file name.)
+            recording: Recording::Off,
         }
+    }
+
+    fn toggle_recording(&mut self) -> Result<String, String> {
+        Err("a replay does not record".into())
     }
 
     fn set_paused(&mut self, p: bool) -> bool {
@@ -351,6 +377,26 @@ impl EventSource for ReplaySource {
     }
 }
 
+/// "2026-11-22T00:38:36.313663319Z" -> ns since that day's midnight.
+fn day_ns(rfc3339: &str) -> Option<u64> {
+    let t = rfc3339.split_once('T')?.1;
+    let t = t.trim_end_matches('Z');
+    let (hms, frac) = t.split_once('.').unwrap_or((t, ""));
+    let mut it = hms.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, m, sec) = (it.next()??, it.next()??, it.next()??);
+    let digits: String = frac
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .take(9)
+        .collect();
+    let frac_ns = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u64>().ok()? * 10u64.pow(9 - digits.len() as u32)
+    };
+    Some(((h * 60 + m) * 60 + sec) * 1_000_000_000 + frac_ns)
+}
+
 /// The file name for the status line, with where a damaged trace stops.
 fn detail(path: &Path, stopped: Option<&crate::trace::TraceError>) -> String {
     // The path as given; its file name alone when that is long.
@@ -370,7 +416,9 @@ fn detail(path: &Path, stopped: Option<&crate::trace::TraceError>) -> String {
 pub fn open(path: &Path, speed: f64) -> Result<ReplaySource, crate::trace::TraceError> {
     let loaded = crate::trace::load(path)?;
     let d = detail(path, loaded.stopped.as_ref());
-    Ok(ReplaySource::new(loaded.events, d, speed))
+    let mut src = ReplaySource::new(loaded.events, d, speed);
+    src.set_wall_clock(&loaded.header.started, loaded.header.boot_ns_at_start);
+    Ok(src)
 }
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<i32> {
@@ -390,6 +438,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<i32> {
     }
     let d = detail(&args.file, loaded.stopped.as_ref());
     let mut source = ReplaySource::new(loaded.events, d, args.speed);
+    source.set_wall_clock(&loaded.header.started, loaded.header.boot_ns_at_start);
     let stats = dashboard(&mut source, App::new(), &RunOptions::default())?;
     if let Some(s) = &loaded.stopped {
         eprintln!("twmon: {s}");
@@ -462,6 +511,12 @@ mod tests {
         assert_eq!(drain(&mut s), 1);
         assert_eq!(s.clock_ns(), Some(S * 3 / 2));
         assert_eq!(s.status().position.unwrap(), "00:01.5/00:40.0");
+        s.set_wall_clock("2026-11-22T23:59:59.5Z", 0);
+        assert_eq!(
+            s.status().position.unwrap(),
+            "00:00:01 UTC  00:01.5/00:40.0"
+        );
+        assert_eq!(day_ns("2026-11-22T00:38:36.3136Z"), Some(2_316_313_600_000));
         key(&mut s, '+');
         assert_eq!(s.speed(), 10.0);
         adv(&t, 0.4); // 1.5 + 4 = 5.5 s
