@@ -109,21 +109,27 @@ pub fn socket_event(failed: &Event, s: &ExistingSocket, owner: Option<Process>) 
     common.comm = None;
     Event {
         common,
-        kind: Kind::Socket(SocketSeen {
-            local: Endpoint::new(s.local, s.port),
-            remote: s.remote.map(Endpoint::from),
-            state: s.state,
-            timewait: s.is_timewait(),
-            uid: s.uid,
-            inode: s.inode,
-            cookie: s.cookie,
-            reuseaddr: s.flags_known.then_some(s.reuseaddr),
-            reuseport: s.flags_known.then_some(s.reuseport),
-            v6only: s.v6only,
-            bound_dev_if: s.bound_dev_if,
-            expires_in_ms: s.expires_in_ms,
-            owner,
-        }),
+        kind: Kind::Socket(socket_seen(s, owner)),
+    }
+}
+
+/// What a `socket` event says about a socket the rules know; flags that were
+/// only guessed are left out (None).
+pub fn socket_seen(s: &ExistingSocket, owner: Option<Process>) -> SocketSeen {
+    SocketSeen {
+        local: Endpoint::new(s.local, s.port),
+        remote: s.remote.map(Endpoint::from),
+        state: s.state,
+        timewait: s.is_timewait(),
+        uid: s.uid,
+        inode: s.inode,
+        cookie: s.cookie,
+        reuseaddr: s.flags_known.then_some(s.reuseaddr),
+        reuseport: s.flags_known.then_some(s.reuseport),
+        v6only: s.v6only,
+        bound_dev_if: s.bound_dev_if,
+        expires_in_ms: s.expires_in_ms,
+        owner,
     }
 }
 

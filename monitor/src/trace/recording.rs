@@ -343,20 +343,9 @@ pub fn model_events(model: &Model) -> Vec<Event> {
                     comm: None,
                 },
                 kind: Kind::Socket(SocketSeen {
-                    local: Endpoint::new(s.local, s.port),
-                    remote: s.remote.map(Endpoint::from),
-                    state: s.state,
-                    timewait: s.is_timewait(),
-                    uid: s.uid,
-                    inode: s.inode,
-                    cookie: s.cookie,
-                    reuseaddr: s.flags_known.then_some(s.reuseaddr),
-                    reuseport: s.flags_known.then_some(s.reuseport),
-                    v6only: s.v6only,
-                    bound_dev_if: s.bound_dev_if,
                     // The model's clock is the newest event's, close to now.
                     expires_in_ms: t.expires_in_ms(model.now_ns),
-                    owner: t.owner.clone(),
+                    ..correlate::socket_seen(s, t.owner.clone())
                 }),
             });
         }
