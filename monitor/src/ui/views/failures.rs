@@ -2,7 +2,7 @@
 
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, HighlightSpacing, Row, Table, TableState};
+use ratatui::widgets::{Cell, Row, Table};
 use ratatui::Frame;
 
 use crate::event::DiagnosisCode;
@@ -118,12 +118,13 @@ pub(super) fn render(f: &mut Frame, area: Rect, app: &App, theme: &Theme, focuse
         header.push("call");
     }
     header.extend(["requested", "error", "why"]);
-    let table = Table::new(rows_, widths)
-        .header(Row::new(header).style(theme.header()))
-        .block(block)
-        .row_highlight_style(theme.selected())
-        .highlight_symbol("▶ ")
-        .highlight_spacing(HighlightSpacing::Always);
-    let mut state = TableState::default().with_selected(Some(sel));
-    f.render_stateful_widget(table, area, &mut state);
+    super::selectable_table(
+        f,
+        area,
+        Table::new(rows_, widths),
+        Row::new(header).style(theme.header()),
+        block,
+        theme.selected(),
+        sel,
+    );
 }

@@ -16,8 +16,9 @@ mod ports;
 mod status;
 
 use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Paragraph};
+use ratatui::widgets::{Block, HighlightSpacing, Paragraph, Row, Table, TableState};
 use ratatui::Frame;
 
 use crate::model::Model;
@@ -140,6 +141,27 @@ fn pane(
         Pane::CloseWait => closewait::render(f, area, app, model, theme, true),
         Pane::Log => log::render(f, area, app, theme, true),
     }
+}
+
+/// A table with a header row, drawn with row `sel` marked "▶" and styled
+/// `highlight`.
+pub(crate) fn selectable_table<'a>(
+    f: &mut Frame,
+    area: Rect,
+    table: Table<'a>,
+    header: Row<'a>,
+    block: Block<'a>,
+    highlight: Style,
+    sel: usize,
+) {
+    let table = table
+        .header(header)
+        .block(block)
+        .row_highlight_style(highlight)
+        .highlight_symbol("▶ ")
+        .highlight_spacing(HighlightSpacing::Always);
+    let mut state = TableState::default().with_selected(Some(sel));
+    f.render_stateful_widget(table, area, &mut state);
 }
 
 /// A bordered block with a title, focused or not.

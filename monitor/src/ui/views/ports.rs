@@ -3,7 +3,7 @@
 
 use ratatui::layout::{Constraint, Rect};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, HighlightSpacing, Row, Table, TableState};
+use ratatui::widgets::{Cell, Row, Table};
 use ratatui::Frame;
 
 use crate::model::Model;
@@ -130,16 +130,17 @@ pub(super) fn render(
     widths.push(Constraint::Length(spark_w as u16));
     widths.push(Constraint::Length(spark_w as u16));
     let sel = app.sel_ports.min(rs.len() - 1);
-    let table = Table::new(body, widths)
-        .header(Row::new(header).style(theme.header()))
-        .block(block)
-        .row_highlight_style(if focused {
+    super::selectable_table(
+        f,
+        area,
+        Table::new(body, widths),
+        Row::new(header).style(theme.header()),
+        block,
+        if focused {
             theme.selected()
         } else {
             theme.normal()
-        })
-        .highlight_symbol("▶ ")
-        .highlight_spacing(HighlightSpacing::Always);
-    let mut state = TableState::default().with_selected(Some(sel));
-    f.render_stateful_widget(table, area, &mut state);
+        },
+        sel,
+    );
 }
