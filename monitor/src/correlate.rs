@@ -58,14 +58,10 @@ impl<E: Evidence> Correlator<E> {
     pub fn process(&mut self, mut ev: Event) -> Vec<Event> {
         let mut out = Vec::new();
         if let Kind::BindFailed(b) = &ev.kind {
-            let ports: Vec<u16> = match b.requested.port() {
-                0 => Vec::new(),
-                p => vec![p],
-            };
-            let ports = if matches!(b.syscall, Syscall::Connect) || ports.is_empty() {
-                Vec::new() // exhaustion: the whole range matters
-            } else {
-                ports
+            // Exhaustion (connect, port 0): the whole range matters.
+            let ports = match (b.syscall, b.requested.port()) {
+                (Syscall::Connect, _) | (_, 0) => Vec::new(),
+                (_, p) => vec![p],
             };
             if let Some(snap) = self
                 .evidence
@@ -181,25 +177,10 @@ pub fn explain(
             })
             .and_then(|t| t.left_by.clone())
     };
-    let default_env;
-    let env = match env {
-        Some(e) => e,
-        None => {
-            default_env = NetEnv::default();
-            &default_env
-        }
-    };
-    let failure = Failure {
-        syscall: b.syscall,
-        errno: b.errno,
-        proto,
-        requested: b.requested.socket_addr(),
-        reuseaddr: b.reuseaddr,
-        reuseport: b.reuseport,
-        v6only: b.v6only,
-        uid: b.uid,
-        bound_dev_if: b.bound_dev_if,
-    };
+    let default_env = NetEnv::default();
+    let env = env.unwrap_or(&default_env);
+    let new = new_socket(proto, b);
+    let failure = Failure::from_new(&new, b.syscall, b.errno);
     let range = env.local_port_range;
     let timewait_in_range = model.timewait_in_range(netns, range);
     let base_ctx = Context {
@@ -210,7 +191,6 @@ pub fn explain(
         ..Context::default()
     };
     if b.errno == libc::EADDRINUSE && b.requested.port() != 0 && b.syscall != Syscall::Connect {
-        let new = new_socket(proto, b);
         let listen = b.syscall == Syscall::Listen;
         let verdict = rules::predict(&new, &existing, env, listen);
         if verdict.would_fail() && !verdict.blockers.is_empty() {
