@@ -328,7 +328,7 @@ fn headless(mut live: Live, rx: mpsc::Receiver<DemoMsg>, netns: u32) -> anyhow::
                 DemoMsg::Done => done_at = Some(Instant::now()),
             }
         }
-        match live.events.try_recv() {
+        match live.try_recv() {
             Ok(ev) => {
                 for e in correlator.process(ev) {
                     emit(&mut out, &e)?;
@@ -345,7 +345,7 @@ fn headless(mut live: Live, rx: mpsc::Receiver<DemoMsg>, netns: u32) -> anyhow::
         }
     }
     live.request_stop();
-    while let Some(ev) = live.events.blocking_recv() {
+    while let Some(ev) = live.blocking_recv() {
         for e in correlator.process(ev) {
             emit(&mut out, &e)?;
         }

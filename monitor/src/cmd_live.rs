@@ -160,7 +160,7 @@ impl EventSource for LiveSource {
                 out.push(e);
                 continue;
             }
-            match self.live.events.try_recv() {
+            match self.live.try_recv() {
                 Ok(ev) => self.step(ev),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {

@@ -141,7 +141,7 @@ async fn record_loop(
                     break 'run;
                 }
             }
-            ev = live.events.recv() => {
+            ev = live.recv() => {
                 let Some(ev) = ev else { break };
                 // Other namespaces cannot change what is explained in the
                 // recorded ones (the model is per namespace): drop them

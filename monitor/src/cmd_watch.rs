@@ -65,13 +65,13 @@ async fn watch_loop(
                 live.request_stop();
                 stopping = true;
             }
-            ev = live.events.recv() => {
+            ev = live.recv() => {
                 let Some(ev) = ev else { break };
                 if !correlator.process(ev).iter().all(|e| emit(&mut out, e, args)) {
                     break; // stdout is gone
                 }
                 // Flush when nothing else is waiting: prompt, yet batched.
-                if live.events.is_empty() && out.flush().is_err() {
+                if live.is_empty() && out.flush().is_err() {
                     break;
                 }
             }

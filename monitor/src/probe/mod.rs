@@ -181,24 +181,26 @@ impl Probe {
     }
 
     /// Read the rings on a thread of their own until `stop` is set, sending
-    /// events (bind results first) to `tx`. Returns when stopped, after a
-    /// last drain, so nothing the kernel delivered is left behind.
+    /// bind results and lost counts to `binds` and everything else to
+    /// `events`. Returns when stopped, after a last drain, so nothing the
+    /// kernel delivered is left behind.
     pub fn spawn_reader(
         self,
-        tx: mpsc::Sender<Event>,
+        binds: mpsc::Sender<Event>,
+        events: mpsc::Sender<Event>,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<Probe> {
         std::thread::Builder::new()
             .name("twmon-rings".into())
             .spawn(move || {
                 let mut probe = self;
-                probe.read_loop(&tx, &stop);
+                probe.read_loop(&Outlets { binds, events }, &stop);
                 probe
             })
             .expect("spawn ring reader thread")
     }
 
-    fn read_loop(&mut self, tx: &mpsc::Sender<Event>, stop: &AtomicBool) {
+    fn read_loop(&mut self, out: &Outlets, stop: &AtomicBool) {
         let mut fds = [
             libc::pollfd {
                 fd: self.binds.as_raw_fd(),
@@ -222,10 +224,10 @@ impl Probe {
             // SAFETY: fds is a valid array of pollfd for the call's duration.
             unsafe { libc::poll(fds.as_mut_ptr(), nfds as libc::nfds_t, 100) };
             // Bind results first: they are what the user is waiting for.
-            if !self.drain(Which::Binds, usize::MAX, tx) {
+            if !self.drain(Which::Binds, usize::MAX, out) {
                 return;
             }
-            if !stalled && !self.drain(Which::Events, 4096, tx) {
+            if !stalled && !self.drain(Which::Events, 4096, out) {
                 return;
             }
             if stopping || last_lost_check.elapsed() >= Duration::from_secs(1) {
@@ -235,15 +237,15 @@ impl Probe {
                     if total > lost_seen[i] {
                         let ev = self.lost_event(total - lost_seen[i], stream);
                         lost_seen[i] = total;
-                        if tx.blocking_send(ev).is_err() {
+                        if out.binds.blocking_send(ev).is_err() {
                             return;
                         }
                     }
                 }
             }
             if stopping {
-                let _ = self.drain(Which::Binds, usize::MAX, tx)
-                    && self.drain(Which::Events, usize::MAX, tx);
+                let _ = self.drain(Which::Binds, usize::MAX, out)
+                    && self.drain(Which::Events, usize::MAX, out);
                 return;
             }
         }
@@ -251,7 +253,7 @@ impl Probe {
 
     /// Hand over up to `budget` records of one ring. Returns false when the
     /// receiver is gone.
-    fn drain(&mut self, which: Which, budget: usize, tx: &mpsc::Sender<Event>) -> bool {
+    fn drain(&mut self, which: Which, budget: usize, out: &Outlets) -> bool {
         for n in 0..budget {
             let ring = match which {
                 Which::Binds => &mut self.binds,
@@ -260,20 +262,35 @@ impl Probe {
             let Some(record) = next_record(ring) else {
                 return true;
             };
-            match record {
-                Ok(raw) => {
-                    if let Some(ev) = self.enricher.enrich(&raw) {
-                        if tx.blocking_send(ev).is_err() {
-                            return false;
-                        }
-                    }
+            let ev = match record {
+                Ok(raw) => self.enricher.enrich(&raw),
+                Err(e) => {
+                    log::warn!("dropping a kernel record: {e}");
+                    None
                 }
-                Err(e) => log::warn!("dropping a kernel record: {e}"),
+            };
+            if let Some(ev) = ev {
+                let sent = match which {
+                    Which::Binds => out.binds.blocking_send(ev).is_ok(),
+                    // The event queue full: bind results must not wait
+                    // behind it, so hand them over before blocking.
+                    Which::Events => match out.events.try_send(ev) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        Err(mpsc::error::TrySendError::Full(ev)) => {
+                            self.drain(Which::Binds, usize::MAX, out)
+                                && out.events.blocking_send(ev).is_ok()
+                        }
+                    },
+                };
+                if !sent {
+                    return false;
+                }
             }
             // Keep bind results prompt during a flood of transitions.
             if matches!(which, Which::Events)
                 && n % 64 == 63
-                && !self.drain(Which::Binds, usize::MAX, tx)
+                && !self.drain(Which::Binds, usize::MAX, out)
             {
                 return false;
             }
@@ -314,6 +331,12 @@ fn test_stall_events_until() -> Option<Instant> {
         .ok()?;
     log::warn!("test hook: the EVENTS ring is not read for the first {ms} ms");
     Some(Instant::now() + Duration::from_millis(ms))
+}
+
+/// Where the reader sends what it read.
+struct Outlets {
+    binds: mpsc::Sender<Event>,
+    events: mpsc::Sender<Event>,
 }
 
 #[derive(Clone, Copy)]
