@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod dist;
 mod setup;
 
 use anyhow::Result;
@@ -59,6 +60,9 @@ enum Command {
     /// by side with nothing attached (and tcpstates/bpftrace when installed);
     /// writes bench/results.md. Needs root.
     Bench(bench::BenchArgs),
+    /// Run setup, then build the release artifacts under target/dist/: a
+    /// static x86_64 (musl) twmon with its eBPF object inside.
+    Dist,
 }
 
 fn main() {
@@ -88,5 +92,11 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Test { args } => cmd::test(&args),
         Command::Lint => cmd::lint(),
         Command::Bench(args) => bench::run(&args),
+        Command::Dist => {
+            setup::run()?;
+            let bin = dist::build_static(true)?;
+            println!("{}", bin.display());
+            Ok(())
+        }
     }
 }

@@ -23,6 +23,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "setpriv/unshare/nsenter, used by the end-to-end tests",
     ),
+    (
+        "musl-tools",
+        "musl-gcc compiles the C dependencies (zstd-sys) of the static binary (xtask dist)",
+    ),
 ];
 
 const NIGHTLY: &str = "nightly";
@@ -37,6 +41,7 @@ pub fn run() -> Result<()> {
     debian_packages(root)?;
     nightly_rust_src()?;
     bpf_linker()?;
+    musl_target()?;
     tracefs(root);
 
     eprintln!(
@@ -253,6 +258,21 @@ fn bpf_linker() -> Result<()> {
             cargo_bin_hint().display()
         ),
     }
+}
+
+/// The Rust standard library for the static binary's target (`cargo xtask
+/// dist`), added to the toolchain cargo uses here.
+fn musl_target() -> Result<()> {
+    let target = crate::dist::MUSL_TARGET;
+    let installed =
+        probe(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == target) {
+        eprintln!("xtask: setup: rust target {target} present");
+        return Ok(());
+    }
+    eprintln!("xtask: setup: adding the rust target {target} (the static binary of xtask dist)");
+    run_checked(Command::new("rustup").args(["target", "add", target]))
+        .with_context(|| format!("adding the rust target {target} failed"))
 }
 
 fn cargo_bin_hint() -> PathBuf {
