@@ -31,6 +31,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Play the field scenarios in a private network namespace, with the dashboard.
     Demo(DemoArgs),
+    /// Print a shell completion script on stdout (e.g. `twmon completions bash
+    /// > /etc/bash_completion.d/twmon`).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout, or write all pages to a directory.
+    #[command(hide = true)]
+    Man(ManArgs),
 }
 
 /// Which events to keep.
@@ -182,4 +188,18 @@ pub struct DemoArgs {
     /// Print the events as lines instead of opening the dashboard.
     #[arg(long)]
     pub headless: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ManArgs {
+    /// Write twmon.1 and a page per subcommand (twmon-check.1 ...) here instead.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }

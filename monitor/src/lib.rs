@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod cmd_check;
 pub mod cmd_demo;
+pub mod cmd_gen;
 pub mod cmd_live;
 pub mod cmd_record;
 pub mod cmd_replay;

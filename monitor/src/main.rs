@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         Some(Command::Live(args)) => monitor::cmd_live::run(args),
         Some(Command::Demo(args)) => monitor::cmd_demo::run(args),
         Some(Command::Replay(args)) => monitor::cmd_replay::run(args),
+        Some(Command::Completions(args)) => monitor::cmd_gen::completions(args),
+        Some(Command::Man(args)) => monitor::cmd_gen::man(args),
         None if monitor::cmd_live::on_a_terminal() => {
             monitor::cmd_live::run(&monitor::cli::LiveArgs {
                 filters: Default::default(),

@@ -6,6 +6,7 @@
 mod bench;
 mod cmd;
 mod dist;
+mod dist_verify;
 mod setup;
 
 use anyhow::Result;
@@ -61,8 +62,14 @@ enum Command {
     /// writes bench/results.md. Needs root.
     Bench(bench::BenchArgs),
     /// Run setup, then build the release artifacts under target/dist/: a
-    /// static x86_64 (musl) twmon with its eBPF object inside.
-    Dist,
+    /// static x86_64 (musl) twmon with its eBPF object inside, its man pages
+    /// and shell completions, and a .deb.
+    Dist {
+        /// Then install the .deb on a fresh Debian 12 (debootstrap, chroot)
+        /// and run twmon there. Needs root.
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 fn main() {
@@ -92,11 +99,6 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Test { args } => cmd::test(&args),
         Command::Lint => cmd::lint(),
         Command::Bench(args) => bench::run(&args),
-        Command::Dist => {
-            setup::run()?;
-            let bin = dist::build_static(true)?;
-            println!("{}", bin.display());
-            Ok(())
-        }
+        Command::Dist { verify } => dist::run(verify),
     }
 }

@@ -27,6 +27,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "musl-tools",
         "musl-gcc compiles the C dependencies (zstd-sys) of the static binary (xtask dist)",
     ),
+    (
+        "debootstrap",
+        "a fresh Debian to install the .deb in (xtask dist --verify)",
+    ),
 ];
 
 const NIGHTLY: &str = "nightly";
