@@ -87,7 +87,7 @@ pub fn take(opts: &Options) -> anyhow::Result<Snapshot> {
     let mut notes = Vec::new();
     let mut sockets = Vec::new();
     for proto in [Proto::Tcp, Proto::Udp] {
-        let diag = sockdiag::dump(proto).map_err(|e| {
+        let diag = sockdiag::dump_ports(proto, &opts.ports).map_err(|e| {
             anyhow::anyhow!("sock_diag dump of {} sockets failed: {e}", proto.as_str())
         })?;
         sockets.extend(
@@ -101,7 +101,7 @@ pub fn take(opts: &Options) -> anyhow::Result<Snapshot> {
         .filter(|s| s.inode != 0)
         .map(|s| s.inode)
         .collect();
-    let owners = OwnerMap::scan(Some(&wanted));
+    let owners = OwnerMap::scan_wanted(&wanted);
     if owners.unreadable > 0 {
         notes.push(format!(
             "the descriptors of {} processes could not be read (run as root to name every owner)",

@@ -1,9 +1,13 @@
 //! Who owns a socket: socket inode -> processes holding a file descriptor on
-//! it, from `/proc/*/fd/*` links `socket:[INODE]` (what `ss -p` does). Built
-//! once per snapshot; one readlink per open file of every visible process.
+//! it, from `/proc/*/fd/*` links `socket:[INODE]` (what `ss -p` does). A
+//! full scan costs one readlink per open file of every visible process
+//! (tens of milliseconds on a busy host), so the owners found last time
+//! are asked first: a failure storm against one listener then reads one
+//! process's descriptors, not the whole host's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::sync::Mutex;
 
 use crate::event::Process;
 
@@ -32,18 +36,66 @@ pub struct OwnerMap {
     pub unreadable: usize,
 }
 
+/// Socket inode -> the pids seen holding it when it was last looked for.
+/// Inodes are unique across namespaces, so one table serves every snapshot.
+static LAST_OWNERS: Mutex<Option<HashMap<u64, Vec<u32>>>> = Mutex::new(None);
+/// Beyond this many inodes the table starts over (it is only a hint).
+const LAST_OWNERS_MAX: usize = 65_536;
+
 impl OwnerMap {
     /// Scan /proc. Only inodes in `wanted` are kept when it is given.
-    pub fn scan(wanted: Option<&std::collections::HashSet<u64>>) -> OwnerMap {
-        let mut map = OwnerMap::default();
+    pub fn scan(wanted: Option<&HashSet<u64>>) -> OwnerMap {
         let Ok(dir) = fs::read_dir("/proc") else {
-            return map;
+            return OwnerMap::default();
         };
-        for ent in dir.flatten() {
-            let name = ent.file_name();
-            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
+        let pids = dir
+            .flatten()
+            .filter_map(|ent| ent.file_name().to_str()?.parse::<u32>().ok());
+        Self::scan_pids(pids, wanted)
+    }
+
+    /// The owners of `wanted`: when every one of them had owners at the last
+    /// look and those processes still hold them, only those processes are
+    /// read; otherwise /proc is scanned. (A process that started to share
+    /// such a socket since, by fork or descriptor passing, is then not
+    /// listed; the owner named, the lowest pid, stays right unless it left.)
+    pub fn scan_wanted(wanted: &HashSet<u64>) -> OwnerMap {
+        if wanted.is_empty() {
+            return OwnerMap::default();
+        }
+        let hinted: Option<Vec<u32>> = {
+            let last = LAST_OWNERS.lock().unwrap_or_else(|e| e.into_inner());
+            last.as_ref().and_then(|last| {
+                let mut pids = Vec::new();
+                for inode in wanted {
+                    pids.extend(last.get(inode)?);
+                }
+                Some(pids)
+            })
+        };
+        if let Some(mut pids) = hinted {
+            pids.sort_unstable();
+            pids.dedup();
+            let map = Self::scan_pids(pids.into_iter(), Some(wanted));
+            if wanted.iter().all(|i| !map.owners(*i).is_empty()) {
+                return map;
+            }
+        }
+        let map = Self::scan(Some(wanted));
+        let mut last = LAST_OWNERS.lock().unwrap_or_else(|e| e.into_inner());
+        let last = last.get_or_insert_with(HashMap::new);
+        if last.len() + map.by_inode.len() > LAST_OWNERS_MAX {
+            last.clear();
+        }
+        for (inode, owners) in &map.by_inode {
+            last.insert(*inode, owners.iter().map(|o| o.pid).collect());
+        }
+        map
+    }
+
+    fn scan_pids(pids: impl Iterator<Item = u32>, wanted: Option<&HashSet<u64>>) -> OwnerMap {
+        let mut map = OwnerMap::default();
+        for pid in pids {
             let fd_dir = format!("/proc/{pid}/fd");
             let fds = match fs::read_dir(&fd_dir) {
                 Ok(d) => d,
@@ -117,6 +169,32 @@ mod tests {
         assert_eq!(socket_inode("socket:[12345]"), Some(12345));
         assert_eq!(socket_inode("pipe:[12345]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    /// The second look reads only the remembered owner and says the same;
+    /// a socket not seen before is found by a full scan.
+    #[test]
+    fn remembered_owners_are_asked_first() {
+        let me = std::process::id();
+        let inode_of = |l: &std::net::TcpListener| {
+            fs::metadata(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(l)
+            ))
+            .unwrap()
+            .ino()
+        };
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let want_a: HashSet<u64> = [inode_of(&a)].into();
+        let first = OwnerMap::scan_wanted(&want_a);
+        assert!(first.owners(inode_of(&a)).iter().any(|o| o.pid == me));
+        let again = OwnerMap::scan_wanted(&want_a);
+        assert_eq!(again.by_inode, first.by_inode);
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let both: HashSet<u64> = [inode_of(&a), inode_of(&b)].into();
+        let map = OwnerMap::scan_wanted(&both);
+        assert!(map.owners(inode_of(&b)).iter().any(|o| o.pid == me));
+        assert!(OwnerMap::scan_wanted(&HashSet::new()).by_inode.is_empty());
     }
 
     #[test]

@@ -33,6 +33,12 @@ const NLMSG_HDRLEN: usize = 16;
 const INET_DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_SKV6ONLY: u16 = 11;
 const INET_DIAG_SOCKOPT: u16 = 22;
+const NLA_HDRLEN: usize = 4;
+/// Request attribute carrying a filter program.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// Filter ops: always jump `no`; local port equals (Linux 4.17+).
+const INET_DIAG_BC_JMP: u8 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
 
 /// Every TCP state bit, including TCP_NEW_SYN_RECV (12) and
 /// TCP_BOUND_INACTIVE (13, 6.8+: bound sockets neither listening nor
@@ -78,8 +84,16 @@ impl DiagSocket {
 
 /// Dump every socket of `proto` in both families.
 pub fn dump(proto: Proto) -> io::Result<Vec<DiagSocket>> {
-    let mut out = dump_family(proto, libc::AF_INET as u8)?;
-    match dump_family(proto, libc::AF_INET6 as u8) {
+    dump_ports(proto, &[])
+}
+
+/// Dump the sockets of `proto` whose local port is one of `ports` (every
+/// socket when empty), in both families. The kernel filters: a namespace
+/// with 30,000 TIME_WAIT sockets answers a one-port question with a few
+/// records instead of all of them.
+pub fn dump_ports(proto: Proto, ports: &[u16]) -> io::Result<Vec<DiagSocket>> {
+    let mut out = dump_family(proto, libc::AF_INET as u8, ports)?;
+    match dump_family(proto, libc::AF_INET6 as u8, ports) {
         Ok(v6) => out.extend(v6),
         // No IPv6 in this kernel: nothing to list.
         Err(e)
@@ -90,8 +104,14 @@ pub fn dump(proto: Proto) -> io::Result<Vec<DiagSocket>> {
     Ok(out)
 }
 
-fn request(proto: Proto, family: u8, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + 56;
+fn request(proto: Proto, family: u8, seq: u32, ports: &[u16]) -> Vec<u8> {
+    let filter = port_filter(ports);
+    let attr_len = if filter.is_empty() {
+        0
+    } else {
+        NLA_HDRLEN + filter.len()
+    };
+    let len = NLMSG_HDRLEN + 56 + attr_len;
     let mut b = Vec::with_capacity(len);
     b.extend_from_slice(&(len as u32).to_ne_bytes());
     b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -111,16 +131,62 @@ fn request(proto: Proto, family: u8, seq: u32) -> Vec<u8> {
     b.extend_from_slice(&[0u8; 40]);
     b.extend_from_slice(&u32::MAX.to_ne_bytes());
     b.extend_from_slice(&u32::MAX.to_ne_bytes());
+    if !filter.is_empty() {
+        b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        b.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        b.extend_from_slice(&filter);
+    }
     debug_assert_eq!(b.len(), len);
     b
 }
 
-fn dump_family(proto: Proto, family: u8) -> io::Result<Vec<DiagSocket>> {
+/// inet_diag bytecode accepting a socket whose local port is any of
+/// `ports` (empty: no filter). The kernel runs it per socket: an op is
+/// `{code, yes, no}` (a port test keeps its port in the `no` of a second
+/// op); a true test moves on `yes` bytes, a false one `no` bytes; ending
+/// exactly at the end accepts, 4 bytes past it rejects. The kernel also
+/// insists that every `no` lands where the chain of `yes` jumps passes, so
+/// the tests are laid out in a row: a match falls through to an
+/// unconditional JMP whose `no` reaches the end; a miss skips that JMP to
+/// the next test; the last miss goes past the end.
+fn port_filter(ports: &[u16]) -> Vec<u8> {
+    const TEST: usize = 8;
+    const JMP: usize = 4;
+    // The jumps are 16-bit; far more ports than any question asks for.
+    if ports.is_empty() || ports.len() > 1024 {
+        return Vec::new();
+    }
+    let total = ports.len() * (TEST + JMP) - JMP;
+    let mut b = Vec::with_capacity(total);
+    let op = |b: &mut Vec<u8>, code: u8, yes: usize, no: usize| {
+        b.push(code);
+        b.push(yes as u8);
+        b.extend_from_slice(&(no as u16).to_ne_bytes());
+    };
+    for (i, port) in ports.iter().enumerate() {
+        let last = i + 1 == ports.len();
+        op(
+            &mut b,
+            INET_DIAG_BC_S_EQ,
+            TEST,
+            if last { TEST + 4 } else { TEST + JMP },
+        );
+        op(&mut b, 0, 0, *port as usize);
+        if !last {
+            let left = total - b.len();
+            op(&mut b, INET_DIAG_BC_JMP, JMP, left);
+        }
+    }
+    debug_assert_eq!(b.len(), total);
+    b
+}
+
+fn dump_family(proto: Proto, family: u8, ports: &[u16]) -> io::Result<Vec<DiagSocket>> {
     let mut sock = Socket::new(NETLINK_SOCK_DIAG)?;
     sock.bind_auto()?;
     sock.connect(&NlAddr::new(0, 0))?;
     let seq = 0x7477_6d6e; // "twmn"
-    sock.send(&request(proto, family, seq), 0)?;
+    sock.send(&request(proto, family, seq, ports), 0)?;
     let mut out = Vec::new();
     loop {
         let (buf, _) = sock.recv_from_full()?;
@@ -242,6 +308,42 @@ fn parse_msg(p: &[u8], proto: Proto) -> Option<DiagSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel runs the port filter (sock_diag dumps need no privilege):
+    /// asked for two of three listening ports it returns those two only.
+    #[test]
+    fn the_kernel_filters_the_dump_by_local_port() {
+        let listeners: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let asked = [ports[0], ports[2]];
+        let got = dump_ports(Proto::Tcp, &asked).unwrap();
+        let mut seen: Vec<u16> = got.iter().map(|d| d.local.port()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut want = asked.to_vec();
+        want.sort_unstable();
+        assert_eq!(seen, want, "only the asked ports, both of them");
+        let all = dump(Proto::Tcp).unwrap();
+        for p in &ports {
+            assert!(
+                all.iter().any(|d| d.local.port() == *p),
+                "unfiltered dump has {p}"
+            );
+        }
+        // One port; the asked one last among many.
+        let one = dump_ports(Proto::Tcp, &ports[1..2]).unwrap();
+        assert!(!one.is_empty() && one.iter().all(|d| d.local.port() == ports[1]));
+        let mut many: Vec<u16> = (1..=300).collect();
+        many.push(ports[1]);
+        let got = dump_ports(Proto::Tcp, &many).unwrap();
+        assert!(got.iter().any(|d| d.local.port() == ports[1]));
+        assert!(got.iter().all(|d| many.contains(&d.local.port())));
+    }
 
     #[test]
     fn parses_a_timewait_reply_with_its_timer() {
