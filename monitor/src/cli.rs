@@ -21,6 +21,8 @@ pub enum Command {
     Live(LiveArgs),
     /// Print events, one line each, until Ctrl-C, SIGTERM or --duration.
     Watch(WatchArgs),
+    /// Headless agent: Prometheus metrics on --metrics-addr (and bind failures as JSON lines with --json) until SIGTERM.
+    Serve(ServeArgs),
     /// Record events to a trace file.
     Record(RecordArgs),
     /// The dashboard over a recorded trace.
@@ -103,6 +105,23 @@ pub struct WatchArgs {
     /// Also print successful binds and listens (always in the JSON).
     #[arg(long, short = 'v')]
     pub verbose: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub filters: Filters,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Where to serve /metrics (ADDR:PORT; [::]:9464 for every address).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: String,
+    /// Also print each bind failure as a JSON line (the contract's) on stdout, for log shippers.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -288,6 +288,11 @@ pub struct Common {
     pub proto: Proto,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// The container the process runs in (docker, containerd/CRI, podman),
+    /// from its cgroup path (see `container.rs`); absent when it is not
+    /// known, so events of host processes print as they always did. Extra.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -578,6 +583,7 @@ mod tests {
                 proto: Proto::Tcp,
                 pid: Some(42),
                 comm: Some("server".into()),
+                container: None,
             },
             kind: Kind::TimewaitClose(TimewaitClose {
                 local: "127.0.0.1:80".parse().unwrap(),

@@ -52,6 +52,7 @@ mod tests {
                 proto: Proto::Tcp,
                 pid,
                 comm: comm.map(String::from),
+                container: None,
             },
             kind: Kind::State(StateChange {
                 local: format!("127.0.0.1:{port}").parse().unwrap(),

@@ -7,6 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Watch(args)) => monitor::cmd_watch::run(args),
+        Some(Command::Serve(args)) => monitor::cmd_serve::run(args),
         Some(Command::Check(args)) => monitor::cmd_check::run(args),
         Some(Command::Record(args)) => monitor::cmd_record::run(args),
         Some(Command::Report(args)) => monitor::cmd_report::run(args),

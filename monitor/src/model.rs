@@ -450,6 +450,7 @@ mod tests {
                 proto: Proto::Tcp,
                 pid,
                 comm: pid.map(|_| "srv".to_string()),
+                container: None,
             },
             kind,
         }

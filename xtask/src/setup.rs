@@ -24,6 +24,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "setpriv/unshare/nsenter, used by the end-to-end tests",
     ),
     (
+        "prometheus",
+        "a real Prometheus server scrapes `twmon serve` in its end-to-end test",
+    ),
+    (
         "musl-tools",
         "musl-gcc compiles the C dependencies (zstd-sys) of the static binary (xtask dist)",
     ),

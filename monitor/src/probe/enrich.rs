@@ -31,6 +31,8 @@ pub struct Enricher {
     syms: Option<Kallsyms>,
     /// Timewait socks we have announced, by kernel address.
     open_tw: HashMap<u64, TcpState>,
+    /// Container ids of failing processes, from their cgroups.
+    containers: crate::container::Containers,
 }
 
 /// What a timer-cancel stack says about a timewait sock.
@@ -83,6 +85,7 @@ impl Enricher {
             hz: hz.max(1),
             syms,
             open_tw: HashMap::new(),
+            containers: crate::container::Containers::default(),
         }
     }
 
@@ -98,13 +101,22 @@ impl Enricher {
             proto,
             pid,
             comm,
+            container: None,
         }
     }
 
     /// One record in, zero or one event out.
     pub fn enrich(&mut self, raw: &Raw) -> Option<Event> {
         match raw {
-            Raw::SockCall(r) => Some(self.sock_call(r)),
+            Raw::SockCall(r) => {
+                let mut ev = self.sock_call(r);
+                // Failures only: a /proc read for every successful bind
+                // would cost under churn.
+                if matches!(ev.kind, Kind::BindFailed(_)) {
+                    ev.common.container = self.containers.of(r.pid, r.cgroup_id);
+                }
+                Some(ev)
+            }
             Raw::State(r) => self.state(r),
             Raw::Tw(r) => self.timewait(r),
         }

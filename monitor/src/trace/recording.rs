@@ -186,6 +186,7 @@ fn stamp_event(netns: u32) -> Event {
             proto: Proto::Tcp,
             pid: None,
             comm: None,
+            container: None,
         },
         kind: Kind::Lost(Lost {
             count: 0,
@@ -341,6 +342,7 @@ pub fn model_events(model: &Model) -> Vec<Event> {
                     proto: s.proto,
                     pid: None,
                     comm: None,
+                    container: None,
                 },
                 kind: Kind::Socket(SocketSeen {
                     // The model's clock is the newest event's, close to now.

@@ -88,6 +88,7 @@ impl Synth {
                 proto: Proto::Tcp,
                 pid: pid.map(|p| p.0),
                 comm: pid.map(|p| p.1.to_string()),
+                container: None,
             },
             kind,
         }

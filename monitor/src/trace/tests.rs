@@ -609,6 +609,7 @@ fn a_carry_over_larger_than_the_limit_is_at_most_as_large_as_the_new_events() {
                 proto: Proto::Tcp,
                 pid: None,
                 comm: None,
+                container: None,
             },
             kind: Kind::Socket(SocketSeen {
                 local: format!("10.0.0.1:{}", 1000 + i).parse().unwrap(),

@@ -39,6 +39,7 @@ pub fn ev(ms: u64, pid: Option<(u32, &str)>, kind: Kind) -> Event {
             proto: Proto::Tcp,
             pid: pid.map(|p| p.0),
             comm: pid.map(|p| p.1.to_string()),
+            container: None,
         },
         kind,
     }
