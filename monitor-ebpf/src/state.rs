@@ -17,6 +17,8 @@ use crate::kread::{field, off, ptr};
 use crate::sock::{self, AF_INET6};
 use crate::{count_lost, remember_owner, EVENTS};
 
+const TCP_FIN_WAIT1: i32 = 4;
+
 pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let skp: *mut core::ffi::c_void = ctx.arg(0);
     let sk = skp as u64;
@@ -37,7 +39,13 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     } else {
         [0; 16]
     };
-    if in_process {
+    // Who leaves a TIME_WAIT behind: the process whose close() or
+    // shutdown() sent the first FIN (ESTABLISHED -> FIN_WAIT1, always in
+    // process context). Remembered then only: the LRU insert is the
+    // costliest step here (1.6 of 2.9 us per transition, measured with
+    // kernel.bpf_stats_enabled under churn), and no later in-process
+    // transition comes before the timewait sock is born.
+    if in_process && newstate == TCP_FIN_WAIT1 {
         remember_owner(cookie, (pid_tgid >> 32) as u32, &comm);
     }
 
