@@ -145,7 +145,8 @@ pub fn run(verify: bool) -> Result<()> {
         crate::dist_verify::run(&art.deb)?;
     }
     eprintln!(
-        "xtask dist: {} ({}), {} ({})",
+        "xtask dist: twmon {}: {} ({}), {} ({})",
+        art.version,
         art.binary.display(),
         human_size(&art.binary),
         art.deb.display(),
