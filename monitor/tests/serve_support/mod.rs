@@ -228,45 +228,49 @@ impl Drop for Serve {
     }
 }
 
-/// Ids of the BPF programs process `pid` holds, per `bpftool -j prog list`
-/// (None when bpftool is not there).
-pub fn bpf_progs_of(pid: u32) -> Option<Vec<u64>> {
+/// Ids of the BPF programs process `pid` holds a descriptor to (programs
+/// and links, from /proc/PID/fdinfo).
+pub fn bpf_progs_of(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return ids;
+    };
+    for fd in dir.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        if target != "anon_inode:bpf-prog" && target != "anon_inode:bpf_link" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        ids.extend(
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Those of `ids` that `bpftool prog list` still shows (None: no bpftool).
+pub fn bpf_progs_left(ids: &[u64]) -> Option<Vec<u64>> {
     let out = Command::new("bpftool")
         .args(["-j", "prog", "list"])
         .output()
         .ok()?;
-    if !out.status.success() {
-        return None;
-    }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     Some(
         v.as_array()?
             .iter()
-            .filter(|p| {
-                p["pids"]
-                    .as_array()
-                    .is_some_and(|ps| ps.iter().any(|x| x["pid"].as_u64() == Some(pid as u64)))
-            })
             .filter_map(|p| p["id"].as_u64())
+            .filter(|id| ids.contains(id))
             .collect(),
     )
-}
-
-/// Ids (of `ids`) that bpftool still lists.
-pub fn bpf_progs_left(ids: &[u64]) -> Vec<u64> {
-    let Ok(out) = Command::new("bpftool")
-        .args(["-j", "prog", "list"])
-        .output()
-    else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["id"].as_u64())
-                .filter(|id| ids.contains(id))
-                .collect()
-        })
-        .unwrap_or_default()
 }
