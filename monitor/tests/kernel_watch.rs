@@ -482,7 +482,7 @@ fn field_scenarios_report_every_failed_bind() {
         reports.join("\n")
     );
     assert!(
-        t.elapsed() < Duration::from_secs(60),
+        t.elapsed() < support::scaled(Duration::from_secs(60)),
         "the scenarios took {:?}",
         t.elapsed()
     );

@@ -18,8 +18,90 @@ use std::time::{Duration, Instant};
 use monitor::event::Event;
 use serde_json::Value;
 
-/// The twmon binary cargo built for these tests.
-pub const TWMON: &str = env!("CARGO_BIN_EXE_twmon");
+/// The twmon binary these tests run: the one cargo built for them, or
+/// `$TWMON_BIN` when set (`cargo xtask vm-test` copies the test binaries and
+/// a static twmon into a QEMU guest, where cargo's path does not exist).
+/// A unit value that reads like a path, so `Command::new(TWMON)`,
+/// `fs::copy(TWMON, ..)` and `format!("{TWMON}")` all work.
+pub static TWMON: TwmonBin = TwmonBin;
+
+#[derive(Clone, Copy, Debug)]
+pub struct TwmonBin;
+
+impl TwmonBin {
+    pub fn path(&self) -> &'static str {
+        static PATH: OnceLock<String> = OnceLock::new();
+        PATH.get_or_init(|| match std::env::var("TWMON_BIN") {
+            Ok(p) if !p.is_empty() => p,
+            _ => env!("CARGO_BIN_EXE_twmon").to_string(),
+        })
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TwmonBin {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path().as_ref()
+    }
+}
+
+impl AsRef<std::path::Path> for TwmonBin {
+    fn as_ref(&self) -> &std::path::Path {
+        self.path().as_ref()
+    }
+}
+
+impl std::fmt::Display for TwmonBin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path())
+    }
+}
+
+/// How much slower than native this machine runs: `$TWMON_TEST_TIME_SCALE`
+/// (a whole number, default 1). `cargo xtask vm-test` sets it in its QEMU
+/// guests, where software emulation makes everything, twmon's start above
+/// all, several times slower; the waits of these tests are stretched by it
+/// (readiness, stopping, [`Watch::wait_for`], and [`scaled`] bounds).
+pub fn time_scale() -> u32 {
+    static SCALE: OnceLock<u32> = OnceLock::new();
+    *SCALE.get_or_init(|| match std::env::var("TWMON_TEST_TIME_SCALE") {
+        Err(_) => 1,
+        Ok(v) => match v.parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("TWMON_TEST_TIME_SCALE={v}: expected a whole number >= 1"),
+        },
+    })
+}
+
+/// `d` stretched by [`time_scale`].
+pub fn scaled(d: Duration) -> Duration {
+    d * time_scale()
+}
+
+/// The hook mode the kernel tests ask twmon for: `$TWMON_TEST_MODE`
+/// (tracepoint, precise or auto), passed as `--mode` by [`Watch`]; None
+/// (twmon's own default) when unset. The QEMU kernel matrix runs every test
+/// once per mode.
+pub fn test_mode() -> Option<&'static str> {
+    static MODE: OnceLock<Option<String>> = OnceLock::new();
+    MODE.get_or_init(|| {
+        let m = std::env::var("TWMON_TEST_MODE").ok()?;
+        match m.as_str() {
+            "" => None,
+            "tracepoint" | "precise" | "auto" => Some(m),
+            other => panic!("TWMON_TEST_MODE={other}: expected tracepoint, precise or auto"),
+        }
+    })
+    .as_deref()
+}
+
+/// `--mode MODE` when [`test_mode`] asks for one, for any twmon command that
+/// loads the kernel programs.
+pub fn mode_args() -> Vec<&'static str> {
+    match test_mode() {
+        Some(m) => vec!["--mode", m],
+        None => Vec::new(),
+    }
+}
 
 /// The stderr line twmon prints once its programs are attached.
 pub const READY_PREFIX: &str = "twmon: watching (";
@@ -173,7 +255,7 @@ impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.status {
             Some(st) => write!(f, "twmon exited ({st}) before attaching")?,
-            None => write!(f, "twmon did not attach within {READY_TIMEOUT:?}")?,
+            None => write!(f, "twmon did not attach within {:?}", scaled(READY_TIMEOUT))?,
         }
         write!(f, "; stderr:\n{}", self.stderr)?;
         if !self.stdout.is_empty() {
@@ -211,7 +293,10 @@ impl Finished {
 
     pub fn describe_exit(&self) -> String {
         match self.status {
-            None => format!("did not exit within {STOP_TIMEOUT:?} of the signal (killed)"),
+            None => format!(
+                "did not exit within {:?} of the signal (killed)",
+                scaled(STOP_TIMEOUT)
+            ),
             Some(st) => format!("{st} after {:?}", self.stop_took),
         }
     }
@@ -263,6 +348,7 @@ impl Watch {
     pub fn spawn(args: &[&str]) -> std::io::Result<Watch> {
         let mut child = Command::new(TWMON)
             .arg("watch")
+            .args(mode_args())
             .args(args)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -294,7 +380,7 @@ impl Watch {
             stderr: format!("cannot run {TWMON}: {e}"),
             stdout: String::new(),
         })?;
-        w.wait_ready(READY_TIMEOUT)?;
+        w.wait_ready(scaled(READY_TIMEOUT))?;
         Ok(w)
     }
 
@@ -362,8 +448,9 @@ impl Watch {
 
     /// Wait (at most `timeout`) until an event printed so far satisfies
     /// `pred`; returns it. Lines are parsed as they come (a bad line panics).
+    /// The wait is stretched by [`time_scale`].
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
-        let end = Instant::now() + timeout;
+        let end = Instant::now() + scaled(timeout);
         let mut seen = 0;
         let mut st = self.shared.lock();
         loop {
@@ -399,7 +486,7 @@ impl Watch {
         let status = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break Some(s),
-                Ok(None) if t.elapsed() < STOP_TIMEOUT => {
+                Ok(None) if t.elapsed() < scaled(STOP_TIMEOUT) => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 _ => break None,
@@ -440,7 +527,8 @@ pub fn boottime_ns() -> u64 {
     monitor::scenario::boottime_ns()
 }
 
-/// The kernel's HZ, from its config; 250 when unknown.
+/// The kernel's HZ, from its config, else measured from /proc/timer_list
+/// as twmon does (a QEMU guest has no /boot); 250 when unknown.
 pub fn kernel_hz() -> u64 {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let config =
@@ -449,6 +537,7 @@ pub fn kernel_hz() -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("CONFIG_HZ="))
         .and_then(|v| v.trim().parse().ok())
+        .or_else(|| monitor::probe::sys::kernel_hz().map(u64::from))
         .unwrap_or(250)
 }
 
