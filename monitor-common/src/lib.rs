@@ -11,6 +11,9 @@
 pub const KIND_SOCK_CALL: u32 = 1;
 pub const KIND_STATE: u32 = 2;
 pub const KIND_TW: u32 = 3;
+/// Precise mode: the sockets the kernel found blocking a call, sent just
+/// before that call's `SockCallEvent` (same thread, same socket inode).
+pub const KIND_CONFLICTS: u32 = 4;
 
 /// x86_64 syscall numbers the programs watch.
 pub const NR_CONNECT: u16 = 42;
@@ -34,6 +37,10 @@ pub const F_HAVE_OWNER: u32 = 1 << 8;
 /// The kernel answered with a RST from this timewait sock just before it was
 /// cancelled: a TCP_TW_RST kill, not a SYN taking the 4-tuple over.
 pub const F_RESET_SENT: u32 = 1 << 9;
+
+/// Most blocking sockets kept per failing call (precise mode): the kernel
+/// stops at the first conflict of each bucket, so a handful is plenty.
+pub const MAX_CONFLICTS: usize = 4;
 
 /// Timewait record subkinds (`TwEvent::what`).
 pub const TW_OPEN: u8 = 1;
@@ -85,6 +92,44 @@ pub struct SockCallEvent {
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub comm: [u8; 16],
+}
+
+/// A socket the kernel itself found in the way of a bind (precise mode,
+/// fexit/kretprobe on `inet_bind_conflict`): only `sock_common` fields,
+/// since it may be a timewait sock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConflictSock {
+    /// Kernel address: tells repeated reports of one socket apart.
+    pub sk: u64,
+    pub cookie: u64,
+    pub netns: u32,
+    /// F_REUSEADDR / F_REUSEPORT / F_V6ONLY of the blocking socket.
+    pub flags: u32,
+    pub family: u16,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// skc_state (TCP_TIME_WAIT for a timewait sock).
+    pub state: u8,
+    pub _pad: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// The blocking sockets seen in one thread's call: kept per thread while
+/// the call runs, then sent as a record of its own (only when there are
+/// some, so that the common bind record stays small).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConflictsEvent {
+    pub kind: u32,
+    pub tid: u32,
+    /// The calling socket's file inode: ties the record to its call.
+    pub inode: u64,
+    pub n: u32,
+    pub _pad: u32,
+    pub socks: [ConflictSock; MAX_CONFLICTS],
 }
 
 /// A TCP state transition, from the `inet_sock_set_state` tracepoint.
@@ -225,10 +270,13 @@ mod pod {
     unsafe impl aya::Pod for super::SockCallEvent {}
     unsafe impl aya::Pod for super::StateEvent {}
     unsafe impl aya::Pod for super::TwEvent {}
+    unsafe impl aya::Pod for super::ConflictsEvent {}
 }
 
 // The layout is the ABI: a change here must be deliberate.
 const _: () = assert!(core::mem::size_of::<SockCallEvent>() == 152);
+const _: () = assert!(core::mem::size_of::<ConflictsEvent>() == 24 + MAX_CONFLICTS * 64);
+const _: () = assert!(core::mem::size_of::<ConflictSock>() == 64);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<TwEvent>() == 248);
 const _: () = assert!(core::mem::size_of::<Field>() == 4);

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod kread;
+mod precise;
 mod sock;
 mod sockcall;
 mod state;

@@ -46,6 +46,9 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     if nr != NR_BIND as u64 && nr != NR_LISTEN as u64 && nr != NR_CONNECT as u64 {
         return None;
     }
+    // Precise mode's blocking sockets of this call: sent just before the
+    // call's record, forgotten on every way out.
+    let conflicts = crate::precise::Taken::new(bpf_get_current_pid_tgid() as u32);
     // No socket behind the fd, or a plain programming error: not ours.
     if ret == -EBADF || ret == -ENOTSOCK || ret == -EFAULT {
         return None;
@@ -77,6 +80,8 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
 
+    let inode = sock::socket_inode(socket);
+    conflicts.send(inode);
     let Some(mut entry) = BINDS.reserve::<SockCallEvent>(0) else {
         count_lost(LOST_BINDS);
         return None;
@@ -91,7 +96,7 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cookie = sock::cookie(sk);
         (*e).cgroup_id = bpf_get_current_cgroup_id();
-        (*e).inode = sock::socket_inode(socket);
+        (*e).inode = inode;
         (*e).pid = (pid_tgid >> 32) as u32;
         (*e).tid = pid_tgid as u32;
         (*e).uid = bpf_get_current_uid_gid() as u32;

@@ -114,8 +114,24 @@ pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
     emit(ctx, tw, TW_CANCEL, substate(tw), extra)
 }
 
+/// Precise mode, at the entry of `__inet_twsk_schedule(tw, timeo, rearm)`,
+/// which every timewait timer (re)arm goes through: report a changed
+/// substate (FIN_WAIT2 -> TIME_WAIT) even when the re-arm lands in the same
+/// timer-wheel bucket and fires no timer tracepoint. New socks are left to
+/// `timer_start`, which announces them with their owner.
+pub fn on_schedule<C: EbpfContext>(ctx: &C, tw: u64) -> Option<()> {
+    let sub = substate(tw);
+    // SAFETY: value copied out at once; a concurrent delete only makes it stale.
+    let known = unsafe { TW.get(tw) }.copied()?;
+    if known == sub {
+        return None;
+    }
+    let _ = TW.insert(tw, sub, 0);
+    emit(ctx, tw, TW_SUBSTATE, sub, 0)
+}
+
 #[inline(always)]
-fn emit(ctx: &BtfTracePointContext, tw: u64, what: u8, sub: u8, extra: u32) -> Option<()> {
+fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Option<()> {
     let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
         count_lost(LOST_EVENTS);
         return None;

@@ -42,6 +42,7 @@ async fn watch_loop(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut correlator = Correlator::new(Kernel::new());
+    correlator.findings_to_stderr = true;
     // The sockets that exist already, in every namespace, seed the model
     // (printed with -v only, as `socket` lines).
     let (seed, _) = snapshot_events(SnapshotScope::All, &args.filters.netns);

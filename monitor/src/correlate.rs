@@ -15,7 +15,9 @@ use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use crate::diagnose::{self, Context, Failure};
-use crate::event::{BindFailed, Endpoint, Event, Kind, Process, Proto, SocketSeen, Syscall};
+use crate::event::{
+    BindFailed, Endpoint, Event, Holder, KernelHolder, Kind, Process, Proto, SocketSeen, Syscall,
+};
 use crate::model::Model;
 use crate::rules::{self, ExistingSocket, NetEnv, NewSocket};
 use crate::snapshot::{self, Snapshot};
@@ -41,6 +43,10 @@ pub struct Correlator<E: Evidence> {
     evidence: E,
     /// The last network environment seen per namespace (port range, ...).
     env: HashMap<u32, NetEnv>,
+    /// Print "twmon: finding: ..." on stderr when the kernel's holders and
+    /// the model's disagree (watch; not under the dashboard, which owns the
+    /// terminal).
+    pub findings_to_stderr: bool,
 }
 
 impl<E: Evidence> Correlator<E> {
@@ -49,6 +55,7 @@ impl<E: Evidence> Correlator<E> {
             model: Model::new(),
             evidence,
             env: HashMap::new(),
+            findings_to_stderr: false,
         }
     }
 
@@ -89,10 +96,97 @@ impl<E: Evidence> Correlator<E> {
             );
             b.holders = holders;
             b.diagnosis = Some(diagnosis);
+            // Precise mode: the kernel named the blocking sockets itself;
+            // a model that disagrees is a finding worth a line.
+            b.holder_mismatch = kernel_disagreement(b);
+            if let (Some(m), true) = (&b.holder_mismatch, self.findings_to_stderr) {
+                eprintln!("twmon: finding: {m}");
+            }
         }
         self.model.apply(&ev);
         out.push(ev);
         out
+    }
+}
+
+/// Where the holders the kernel named (precise mode) and the model's
+/// disagree: every socket the kernel found blocking must be one of the
+/// model's holders, and the model must name holders exactly when the kernel
+/// found some. The kernel stops at the first blocking socket of each bind
+/// bucket, so it may name fewer than the model (several TIME_WAITs on one
+/// port): that is no disagreement.
+pub fn kernel_disagreement(b: &BindFailed) -> Option<String> {
+    let kernel = b.kernel_holders.as_ref()?;
+    if b.errno != libc::EADDRINUSE {
+        return None;
+    }
+    // For a wildcard bind the kernel checks the address after
+    // inet_bind_conflict: a socket it passed there whose address cannot
+    // overlap the requested one did not block.
+    let kernel: Vec<&KernelHolder> = kernel
+        .iter()
+        .filter(|k| may_overlap(&b.requested, b.v6only, &k.local))
+        .collect();
+    let same = |k: &KernelHolder, h: &Holder| {
+        k.state == h.state && k.local == h.local && unset(k.remote) == unset(h.remote)
+    };
+    let show = |k: &KernelHolder| match k.remote {
+        Some(r) => format!("{} {} -> {r}", k.state, k.local),
+        None => format!("{} {}", k.state, k.local),
+    };
+    let what = format!("{} {}", b.syscall.as_str(), b.requested);
+    if let Some(k) = kernel
+        .iter()
+        .find(|k| !b.holders.iter().any(|h| same(k, h)))
+    {
+        return Some(format!(
+            "{what}: the kernel found {} blocking, which twmon's model does not name (it names {})",
+            show(k),
+            if b.holders.is_empty() {
+                "none".to_string()
+            } else {
+                b.holders
+                    .iter()
+                    .map(|h| format!("{} {}", h.state, h.local))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
+    }
+    if kernel.is_empty() && !b.holders.is_empty() {
+        return Some(format!(
+            "{what}: twmon's model names {} holder(s) ({} {} first) but the kernel found no blocking socket",
+            b.holders.len(),
+            b.holders[0].state,
+            b.holders[0].local
+        ));
+    }
+    None
+}
+
+/// A remote endpoint of 0.0.0.0:0 / [::]:0 means none.
+fn unset(r: Option<Endpoint>) -> Option<Endpoint> {
+    r.filter(|e| e.port() != 0 || !e.is_unspecified())
+}
+
+/// Could a socket bound at `held` overlap a bind of `asked` (address only;
+/// `inet_rcv_saddr_equal` with wildcards)? Unknown flags count as yes.
+fn may_overlap(asked: &Endpoint, asked_v6only: bool, held: &Endpoint) -> bool {
+    use std::net::IpAddr;
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    let (a, h) = (asked.ip(), held.ip());
+    if a == h || asked.is_unspecified() && a.is_ipv4() == h.is_ipv4() {
+        return true;
+    }
+    match (a, h) {
+        (IpAddr::V6(x), _) if x.is_unspecified() => !asked_v6only || h.is_ipv6(),
+        (_, IpAddr::V6(y)) if y.is_unspecified() => true,
+        (_, IpAddr::V4(y)) if y.is_unspecified() => v4(a).is_some(),
+        (IpAddr::V4(x), _) if x.is_unspecified() => v4(h).is_some(),
+        _ => matches!((v4(a), v4(h)), (Some(x), Some(y)) if x == y),
     }
 }
 
@@ -366,5 +460,130 @@ impl Evidence for Kernel {
         self.cache.retain(|_, at| at.elapsed() < CACHE_FOR);
         self.cache.insert(key, Instant::now());
         Some(snap)
+    }
+}
+
+#[cfg(test)]
+mod kernel_holder_tests {
+    use super::*;
+    use crate::event::{Overlap, TcpState};
+
+    fn failed(
+        requested: &str,
+        holders: Vec<Holder>,
+        kernel: Option<Vec<KernelHolder>>,
+    ) -> BindFailed {
+        BindFailed {
+            syscall: Syscall::Bind,
+            errno: libc::EADDRINUSE,
+            error: "EADDRINUSE".into(),
+            requested: requested.parse().unwrap(),
+            reuseaddr: false,
+            reuseport: false,
+            v6only: false,
+            uid: 0,
+            holders,
+            diagnosis: None,
+            freebind: false,
+            transparent: false,
+            bound_dev_if: 0,
+            cgroup_id: 0,
+            cookie: 0,
+            inode: 0,
+            tid: 0,
+            local: None,
+            kernel_holders: kernel,
+            holder_mismatch: None,
+        }
+    }
+
+    fn holder(state: TcpState, local: &str, remote: Option<&str>) -> Holder {
+        Holder {
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.map(|r| r.parse().unwrap()),
+            pid: None,
+            comm: None,
+            uid: None,
+            reuseaddr: false,
+            reuseport: false,
+            expires_in_ms: None,
+            overlap: Overlap::Exact,
+            left_by: None,
+        }
+    }
+
+    fn kh(state: TcpState, local: &str, remote: Option<&str>) -> KernelHolder {
+        KernelHolder {
+            state,
+            local: local.parse().unwrap(),
+            remote: remote.map(|r| r.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn agreeing_holders_are_no_finding() {
+        use TcpState::*;
+        let model = vec![
+            holder(TimeWait, "127.0.0.1:80", Some("127.0.0.1:5000")),
+            holder(TimeWait, "127.0.0.1:80", Some("127.0.0.1:5001")),
+        ];
+        // The kernel stops at the first blocking socket: a subset agrees.
+        let k = vec![kh(TimeWait, "127.0.0.1:80", Some("127.0.0.1:5001"))];
+        assert_eq!(
+            kernel_disagreement(&failed("127.0.0.1:80", model, Some(k))),
+            None
+        );
+        // Hook not live: nothing to compare.
+        assert_eq!(
+            kernel_disagreement(&failed("127.0.0.1:80", vec![], None)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_socket_only_the_kernel_names_is_a_finding() {
+        use TcpState::*;
+        let model = vec![holder(Listen, "127.0.0.1:80", None)];
+        let k = vec![kh(CloseWait, "127.0.0.1:80", Some("127.0.0.1:5000"))];
+        let m = kernel_disagreement(&failed("127.0.0.1:80", model.clone(), Some(k))).unwrap();
+        assert!(
+            m.contains("kernel found CLOSE_WAIT 127.0.0.1:80 -> 127.0.0.1:5000"),
+            "{m}"
+        );
+        let m = kernel_disagreement(&failed("127.0.0.1:80", model, Some(vec![]))).unwrap();
+        assert!(m.contains("kernel found no blocking socket"), "{m}");
+        let m = kernel_disagreement(&failed(
+            "127.0.0.1:80",
+            vec![],
+            Some(vec![kh(Listen, "0.0.0.0:80", None)]),
+        ))
+        .unwrap();
+        assert!(m.contains("does not name (it names none)"), "{m}");
+    }
+
+    #[test]
+    fn sockets_whose_address_cannot_overlap_are_not_holders() {
+        use TcpState::*;
+        // A wildcard IPv4 bind: the kernel passes an IPv6 [::1] socket
+        // through inet_bind_conflict, then its address check drops it.
+        let k = vec![kh(Listen, "[::1]:80", None)];
+        assert_eq!(
+            kernel_disagreement(&failed("0.0.0.0:80", vec![], Some(k))),
+            None
+        );
+        let a: Endpoint = "0.0.0.0:80".parse().unwrap();
+        assert!(may_overlap(&a, false, &"127.0.0.1:80".parse().unwrap()));
+        assert!(may_overlap(&a, false, &"[::]:80".parse().unwrap()));
+        assert!(may_overlap(
+            &a,
+            false,
+            &"[::ffff:127.0.0.1]:80".parse().unwrap()
+        ));
+        let v6any: Endpoint = "[::]:80".parse().unwrap();
+        assert!(may_overlap(&v6any, false, &"127.0.0.1:80".parse().unwrap()));
+        assert!(!may_overlap(&v6any, true, &"127.0.0.1:80".parse().unwrap()));
+        let lo: Endpoint = "127.0.0.1:80".parse().unwrap();
+        assert!(!may_overlap(&lo, false, &"127.0.0.2:80".parse().unwrap()));
     }
 }

@@ -330,6 +330,23 @@ pub struct BindFailed {
     /// The local endpoint the socket had when the call failed (connect, listen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<Endpoint>,
+    /// Precise mode: the sockets the kernel itself found blocking this call
+    /// (`inet_bind_conflict` returned true for them). None when that hook is
+    /// not live or does not apply (UDP, connect); empty when it was live and
+    /// named none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_holders: Option<Vec<KernelHolder>>,
+    /// Why the kernel's holders and the model's disagree, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_mismatch: Option<String>,
+}
+
+/// A blocking socket as the kernel named it (precise mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelHolder {
+    pub state: TcpState,
+    pub local: Endpoint,
+    pub remote: Option<Endpoint>,
 }
 
 /// A successful bind() or listen(): the model needs them to know what holds a

@@ -641,6 +641,8 @@ mod tests {
                     inode: 0,
                     tid: 0,
                     local: None,
+                    kernel_holders: None,
+                    holder_mismatch: None,
                 }),
             ));
         }

@@ -1,12 +1,17 @@
 //! Ring buffer bytes -> the kernel's records, checked, never transmuted.
 
-use monitor_common::{SockCallEvent, StateEvent, TwEvent, KIND_SOCK_CALL, KIND_STATE, KIND_TW};
+use monitor_common::{
+    ConflictsEvent, SockCallEvent, StateEvent, TwEvent, KIND_CONFLICTS, KIND_SOCK_CALL, KIND_STATE,
+    KIND_TW,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Raw {
     SockCall(SockCallEvent),
     State(StateEvent),
     Tw(TwEvent),
+    /// Precise mode: blocking sockets of the call whose record follows.
+    Conflicts(ConflictsEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,6 +48,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         KIND_SOCK_CALL => read(kind, bytes).map(Raw::SockCall),
         KIND_STATE => read(kind, bytes).map(Raw::State),
         KIND_TW => read(kind, bytes).map(Raw::Tw),
+        KIND_CONFLICTS => read(kind, bytes).map(Raw::Conflicts),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -92,6 +98,14 @@ mod tests {
         let mut sc: SockCallEvent = unsafe { std::mem::zeroed() };
         sc.kind = KIND_SOCK_CALL;
         assert!(matches!(decode(as_bytes(&sc)), Ok(Raw::SockCall(_))));
+        let mut c: ConflictsEvent = unsafe { std::mem::zeroed() };
+        c.kind = KIND_CONFLICTS;
+        c.n = 1;
+        c.socks[0].sport = 80;
+        match decode(as_bytes(&c)) {
+            Ok(Raw::Conflicts(c)) => assert_eq!((c.n, c.socks[0].sport), (1, 80)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

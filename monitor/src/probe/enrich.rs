@@ -7,16 +7,16 @@
 use std::collections::HashMap;
 
 use monitor_common::{
-    SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_OWNER, F_HAVE_REQUEST, F_IN_PROCESS,
-    F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND, NR_CONNECT,
-    NR_LISTEN, TW_CANCEL, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
+    ConflictsEvent, SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_OWNER, F_HAVE_REQUEST,
+    F_IN_PROCESS, F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND,
+    NR_CONNECT, NR_LISTEN, TW_CANCEL, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
 };
 
 use super::decode::{cstr, Raw};
 use super::sys::Kallsyms;
 use crate::event::{
-    errno_name, BindFailed, Bound, Common, Endpoint, Event, Kind, Process, Proto, StateChange,
-    Syscall, TcpState, TimewaitClose, TimewaitEnd, TimewaitOpen, TimewaitSubstate,
+    errno_name, BindFailed, Bound, Common, Endpoint, Event, KernelHolder, Kind, Process, Proto,
+    StateChange, Syscall, TcpState, TimewaitClose, TimewaitEnd, TimewaitOpen, TimewaitSubstate,
 };
 
 const AF_INET6: u16 = 10;
@@ -33,6 +33,11 @@ pub struct Enricher {
     open_tw: HashMap<u64, TcpState>,
     /// Container ids of failing processes, from their cgroups.
     containers: crate::container::Containers,
+    /// Precise mode: the kernel's conflict hook is live, so TCP bind/listen
+    /// failures carry the blocking sockets it named.
+    kernel_conflicts: bool,
+    /// Blocking sockets waiting for their call's record, by thread.
+    pending_conflicts: HashMap<u32, ConflictsEvent>,
 }
 
 /// What a timer-cancel stack says about a timewait sock.
@@ -86,7 +91,44 @@ impl Enricher {
             syms,
             open_tw: HashMap::new(),
             containers: crate::container::Containers::default(),
+            kernel_conflicts: false,
+            pending_conflicts: HashMap::new(),
         }
+    }
+
+    /// Say whether the kernel's conflict hook (`inet_bind_conflict`) is live.
+    pub fn set_kernel_conflicts(&mut self, live: bool) {
+        self.kernel_conflicts = live;
+    }
+
+    /// The blocking sockets the kernel named for a failed call: None when
+    /// the conflict hook is not live or cannot apply (UDP uses its own
+    /// lookup; connect() never goes through inet_bind_conflict).
+    fn kernel_holders(&self, r: &SockCallEvent, syscall: Syscall) -> Option<Vec<KernelHolder>> {
+        if !self.kernel_conflicts || r.protocol != 6 || syscall == Syscall::Connect {
+            return None;
+        }
+        let Some(c) = self
+            .pending_conflicts
+            .get(&r.tid)
+            .filter(|c| c.inode == r.inode)
+        else {
+            return Some(Vec::new());
+        };
+        let n = (c.n as usize).min(c.socks.len());
+        Some(
+            c.socks[..n]
+                .iter()
+                .filter_map(|c| {
+                    let remote = endpoint(c.family, &c.daddr, c.dport);
+                    Some(KernelHolder {
+                        state: TcpState::from_kernel(c.state)?,
+                        local: endpoint(c.family, &c.saddr, c.sport),
+                        remote: (remote.port() != 0 || !remote.is_unspecified()).then_some(remote),
+                    })
+                })
+                .collect(),
+        )
     }
 
     pub fn common(&self, ts_ns: u64, netns: u32, proto: Proto, proc_: Option<Process>) -> Common {
@@ -108,8 +150,14 @@ impl Enricher {
     /// One record in, zero or one event out.
     pub fn enrich(&mut self, raw: &Raw) -> Option<Event> {
         match raw {
+            Raw::Conflicts(c) => {
+                self.pending_conflicts.insert(c.tid, *c);
+                None
+            }
             Raw::SockCall(r) => {
                 let mut ev = self.sock_call(r);
+                // The conflicts record, if any, came just before this one.
+                self.pending_conflicts.remove(&r.tid);
                 // Failures only: a /proc read for every successful bind
                 // would cost under churn.
                 if matches!(ev.kind, Kind::BindFailed(_)) {
@@ -182,6 +230,8 @@ impl Enricher {
                 inode: r.inode,
                 tid: r.tid,
                 local: (syscall != Syscall::Bind && has_local).then_some(local),
+                kernel_holders: self.kernel_holders(r, syscall),
+                holder_mismatch: None,
             })
         };
         Event { kind, common }

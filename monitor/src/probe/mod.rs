@@ -2,13 +2,16 @@
 //! kernel's offsets, attach them, and turn ring buffer records into events.
 //!
 //! Modes: `tracepoint` (tp_btf on sys_exit, inet_sock_set_state and the timer
-//! tracepoints) works wherever BTF exists and is the only one these
-//! machines allow (no kprobes, fentry refused). A precise mode on function
-//! hooks slots in beside it (`Mode`), feeding the same records.
+//! tracepoints) works wherever BTF exists. `precise` adds function hooks
+//! (fexit, else kprobe/kretprobe; `precise.rs`) on top of it where the kernel
+//! allows them (`mode.rs` finds out), feeding the same records; `auto` takes
+//! each function hook that works and says in one line why the others did not.
 
 pub mod decode;
 pub mod enrich;
+pub mod mode;
 pub mod offsets;
+pub mod precise;
 pub mod sys;
 
 use std::os::fd::AsRawFd;
@@ -41,8 +44,8 @@ pub enum ProbeError {
     NoObject,
     #[error("the kernel refused hook {hook}: {reason}")]
     Hook { hook: String, reason: String },
-    #[error("{0} is not implemented in this build: use --mode tracepoint (or auto)")]
-    ModeUnavailable(&'static str),
+    #[error("precise mode needs function hooks and none works on this kernel: {0} (use --mode auto or --mode tracepoint)")]
+    PreciseUnavailable(String),
     #[error("{0}")]
     Other(String),
 }
@@ -90,11 +93,6 @@ const OPTIONAL: &[&str] = &["tcp_send_reset"];
 
 impl Probe {
     pub fn load(mode: ModeArg) -> Result<Probe, ProbeError> {
-        if mode == ModeArg::Precise {
-            return Err(ProbeError::ModeUnavailable(
-                "precise mode (fexit/kprobe hooks)",
-            ));
-        }
         if let Some(missing) = sys::missing_caps(sys::effective_caps()) {
             return Err(ProbeError::Privileges(missing));
         }
@@ -105,12 +103,7 @@ impl Probe {
             offsets::OffsetError::NoBtf { path, .. } => ProbeError::NoBtf(path),
             other => ProbeError::Other(format!("reading kernel struct layouts from BTF: {other}")),
         })?;
-        let mut notes = vec![match mode {
-            ModeArg::Auto => {
-                "auto: tracepoint mode (the function-hook mode is not in this build)".to_string()
-            }
-            _ => "tracepoint mode, as asked".to_string(),
-        }];
+        let mut notes = Vec::new();
         let syms = Kallsyms::load().ok().filter(|k| !k.is_empty());
         match syms.as_ref().and_then(|k| k.address_of("tw_timer_handler")) {
             Some(a) => offsets.tw_timer_handler = a,
@@ -156,6 +149,41 @@ impl Probe {
                 }
             }
         }
+        let mut enricher = Enricher::new(sys::boot_to_unix_offset_ns(), hz, syms);
+        let (mode_name, why) = match mode {
+            ModeArg::Tracepoint => ("tracepoint", "tracepoint mode, as asked".to_string()),
+            ModeArg::Auto | ModeArg::Precise => {
+                let facts = mode::KernelFacts::probe(&precise::targets());
+                let out = precise::attach(&mut ebpf, &btf, &facts);
+                if out.live.is_empty() {
+                    if mode == ModeArg::Precise {
+                        return Err(ProbeError::PreciseUnavailable(out.why_none()));
+                    }
+                    (
+                        "tracepoint",
+                        format!("auto: tracepoint mode: {}", out.why_none()),
+                    )
+                } else {
+                    enricher.set_kernel_conflicts(out.is_live("inet_bind_conflict"));
+                    let name = if out.live.len() == precise::HOOKS.len() {
+                        "precise"
+                    } else {
+                        "mixed"
+                    };
+                    let detail =
+                        format!("{} function hooks on top of the tracepoints", out.kinds());
+                    let why = match (mode, name) {
+                        (ModeArg::Auto, _) => format!("auto: {name} mode: {detail}"),
+                        (_, "precise") => format!("precise mode, as asked: {detail}"),
+                        _ => format!("precise mode asked, {name} here: {detail}"),
+                    };
+                    hooks.extend(out.hooks);
+                    notes.extend(out.notes);
+                    (name, why)
+                }
+            }
+        };
+        notes.insert(0, why);
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| ProbeError::Other(format!("map {name} missing from the object")))
@@ -171,9 +199,9 @@ impl Probe {
             binds,
             events,
             lost,
-            enricher: Enricher::new(sys::boot_to_unix_offset_ns(), hz, syms),
+            enricher,
             mode: ModeInfo {
-                mode: "tracepoint".into(),
+                mode: mode_name.into(),
                 hooks,
                 notes,
             },

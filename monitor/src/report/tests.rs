@@ -206,6 +206,8 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
             inode: 0,
             tid: 9,
             local: None,
+            kernel_holders: None,
+            holder_mismatch: None,
         }),
     );
     b.add(&failed);

@@ -199,6 +199,8 @@ impl Synth {
                 inode: 0,
                 tid: pid,
                 local: None,
+                kernel_holders: None,
+                holder_mismatch: None,
             }),
         );
         self.queue.push_back(e);

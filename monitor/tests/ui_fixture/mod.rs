@@ -109,6 +109,8 @@ pub fn failed(requested: &str, holders: Vec<Holder>, d: Diagnosis) -> Kind {
         inode: 0,
         tid: 0,
         local: None,
+        kernel_holders: None,
+        holder_mismatch: None,
     })
 }
 
