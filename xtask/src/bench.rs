@@ -562,6 +562,106 @@ fn soak(a: &BenchArgs, twmon: &Path, loadgen: &Path) -> Result<Soak> {
     })
 }
 
+/// One eBPF program's cost during a profiled run.
+struct ProgCost {
+    name: String,
+    runs: u64,
+    ns: u64,
+}
+
+/// Where a tool's kernel time goes: one server-first churn run with
+/// `kernel.bpf_stats_enabled`, which makes the kernel count every
+/// program's runs and run time (read back with bpftool). Kept out of the
+/// timed rounds: the counting itself costs two clock reads per run.
+struct Profile {
+    config: Config,
+    secs: f64,
+    conns: f64,
+    progs: Vec<ProgCost>,
+}
+
+/// Ids, names, run counts and run times of every loaded eBPF program.
+fn bpf_progs() -> Result<Vec<(u64, String, u64, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .context("running bpftool prog show")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool prog show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading bpftool's JSON")?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    let n = |k: &str| p.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                    let name = p.get("name").and_then(|x| x.as_str()).unwrap_or("?");
+                    (n("id"), name.to_string(), n("run_cnt"), n("run_time_ns"))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn set_bpf_stats(on: bool) -> Result<()> {
+    std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        if on { "1" } else { "0" },
+    )
+    .context("writing /proc/sys/kernel/bpf_stats_enabled")
+}
+
+fn profile(config: Config, a: &BenchArgs, twmon: &Path, loadgen: &Path) -> Result<Profile> {
+    let trace = PathBuf::from(format!(
+        "/tmp/twmon-bench-prof-{}.trace",
+        std::process::id()
+    ));
+    let before: std::collections::HashSet<u64> = bpf_progs()?.iter().map(|p| p.0).collect();
+    let tool = Tool::start(config, twmon, &trace)?;
+    // The tool's programs: those that appeared with it.
+    let mine: Vec<u64> = bpf_progs()?
+        .iter()
+        .filter(|p| !before.contains(&p.0))
+        .map(|p| p.0)
+        .collect();
+    let was_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|s| s.trim() == "1");
+    set_bpf_stats(true)?;
+    let start = bpf_progs();
+    let line = run_load(loadgen, &Load::ChurnServerFirst.args(a.secs, a.storm));
+    let end = bpf_progs();
+    if !was_on {
+        set_bpf_stats(false)?;
+    }
+    if let Some(t) = tool {
+        t.stop();
+    }
+    let _ = std::fs::remove_file(&trace);
+    let (start, end, line) = (start?, end?, line?);
+    let progs = end
+        .iter()
+        .filter(|p| mine.contains(&p.0))
+        .map(|p| {
+            let s = start.iter().find(|q| q.0 == p.0);
+            ProgCost {
+                name: p.1.clone(),
+                runs: p.2 - s.map_or(0, |q| q.2),
+                ns: p.3 - s.map_or(0, |q| q.3),
+            }
+        })
+        .collect();
+    Ok(Profile {
+        config,
+        secs: load_json_num(&line, "secs"),
+        conns: load_json_num(&line, "conns"),
+        progs,
+    })
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
     if !cmd::is_root() {
         bail!("bench needs root (eBPF, unshare -n)");
@@ -648,12 +748,24 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&trace);
+    let mut profiles = Vec::new();
+    if have("bpftool") {
+        for c in configs.iter().filter(|c| **c != Config::Baseline) {
+            eprintln!("bench: kernel profile of {} (bpf_stats) ...", c.name());
+            profiles.push(
+                profile(*c, a, &twmon, &loadgen)
+                    .with_context(|| format!("kernel profile of {}", c.name()))?,
+            );
+        }
+    } else {
+        notes.push("bpftool is not installed: no kernel profile.".to_string());
+    }
     let soak = if a.soak > 0 {
         Some(soak(a, &twmon, &loadgen)?)
     } else {
         None
     };
-    let report = render(a, &configs, &loads, &runs, soak.as_ref(), &notes);
+    let report = render(a, &configs, &loads, &runs, &profiles, soak.as_ref(), &notes);
     println!("{report}");
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir).ok();
@@ -668,6 +780,7 @@ fn render(
     configs: &[Config],
     loads: &[Load],
     runs: &BTreeMap<(Load, Config), Vec<Run>>,
+    profiles: &[Profile],
     soak: Option<&Soak>,
     notes: &[String],
 ) -> String {
@@ -829,6 +942,40 @@ fn render(
             format!(" — gap {:.1} ms", p99 - 50.0)
         }
     ));
+    if !profiles.is_empty() {
+        w("## Kernel profile: server-first churn, per eBPF program".into());
+        w(String::new());
+        w(format!(
+            "One more {} s run per tool with `kernel.bpf_stats_enabled=1` (the kernel times every \
+             program run; not part of the timed rounds above). Kernel CPU = run time / wall \
+             time, % of one core; it is spent inside the churn's own system calls and softirqs.",
+            a.secs
+        ));
+        w(String::new());
+        w("| tool | program | runs per connection | ns per run | kernel CPU % |".into());
+        w("|---|---|---:|---:|---:|".into());
+        for p in profiles {
+            let mut total = 0.0;
+            for g in &p.progs {
+                let cpu = 100.0 * g.ns as f64 / 1e9 / p.secs.max(1e-9);
+                total += cpu;
+                w(format!(
+                    "| {} | {} | {:.2} | {:.0} | {:.1} |",
+                    p.config.name(),
+                    g.name,
+                    g.runs as f64 / p.conns.max(1.0),
+                    g.ns as f64 / g.runs.max(1) as f64,
+                    cpu
+                ));
+            }
+            w(format!(
+                "| {} | **all** ({:.0} conn/s) | | | **{total:.1}** |",
+                p.config.name(),
+                p.conns / p.secs.max(1e-9)
+            ));
+        }
+        w(String::new());
+    }
     if let Some(sk) = soak {
         w(format!(
             "## Soak: {} s of server-first churn under `twmon watch --json`",
