@@ -788,3 +788,145 @@ fn cap_sys_admin_gives_evidence_from_other_namespaces() {
     assert_ne!(without, "listener", "without CAP_SYS_ADMIN");
     drop(listener);
 }
+
+/// `twmon serve` as the unit runs it (user nobody, the unit's capabilities
+/// and nothing else) serves every metric family the dashboard and the alert
+/// rules are written against, and stops cleanly on SIGTERM. Labelled
+/// families appear once they have a sample, so the test makes some: a bind
+/// failure and a CLOSE_WAIT socket in one private namespace, a TIME_WAIT
+/// socket in another that then goes away with its namespace.
+#[test]
+fn serve_with_the_unit_capabilities_exports_every_metric() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let test = "serve_with_the_unit_capabilities_exports_every_metric";
+    if !support::kernel_or_skip(test) {
+        return;
+    }
+    if !have("setpriv") {
+        return support::skip(test, "setpriv not found (Debian package util-linux)");
+    }
+    let caps = unit_caps();
+    let list = setpriv_caps(&caps.iter().map(String::as_str).collect::<Vec<_>>());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+        ])
+        .arg(format!("--inh-caps=-all,{list}"))
+        .arg(format!("--ambient-caps=-all,{list}"))
+        .arg(format!("--bounding-set=-all,{list}"))
+        .arg(TWMON)
+        .args(["serve", "--metrics-addr", &addr])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            let _ = child.wait();
+            panic!("twmon serve ended before serving: {said}");
+        }
+        said.push_str(&line);
+        if line.contains("serving metrics") {
+            break;
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+
+    let ns = monitor::scenario::Netns::new().expect("a network namespace");
+    let held = ns
+        .run(|| {
+            use std::net::{TcpListener, TcpStream};
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = l.local_addr().unwrap();
+            // A plain socket (std's TcpListener would set SO_REUSEADDR).
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            assert!(s.bind(&a.into()).is_err());
+            // The peer closes, we never do: CLOSE_WAIT held by this process.
+            let c = TcpStream::connect(a).unwrap();
+            let (cw, _) = l.accept().unwrap();
+            drop(c);
+            (l, cw)
+        })
+        .unwrap();
+    let ns2 = monitor::scenario::Netns::new().expect("a network namespace");
+    ns2.run(|| {
+        use std::io::Read;
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (srv, _) = l.accept().unwrap();
+        drop(srv); // the server closes first: TIME_WAIT on its side
+        let _ = c.read(&mut [0u8; 1]);
+    })
+    .unwrap();
+    drop(ns2); // its TIME_WAIT socket ends with the namespace
+
+    let scrape = || -> String {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        body
+    };
+    // `# TYPE twmon_events_lost counter`: counters' samples end in _total.
+    let families = |body: &str| -> BTreeSet<String> {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let (name, kind) = (w.next()?, w.next()?);
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                })
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (body, missing) = loop {
+        let body = scrape();
+        let served = families(&body);
+        let missing: Vec<&str> = METRICS
+            .iter()
+            .map(|(m, _)| *m)
+            .filter(|m| !served.contains(*m))
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break (body, missing);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(missing.is_empty(), "not served: {missing:?}\n{body}");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("twmon_probe_info{mode=\"") && l.ends_with(" 1")),
+        "{body}"
+    );
+
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "twmon serve after SIGTERM: {status}");
+    drop(held);
+}
