@@ -87,10 +87,19 @@ pub struct ModelView {
     /// (state, port label) -> sockets.
     pub sockets: BTreeMap<(String, String), i64>,
     pub timewait: i64,
-    /// (pid, comm, container, CLOSE_WAIT sockets), most first.
-    pub close_wait: Vec<(Option<u32>, Option<String>, Option<String>, i64)>,
+    /// Processes by CLOSE_WAIT sockets held, most first.
+    pub close_wait: Vec<CloseWaitRow>,
     /// (netns, local ports in use in the ephemeral range, range size).
     pub ephemeral: Vec<(u32, i64, i64)>,
+}
+
+/// One process's CLOSE_WAIT sockets (pid None: no process is known).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseWaitRow {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub container: Option<String>,
+    pub sockets: i64,
 }
 
 /// Facts read outside the event loop (sysctls of each namespace).
@@ -308,14 +317,14 @@ impl Metrics {
             self.timewait_max_buckets.set(max);
         }
         self.close_wait.clear();
-        for (pid, comm, container, n) in &view.close_wait {
+        for row in &view.close_wait {
             self.close_wait
                 .get_or_create(&ProcessLabels {
-                    pid: pid.map(|p| p.to_string()).unwrap_or_default(),
-                    comm: comm.clone().unwrap_or_default(),
-                    container: container.clone().unwrap_or_default(),
+                    pid: row.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    comm: row.comm.clone().unwrap_or_default(),
+                    container: row.container.clone().unwrap_or_default(),
                 })
-                .set(*n);
+                .set(row.sockets);
         }
         self.ephemeral_used.clear();
         self.ephemeral_range.clear();
@@ -427,9 +436,11 @@ pub fn model_view(
     view.close_wait = cw
         .into_iter()
         .take(TOP_CLOSE_WAIT)
-        .map(|((pid, comm), n)| {
-            let container = pid.and_then(|p| containers.of_pid(p));
-            (pid, comm, container, n)
+        .map(|((pid, comm), sockets)| CloseWaitRow {
+            container: pid.and_then(|p| containers.of_pid(p)),
+            pid,
+            comm,
+            sockets,
         })
         .collect();
     ephemeral.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -874,7 +885,8 @@ mod tests {
             &mut containers,
         );
         assert_eq!(view.close_wait.len(), TOP_CLOSE_WAIT);
-        assert_eq!(view.close_wait[0].0, Some(TOP_CLOSE_WAIT as u32 + 5));
-        assert!(view.close_wait.iter().all(|c| c.0.unwrap() > 5));
+        assert_eq!(view.close_wait[0].pid, Some(TOP_CLOSE_WAIT as u32 + 5));
+        assert_eq!(view.close_wait[0].sockets, TOP_CLOSE_WAIT as i64 + 5);
+        assert!(view.close_wait.iter().all(|c| c.pid.unwrap() > 5));
     }
 }
