@@ -79,7 +79,7 @@ mod tests {
             clap_complete::generate(shell, &mut Cli::command(), "twmon", &mut out);
             let script = String::from_utf8(out).unwrap();
             assert!(
-                script.contains("check") && script.contains("--reuseaddr"),
+                script.contains("check") && script.contains("reuseaddr"),
                 "{shell}: {script}"
             );
         }
