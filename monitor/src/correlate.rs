@@ -117,7 +117,10 @@ impl<E: Evidence> Correlator<E> {
 /// port): that is no disagreement.
 pub fn kernel_disagreement(b: &BindFailed) -> Option<String> {
     let kernel = b.kernel_holders.as_ref()?;
-    if b.errno != libc::EADDRINUSE {
+    // Port 0 (bind or listen without a port): the kernel tried port after
+    // port and names what blocked each; no one of them is "the" holder, and
+    // the model reports the exhausted range instead.
+    if b.errno != libc::EADDRINUSE || b.requested.port() == 0 {
         return None;
     }
     // For a wildcard bind the kernel checks the address after
@@ -560,6 +563,12 @@ mod kernel_holder_tests {
         ))
         .unwrap();
         assert!(m.contains("does not name (it names none)"), "{m}");
+        // An ephemeral port search: what blocked each port tried is no holder.
+        let k = vec![kh(TimeWait, "127.0.0.1:40000", Some("127.0.0.1:7800"))];
+        assert_eq!(
+            kernel_disagreement(&failed("127.0.0.1:0", vec![], Some(k))),
+            None
+        );
     }
 
     #[test]

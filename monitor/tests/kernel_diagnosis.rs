@@ -15,7 +15,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monitor::event::{BindFailed, DiagnosisCode, Event, Kind};
+use monitor::event::{BindFailed, DiagnosisCode, Event, Kind, Proto, Syscall};
 use monitor::scenario::{self, Attempt, Netns, Options, Recorder, Step};
 use support::{kernel_or_skip, Watch};
 
@@ -130,6 +130,66 @@ fn check_failure(id: u8, a: &Attempt, b: &BindFailed) -> Vec<String> {
     problems
 }
 
+/// Precise mode (TWMON_TEST_MODE=precise, the QEMU kernel matrix): the
+/// kernel itself names the sockets that blocked a TCP bind or listen
+/// (`inet_bind_conflict`). They must be among the holders twmon's model
+/// computed, and the kernel must have named some exactly when the model did;
+/// when the model names one holder, the kernel names that one. (The kernel
+/// stops at the first blocking socket of each bind bucket, so with several
+/// TIME_WAITs on one port it names fewer than the model. A port-0 search
+/// names what blocked each port it tried: not compared.)
+fn check_kernel_holders(id: u8, a: &Attempt, b: &BindFailed) -> Option<Vec<String>> {
+    if support::test_mode() != Some("precise")
+        || a.proto != Proto::Tcp
+        || a.syscall == Syscall::Connect
+        || b.errno != libc::EADDRINUSE
+        || a.requested.port() == 0
+    {
+        return None;
+    }
+    let remote = |r: Option<monitor::event::Endpoint>| match r {
+        Some(r) if r.port() != 0 || !r.is_unspecified() => r.to_string(),
+        _ => "-".to_string(),
+    };
+    let what = format!("scenario {id}: {} {}", a.syscall.as_str(), a.requested);
+    let model: Vec<String> = b
+        .holders
+        .iter()
+        .map(|h| format!("{} {} {}", h.state, h.local, remote(h.remote)))
+        .collect();
+    let Some(kernel) = &b.kernel_holders else {
+        return Some(vec![format!(
+            "{what}: precise mode, yet no kernel_holders (the inet_bind_conflict hook is not live)"
+        )]);
+    };
+    let kernel: Vec<String> = kernel
+        .iter()
+        .map(|h| format!("{} {} {}", h.state, h.local, remote(h.remote)))
+        .collect();
+    let mut problems = Vec::new();
+    if let Some(m) = &b.holder_mismatch {
+        problems.push(format!("{what}: twmon logged a holder mismatch: {m}"));
+    }
+    if kernel.is_empty() != model.is_empty() {
+        problems.push(format!(
+            "{what}: the kernel named {kernel:?}, the model {model:?}"
+        ));
+    }
+    for k in &kernel {
+        if !model.contains(k) {
+            problems.push(format!(
+                "{what}: the kernel named {k}, which is not among the model's holders {model:?}"
+            ));
+        }
+    }
+    if model.len() == 1 && kernel != model {
+        problems.push(format!(
+            "{what}: one holder in the model ({model:?}), the kernel named {kernel:?}"
+        ));
+    }
+    Some(problems)
+}
+
 #[test]
 fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
     if !kernel_or_skip("field_scenarios_get_the_contracts_diagnosis_and_holders") {
@@ -137,6 +197,7 @@ fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
     }
     let mut problems = Vec::new();
     let mut checked = 0;
+    let mut kernel_checked = 0;
     for sc in scenario::all() {
         let ns = Netns::new().expect("network namespace");
         let inode = ns.inode().to_string();
@@ -166,6 +227,10 @@ fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
                 Some(b) => {
                     checked += 1;
                     problems.extend(check_failure(sc.id, a, b));
+                    if let Some(p) = check_kernel_holders(sc.id, a, b) {
+                        kernel_checked += 1;
+                        problems.extend(p);
+                    }
                 }
                 None => problems.push(format!(
                     "scenario {}: no bind_failed for {} {} (pid {})",
@@ -178,6 +243,15 @@ fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
         }
     }
     assert!(checked >= 15, "only {checked} failures were checked");
+    if support::test_mode() == Some("precise") {
+        support::loud(&format!(
+            "precise mode: kernel_holders compared with the model's holders for {kernel_checked} failures"
+        ));
+        assert!(
+            kernel_checked >= 5,
+            "precise mode: only {kernel_checked} TCP EADDRINUSE failures had their kernel holders compared"
+        );
+    }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
