@@ -108,7 +108,7 @@ pub fn effective_uid(status: &str) -> Option<u32> {
 
 /// Where cargo puts its output: `CARGO_TARGET_DIR` / `CARGO_BUILD_TARGET_DIR`
 /// (relative to the current directory), else `<workspace>/target`.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let from_env = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
         .iter()
         .filter_map(env::var_os)
@@ -126,7 +126,7 @@ fn target_dir() -> PathBuf {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace root")

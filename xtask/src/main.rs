@@ -8,6 +8,7 @@ mod cmd;
 mod dist;
 mod dist_verify;
 mod setup;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -61,6 +62,10 @@ enum Command {
     /// by side with nothing attached (and tcpstates/bpftrace when installed);
     /// writes bench/results.md. Needs root.
     Bench(bench::BenchArgs),
+    /// Boot Debian's 6.1 and 6.12 kernels in QEMU (software emulation) and
+    /// run the kernel end-to-end tests inside, in tracepoint and precise
+    /// mode, with one static twmon; prints a kernel x mode table. Needs root.
+    VmTest(vm::VmArgs),
     /// Run setup, then build the release artifacts under target/dist/: a
     /// static x86_64 (musl) twmon with its eBPF object inside, its man pages
     /// and shell completions, and a .deb.
@@ -99,6 +104,10 @@ fn dispatch(command: Command) -> Result<()> {
         Command::Test { args } => cmd::test(&args),
         Command::Lint => cmd::lint(),
         Command::Bench(args) => bench::run(&args),
+        Command::VmTest(args) => {
+            setup::run()?;
+            vm::run(&args)
+        }
         Command::Dist { verify } => dist::run(verify),
     }
 }

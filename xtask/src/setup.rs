@@ -46,7 +46,7 @@ pub fn run() -> Result<()> {
     let start = Instant::now();
     let root = is_root();
 
-    debian_packages(root)?;
+    debian_packages(root, DEBIAN_PACKAGES)?;
     nightly_rust_src()?;
     bpf_linker()?;
     musl_target()?;
@@ -59,13 +59,15 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn debian_packages(root: bool) -> Result<()> {
-    let wanted: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(p, _)| *p).collect();
+/// Install (as root, with apt-get) those of `packages` that are missing:
+/// `(package, why twmon needs it)`. Also used by `vm-test` for its own.
+pub fn debian_packages(root: bool, packages: &[(&str, &str)]) -> Result<()> {
+    let wanted: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
     let Some(missing) = missing_debian_packages(&wanted) else {
         eprintln!(
             "xtask: setup: warning: dpkg-query not found (not Debian?); skipping the package \
-             check: make sure LLVM 22 development files, bpftool, iproute2, tmux, procps and \
-             util-linux are installed"
+             check: make sure these are installed: {}",
+            wanted.join(" ")
         );
         return Ok(());
     };
@@ -85,7 +87,7 @@ fn debian_packages(root: bool) -> Result<()> {
         );
     }
     for pkg in &missing {
-        let why = DEBIAN_PACKAGES
+        let why = packages
             .iter()
             .find(|(p, _)| p == pkg)
             .map_or("", |(_, w)| *w);
