@@ -17,6 +17,7 @@ pub struct Live {
     binds: mpsc::Receiver<Event>,
     /// State transitions and the timewait life: the flood.
     events: mpsc::Receiver<Event>,
+    order: Order,
     pub mode: ModeInfo,
     stop: Arc<AtomicBool>,
     reader: Option<std::thread::JoinHandle<Probe>>,
@@ -37,6 +38,7 @@ impl Live {
         Ok(Live {
             binds,
             events,
+            order: Order::default(),
             mode,
             stop,
             reader: Some(reader),
@@ -48,32 +50,37 @@ impl Live {
         format!("{} mode: {}", self.mode.mode, self.mode.hooks.join(", "))
     }
 
-    /// The next event, bind results (and lost counts) before transitions
-    /// already queued; None once the reader has stopped and all is read.
-    /// Events therefore leave here in kernel order within each stream, and
-    /// a failed bind may overtake transitions older than it (`ts` tells).
+    /// The next event. A bind result goes ahead of the transitions queued
+    /// behind it, except those older than it, up to [`OLDER_FIRST`] of them:
+    /// the model then explains a failure with what happened before it (a
+    /// listener that closed just before the failed bind is gone), and in a
+    /// flood the failure still waits for at most that many. None once the
+    /// reader has stopped and everything is read.
     pub async fn recv(&mut self) -> Option<Event> {
-        if let Ok(ev) = self.binds.try_recv() {
-            return Some(ev);
-        }
-        tokio::select! {
-            biased;
-            Some(ev) = self.binds.recv() => Some(ev),
-            Some(ev) = self.events.recv() => Some(ev),
-            else => None,
+        loop {
+            if let Some(ev) = self.order.next(&mut self.binds, &mut self.events) {
+                return Some(ev);
+            }
+            tokio::select! {
+                biased;
+                Some(b) = self.binds.recv() => self.order.hold(b),
+                // Nothing is held (next() would have returned it).
+                Some(ev) = self.events.recv() => return Some(ev),
+                else => return None,
+            }
         }
     }
 
     /// [`Live::recv`] without waiting.
     pub fn try_recv(&mut self) -> Result<Event, mpsc::error::TryRecvError> {
         use mpsc::error::TryRecvError::{Disconnected, Empty};
-        match self.binds.try_recv() {
-            Ok(ev) => Ok(ev),
-            Err(binds) => match (binds, self.events.try_recv()) {
-                (_, Ok(ev)) => Ok(ev),
-                (Disconnected, Err(Disconnected)) => Err(Disconnected),
-                _ => Err(Empty),
-            },
+        if let Some(ev) = self.order.next(&mut self.binds, &mut self.events) {
+            return Ok(ev);
+        }
+        if self.binds.is_closed() && self.events.is_closed() && self.is_empty() {
+            Err(Disconnected)
+        } else {
+            Err(Empty)
         }
     }
 
@@ -91,7 +98,7 @@ impl Live {
 
     /// Nothing is waiting in either stream.
     pub fn is_empty(&self) -> bool {
-        self.binds.is_empty() && self.events.is_empty()
+        self.order.is_empty() && self.binds.is_empty() && self.events.is_empty()
     }
 
     /// Ask the reader to stop; it hands over what the kernel still holds and
@@ -114,6 +121,66 @@ impl Live {
         if let Some(r) = self.reader.take() {
             drop(r.join());
         }
+    }
+}
+
+/// How many transitions older than a waiting bind result go before it.
+/// About 10-20 ms of work for the consumers; beyond that the failure is
+/// explained from its evidence snapshot, which the correlator reconciles
+/// the model with.
+pub const OLDER_FIRST: usize = 1024;
+
+/// The merge of the two streams: a held bind result, and the one event
+/// taken from the event stream that turned out to be newer than it.
+#[derive(Default)]
+struct Order {
+    bind: Option<Event>,
+    ahead: Option<Event>,
+    older_left: usize,
+}
+
+/// What [`Order`] takes events from (the two channels; vectors in tests).
+trait Stream {
+    fn take(&mut self) -> Option<Event>;
+}
+
+impl Stream for mpsc::Receiver<Event> {
+    fn take(&mut self) -> Option<Event> {
+        self.try_recv().ok()
+    }
+}
+
+impl Order {
+    fn hold(&mut self, bind: Event) {
+        debug_assert!(self.bind.is_none());
+        self.bind = Some(bind);
+        self.older_left = OLDER_FIRST;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bind.is_none() && self.ahead.is_none()
+    }
+
+    /// The next event that is ready, without waiting.
+    fn next(&mut self, binds: &mut impl Stream, events: &mut impl Stream) -> Option<Event> {
+        if self.bind.is_none() {
+            if let Some(b) = binds.take() {
+                self.hold(b);
+            }
+        }
+        let Some(bind_ts) = self.bind.as_ref().map(|b| b.common.ts_ns) else {
+            return self.ahead.take().or_else(|| events.take());
+        };
+        if self.older_left > 0 {
+            if let Some(ev) = self.ahead.take().or_else(|| events.take()) {
+                if ev.common.ts_ns <= bind_ts {
+                    self.older_left -= 1;
+                    return Some(ev);
+                }
+                self.ahead = Some(ev);
+            }
+        }
+        self.bind.take()
     }
 }
 
@@ -167,5 +234,90 @@ pub async fn shutdown_signal(duration: Option<f64>) {
     match Shutdown::new(duration) {
         Ok(mut s) => s.wait().await,
         Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::event::{Common, Kind, Lost, Proto};
+
+    impl Stream for VecDeque<Event> {
+        fn take(&mut self) -> Option<Event> {
+            self.pop_front()
+        }
+    }
+
+    /// An event stamped `ts`; `count` tells them apart.
+    fn ev(ts: u64, count: u64) -> Event {
+        Event {
+            common: Common {
+                ts: String::new(),
+                ts_ns: ts,
+                netns: 1,
+                proto: Proto::Tcp,
+                pid: None,
+                comm: None,
+                container: None,
+            },
+            kind: Kind::Lost(Lost {
+                count,
+                stream: None,
+            }),
+        }
+    }
+
+    /// Bind results are told apart by this much added to their time.
+    const BIND: u64 = 1_000_000;
+
+    fn order_of(binds: &[u64], events: &[u64]) -> Vec<u64> {
+        let mut b: VecDeque<Event> = binds.iter().map(|&t| ev(t, BIND + t)).collect();
+        let mut e: VecDeque<Event> = events.iter().map(|&t| ev(t, t)).collect();
+        let mut o = Order::default();
+        let mut out = Vec::new();
+        while let Some(x) = o.next(&mut b, &mut e) {
+            let Kind::Lost(l) = x.kind else {
+                unreachable!()
+            };
+            out.push(l.count);
+        }
+        assert!(o.is_empty());
+        out
+    }
+
+    #[test]
+    fn a_bind_result_waits_only_for_older_transitions() {
+        // Transitions at 1, 2, 5, 6; a failed bind at 3: 1 and 2 go first,
+        // then the failure, then the rest in order.
+        assert_eq!(order_of(&[3], &[1, 2, 5, 6]), vec![1, 2, BIND + 3, 5, 6]);
+        // Two failures between them.
+        assert_eq!(
+            order_of(&[3, 7], &[1, 5, 6, 8]),
+            vec![1, BIND + 3, 5, 6, BIND + 7, 8]
+        );
+        // Nothing else: each stream alone, in order.
+        assert_eq!(order_of(&[], &[1, 2]), vec![1, 2]);
+        assert_eq!(order_of(&[4, 9], &[]), vec![BIND + 4, BIND + 9]);
+    }
+
+    #[test]
+    fn in_a_flood_a_bind_result_overtakes_after_the_budget() {
+        let events: Vec<u64> = (1..=(OLDER_FIRST as u64 + 500)).collect();
+        let bind = OLDER_FIRST as u64 + 400;
+        let out = order_of(&[bind], &events);
+        let at = out.iter().position(|&c| c == BIND + bind).unwrap();
+        assert_eq!(at, OLDER_FIRST, "after exactly the budget of older ones");
+        assert_eq!(out.len(), events.len() + 1, "nothing dropped");
+        let mut rest: Vec<u64> = out.iter().copied().filter(|&c| c < BIND).collect();
+        let sorted = {
+            let mut s = rest.clone();
+            s.sort();
+            s
+        };
+        assert_eq!(rest, sorted, "transitions keep their order");
+        rest.dedup();
+        assert_eq!(rest.len(), events.len());
     }
 }

@@ -371,22 +371,30 @@ impl Model {
     }
 
     /// A snapshot of `netns` saw exactly `seen` (inodes and cookies) on
-    /// `ports` (every port when empty): forget the sockets no event retires
-    /// (bound-only TCP, UDP) that it no longer shows; they were closed.
+    /// `ports` (every port when empty): forget the sockets there that it no
+    /// longer shows; they were closed. That covers the sockets no event
+    /// retires (bound-only TCP, UDP) and those whose closing transition has
+    /// not reached the model yet (a failed bind can overtake it in a flood).
+    /// Timewait socks are left to their own events and expiry: sock_diag
+    /// names them by a cookie the model may not have.
     pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) {
         let Some(ns) = self.ns.get_mut(&netns) else {
             return;
         };
-        let before = ns.socks.len();
+        let mut gone_unretired = 0;
         ns.socks.retain(|_, t| {
-            !(t.unretired
+            let gone = !t.sock.timewait
                 && (ports.is_empty() || ports.contains(&t.sock.port))
                 && !seen.iter().any(|&(inode, cookie)| {
                     (inode != 0 && inode == t.sock.inode)
                         || (cookie != 0 && cookie == t.sock.cookie)
-                }))
+                });
+            if gone && t.unretired {
+                gone_unretired += 1;
+            }
+            !gone
         });
-        ns.unretired -= before - ns.socks.len();
+        ns.unretired -= gone_unretired;
     }
 
     fn expire_overdue_tw(&mut self, netns: u32) {
@@ -613,6 +621,51 @@ mod tests {
             m.apply(&e);
         }
         assert_eq!(m.namespace(1).unwrap().sockets().count(), MAX_UNRETIRED);
+    }
+
+    /// A snapshot that no longer shows a listener (its closing transition
+    /// is still on its way) removes it; timewait socks and other ports stay;
+    /// the late LISTEN -> CLOSE then changes nothing.
+    #[test]
+    fn a_snapshot_retires_what_it_no_longer_shows() {
+        use TcpState::*;
+        let mut m = Model::new();
+        let l = "127.0.0.1:80";
+        let r = "127.0.0.1:5000";
+        m.apply(&ev(1, Some(9), st(l, "0.0.0.0:0", Close, Listen, 5, 77)));
+        m.apply(&ev(
+            2,
+            Some(9),
+            st("127.0.0.1:81", "0.0.0.0:0", Close, Listen, 7, 79),
+        ));
+        m.apply(&ev(
+            3,
+            None,
+            Kind::TimewaitOpen(TimewaitOpen {
+                local: l.parse().unwrap(),
+                remote: r.parse().unwrap(),
+                substate: TimeWait,
+                expires_in_ms: 60_000,
+                left_by: None,
+                cookie: 6,
+                reuseaddr: false,
+                reuseport: false,
+            }),
+        ));
+        // Port 80 seen with only the timewait sock (no inode, its cookie).
+        m.reconcile(1, &[80], &[(0, 6)]);
+        assert_eq!(
+            states(&m),
+            vec![
+                ("127.0.0.1:80".into(), TimeWait),
+                ("127.0.0.1:81".into(), Listen)
+            ]
+        );
+        m.apply(&ev(4, Some(9), st(l, "0.0.0.0:0", Listen, Close, 5, 77)));
+        assert_eq!(states(&m).len(), 2);
+        // A socket the snapshot shows by inode stays.
+        m.reconcile(1, &[81], &[(79, 0)]);
+        assert_eq!(states(&m).len(), 2);
     }
 
     #[test]

@@ -251,11 +251,16 @@ impl Probe {
             let nfds = if stalled { 1 } else { fds.len() };
             // SAFETY: fds is a valid array of pollfd for the call's duration.
             unsafe { libc::poll(fds.as_mut_ptr(), nfds as libc::nfds_t, 100) };
-            // Bind results first: they are what the user is waiting for.
-            if !self.drain(Which::Binds, usize::MAX, out) {
+            // Transitions first, then bind results: a transition the
+            // kernel recorded before a failed bind then reaches its channel
+            // first, and Live puts it ahead of the failure (the model must
+            // know a listener closed before it explains the failure). In a
+            // flood drain() hands over waiting bind results every 64
+            // transitions, so they never wait long.
+            if !stalled && !self.drain(Which::Events, 4096, out) {
                 return;
             }
-            if !stalled && !self.drain(Which::Events, 4096, out) {
+            if !self.drain(Which::Binds, usize::MAX, out) {
                 return;
             }
             if stopping || last_lost_check.elapsed() >= Duration::from_secs(1) {
