@@ -234,8 +234,34 @@ pub fn test(extra: &[String]) -> Result<()> {
         }
         cmd.args(extra);
         steps.record("cargo test", run_checked(&mut cmd));
+        if let Some(why) = skip_vm_matrix(extra) {
+            eprintln!("xtask: not running the kernel matrix (cargo xtask vm-test): {why}");
+        } else {
+            steps.record(
+                "kernel matrix",
+                crate::vm::run(&crate::vm::VmArgs::default()),
+            );
+        }
     }
     steps.finish("test")
+}
+
+/// Why `test` leaves out the QEMU kernel matrix, if it does: a selection of
+/// tests was asked for, or TWMON_SKIP_VM=1 outside CI (under CI=true the
+/// whole suite always includes it).
+fn skip_vm_matrix(extra: &[String]) -> Option<&'static str> {
+    if !extra.is_empty() {
+        return Some("a selection of tests was given");
+    }
+    let ci = env::var("CI").as_deref() == Ok("true");
+    if env::var("TWMON_SKIP_VM").as_deref() == Ok("1") {
+        if ci {
+            eprintln!("xtask: TWMON_SKIP_VM=1 is ignored under CI=true");
+        } else {
+            return Some("TWMON_SKIP_VM=1");
+        }
+    }
+    None
 }
 
 /// Whether cargo arguments (before any `--`) pick packages themselves.
