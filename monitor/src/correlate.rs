@@ -27,7 +27,19 @@ pub trait Evidence {
     /// A snapshot of namespace `netns` for `ports` (all ports when empty),
     /// or None when it cannot be seen (gone, no privileges).
     fn snapshot(&mut self, netns: u32, hint_pid: Option<u32>, ports: &[u16]) -> Option<Snapshot>;
+
+    /// Every TCP and UDP socket of `netns` as (inode, cookie), without
+    /// owners or flags; None when it cannot be seen.
+    fn census(&mut self, _netns: u32) -> Option<Vec<(u64, u64)>> {
+        None
+    }
 }
+
+/// After events were lost, the model may keep sockets whose closing was
+/// among them; it is checked against the kernel at most this often.
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// At most this many namespaces per resync (the busiest first).
+const RESYNC_NAMESPACES: usize = 64;
 
 /// No evidence beyond the events (replay, tests).
 pub struct EventsOnly;
@@ -47,6 +59,9 @@ pub struct Correlator<E: Evidence> {
     /// the model's disagree (watch; not under the dashboard, which owns the
     /// terminal).
     pub findings_to_stderr: bool,
+    /// Events were lost since the last resync.
+    resync_due: bool,
+    last_resync: Option<Instant>,
 }
 
 impl<E: Evidence> Correlator<E> {
@@ -56,6 +71,8 @@ impl<E: Evidence> Correlator<E> {
             evidence,
             env: HashMap::new(),
             findings_to_stderr: false,
+            resync_due: false,
+            last_resync: None,
         }
     }
 
@@ -103,9 +120,34 @@ impl<E: Evidence> Correlator<E> {
                 eprintln!("twmon: finding: {m}");
             }
         }
+        if matches!(ev.kind, Kind::Lost(_)) {
+            self.resync_due = true;
+        }
         self.model.apply(&ev);
         out.push(ev);
+        if self.resync_due && self.last_resync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY) {
+            self.resync();
+        }
         out
+    }
+
+    /// Retire what the kernel no longer has, in every namespace the model
+    /// knows: lost closing transitions would otherwise leave sockets in the
+    /// model for good (memory that grows, holders that are not there).
+    fn resync(&mut self) {
+        self.resync_due = false;
+        self.last_resync = Some(Instant::now());
+        let mut namespaces: Vec<(u32, usize)> = self
+            .model
+            .namespaces()
+            .map(|(n, ns)| (*n, ns.sockets().count()))
+            .collect();
+        namespaces.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        for (netns, _) in namespaces.into_iter().take(RESYNC_NAMESPACES) {
+            if let Some(seen) = self.evidence.census(netns) {
+                self.model.reconcile(netns, &[], &seen);
+            }
+        }
     }
 }
 
@@ -434,6 +476,19 @@ pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> Option<T> 
 }
 
 impl Evidence for Kernel {
+    fn census(&mut self, netns: u32) -> Option<Vec<(u64, u64)>> {
+        let path = self.path_of(netns, None)?;
+        in_netns(&path, || {
+            let mut seen = Vec::new();
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let dump = snapshot::sockdiag::dump(proto).ok()?;
+                seen.extend(dump.iter().map(|d| (d.inode as u64, d.cookie)));
+            }
+            Some(seen)
+        })
+        .flatten()
+    }
+
     fn snapshot(&mut self, netns: u32, hint_pid: Option<u32>, ports: &[u16]) -> Option<Snapshot> {
         let key = (netns, ports.to_vec());
         if let Some(at) = self.cache.get(&key) {
@@ -594,5 +649,90 @@ mod kernel_holder_tests {
         assert!(!may_overlap(&v6any, true, &"127.0.0.1:80".parse().unwrap()));
         let lo: Endpoint = "127.0.0.1:80".parse().unwrap();
         assert!(!may_overlap(&lo, false, &"127.0.0.2:80".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod resync_tests {
+    use super::*;
+    use crate::event::{Common, Lost, StateChange, TcpState};
+
+    /// The kernel as a list of (inode, cookie), counting the censuses.
+    struct Census(Vec<(u64, u64)>, usize);
+
+    impl Evidence for Census {
+        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
+            None
+        }
+        fn census(&mut self, _: u32) -> Option<Vec<(u64, u64)>> {
+            self.1 += 1;
+            Some(self.0.clone())
+        }
+    }
+
+    fn ev(ts_ns: u64, kind: Kind) -> Event {
+        Event {
+            common: Common {
+                ts: String::new(),
+                ts_ns,
+                netns: 1,
+                proto: Proto::Tcp,
+                pid: None,
+                comm: None,
+                container: None,
+            },
+            kind,
+        }
+    }
+
+    fn listen(port: u16, cookie: u64) -> Kind {
+        Kind::State(StateChange {
+            local: format!("127.0.0.1:{port}").parse().unwrap(),
+            remote: "0.0.0.0:0".parse().unwrap(),
+            old: TcpState::Close,
+            new: TcpState::Listen,
+            cookie,
+            reuseaddr: false,
+            reuseport: false,
+            uid: 0,
+            inode: 0,
+        })
+    }
+
+    fn lost() -> Kind {
+        Kind::Lost(Lost {
+            count: 7,
+            stream: None,
+        })
+    }
+
+    fn ports(c: &Correlator<Census>) -> Vec<u16> {
+        let mut v: Vec<u16> = c
+            .model
+            .namespace(1)
+            .unwrap()
+            .sockets()
+            .map(|t| t.sock.port)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// After a loss the model keeps only what the kernel still has, and
+    /// asks the kernel at most once per RESYNC_EVERY.
+    #[test]
+    fn lost_events_make_the_model_check_the_kernel() {
+        let mut c = Correlator::new(Census(vec![(0, 11)], 0));
+        c.process(ev(1, listen(80, 11)));
+        c.process(ev(2, listen(81, 12)));
+        assert_eq!(ports(&c), vec![80, 81], "no loss, no census");
+        assert_eq!(c.evidence.1, 0);
+        c.process(ev(3, lost()));
+        assert_eq!(ports(&c), vec![80], "81's closing was lost: retired");
+        assert_eq!(c.evidence.1, 1);
+        c.process(ev(4, listen(82, 13)));
+        c.process(ev(5, lost()));
+        assert_eq!(c.evidence.1, 1, "not again within RESYNC_EVERY");
+        assert_eq!(ports(&c), vec![80, 82]);
     }
 }

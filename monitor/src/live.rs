@@ -50,12 +50,14 @@ impl Live {
         format!("{} mode: {}", self.mode.mode, self.mode.hooks.join(", "))
     }
 
-    /// The next event. A bind result goes ahead of the transitions queued
-    /// behind it, except those older than it, up to [`OLDER_FIRST`] of them:
-    /// the model then explains a failure with what happened before it (a
-    /// listener that closed just before the failed bind is gone), and in a
-    /// flood the failure still waits for at most that many. None once the
-    /// reader has stopped and everything is read.
+    /// The next event. A bind result goes after the transitions queued
+    /// before it that are older than it, when fewer than [`OLDER_FIRST`] are
+    /// queued: the model then explains a failure with what happened before
+    /// it (a listener that closed just before the failed bind is gone). In a
+    /// flood (more queued) it goes first, and the correlator reconciles the
+    /// model with the failure's evidence snapshot instead: waiting behind a
+    /// full queue for every failure would fall further behind each time.
+    /// None once the reader has stopped and everything is read.
     pub async fn recv(&mut self) -> Option<Event> {
         loop {
             if let Some(ev) = self.order.next(&mut self.binds, &mut self.events) {
@@ -63,7 +65,7 @@ impl Live {
             }
             tokio::select! {
                 biased;
-                Some(b) = self.binds.recv() => self.order.hold(b),
+                Some(b) = self.binds.recv() => self.order.hold(b, self.events.len()),
                 // Nothing is held (next() would have returned it).
                 Some(ev) = self.events.recv() => return Some(ev),
                 else => return None,
@@ -124,10 +126,8 @@ impl Live {
     }
 }
 
-/// How many transitions older than a waiting bind result go before it.
-/// About 10-20 ms of work for the consumers; beyond that the failure is
-/// explained from its evidence snapshot, which the correlator reconciles
-/// the model with.
+/// A bind result waits for the older transitions queued before it only when
+/// fewer than this many are queued (10-20 ms of work for the consumers).
 pub const OLDER_FIRST: usize = 1024;
 
 /// The merge of the two streams: a held bind result, and the one event
@@ -142,19 +142,24 @@ struct Order {
 /// What [`Order`] takes events from (the two channels; vectors in tests).
 trait Stream {
     fn take(&mut self) -> Option<Event>;
+    fn queued(&self) -> usize;
 }
 
 impl Stream for mpsc::Receiver<Event> {
     fn take(&mut self) -> Option<Event> {
         self.try_recv().ok()
     }
+    fn queued(&self) -> usize {
+        self.len()
+    }
 }
 
 impl Order {
-    fn hold(&mut self, bind: Event) {
+    /// Hold a bind result, with `queued` transitions waiting.
+    fn hold(&mut self, bind: Event, queued: usize) {
         debug_assert!(self.bind.is_none());
         self.bind = Some(bind);
-        self.older_left = OLDER_FIRST;
+        self.older_left = if queued < OLDER_FIRST { queued } else { 0 };
     }
 
     fn is_empty(&self) -> bool {
@@ -165,7 +170,7 @@ impl Order {
     fn next(&mut self, binds: &mut impl Stream, events: &mut impl Stream) -> Option<Event> {
         if self.bind.is_none() {
             if let Some(b) = binds.take() {
-                self.hold(b);
+                self.hold(b, events.queued() + usize::from(self.ahead.is_some()));
             }
         }
         let Some(bind_ts) = self.bind.as_ref().map(|b| b.common.ts_ns) else {
@@ -248,6 +253,9 @@ mod tests {
         fn take(&mut self) -> Option<Event> {
             self.pop_front()
         }
+        fn queued(&self) -> usize {
+            self.len()
+        }
     }
 
     /// An event stamped `ts`; `count` tells them apart.
@@ -303,21 +311,17 @@ mod tests {
     }
 
     #[test]
-    fn in_a_flood_a_bind_result_overtakes_after_the_budget() {
-        let events: Vec<u64> = (1..=(OLDER_FIRST as u64 + 500)).collect();
-        let bind = OLDER_FIRST as u64 + 400;
-        let out = order_of(&[bind], &events);
-        let at = out.iter().position(|&c| c == BIND + bind).unwrap();
-        assert_eq!(at, OLDER_FIRST, "after exactly the budget of older ones");
-        assert_eq!(out.len(), events.len() + 1, "nothing dropped");
-        let mut rest: Vec<u64> = out.iter().copied().filter(|&c| c < BIND).collect();
-        let sorted = {
-            let mut s = rest.clone();
-            s.sort();
-            s
-        };
-        assert_eq!(rest, sorted, "transitions keep their order");
-        rest.dedup();
-        assert_eq!(rest.len(), events.len());
+    fn in_a_flood_a_bind_result_goes_first() {
+        // A full queue: the failure does not wait for it.
+        let events: Vec<u64> = (1..=(OLDER_FIRST as u64 + 10)).collect();
+        let out = order_of(&[5], &events);
+        assert_eq!(out[0], BIND + 5);
+        assert_eq!(&out[1..], &events[..], "transitions keep their order");
+        // Just under the threshold: it waits for the older ones only.
+        let events: Vec<u64> = (1..OLDER_FIRST as u64).collect();
+        let out = order_of(&[5], &events);
+        assert_eq!(out[..5], [1, 2, 3, 4, 5]);
+        assert_eq!(out[5], BIND + 5);
+        assert_eq!(out.len(), events.len() + 1);
     }
 }

@@ -38,6 +38,8 @@ pub struct Enricher {
     kernel_conflicts: bool,
     /// Blocking sockets waiting for their call's record, by thread.
     pending_conflicts: HashMap<u32, ConflictsEvent>,
+    /// See [`Enricher::set_resets_marked`].
+    resets_marked: bool,
 }
 
 /// What a timer-cancel stack says about a timewait sock.
@@ -93,7 +95,14 @@ impl Enricher {
             containers: crate::container::Containers::default(),
             kernel_conflicts: false,
             pending_conflicts: HashMap::new(),
+            resets_marked: true,
         }
+    }
+
+    /// Say whether a RST the kernel sends for a timewait sock marks it
+    /// (`tcp_send_reset` attached and seeing timewait socks).
+    pub fn set_resets_marked(&mut self, marked: bool) {
+        self.resets_marked = marked;
     }
 
     /// Say whether the kernel's conflict hook (`inet_bind_conflict`) is live.
@@ -333,6 +342,11 @@ impl Enricher {
                     // which tcp_v4_rcv also kills (no SYN involved).
                     CancelMeaning::Ended(_) if r.flags & F_RESET_SENT != 0 => {
                         CancelMeaning::Ended(TimewaitEnd::Reset)
+                    }
+                    // No mark, but on this kernel the mark could not be set:
+                    // a SYN or a RST, twmon cannot tell.
+                    CancelMeaning::Ended(TimewaitEnd::ReusedBySyn) if !self.resets_marked => {
+                        CancelMeaning::Ended(TimewaitEnd::Unknown)
                     }
                     m => m,
                 };

@@ -99,7 +99,7 @@ impl Probe {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let mut offsets = offsets::from_vmlinux().map_err(|e| match e {
+        let (mut offsets, facts) = offsets::from_vmlinux().map_err(|e| match e {
             offsets::OffsetError::NoBtf { path, .. } => ProbeError::NoBtf(path),
             other => ProbeError::Other(format!("reading kernel struct layouts from BTF: {other}")),
         })?;
@@ -150,6 +150,14 @@ impl Probe {
             }
         }
         let mut enricher = Enricher::new(sys::boot_to_unix_offset_ns(), hz, syms);
+        let reset_seen = facts.reset_tracepoint_sees_timewait
+            && hooks.iter().any(|h| h == "tp_btf/tcp_send_reset");
+        enricher.set_resets_marked(reset_seen);
+        if !reset_seen && offsets.tw_timer_handler != 0 {
+            notes.push(
+                "this kernel's tcp_send_reset tracepoint skips timewait socks (before 6.10): a timewait killed after a RST it sent and one taken over by a SYN look alike, and both end as \"unknown\"".into(),
+            );
+        }
         let (mode_name, why) = match mode {
             ModeArg::Tracepoint => ("tracepoint", "tracepoint mode, as asked".to_string()),
             ModeArg::Auto | ModeArg::Precise => {

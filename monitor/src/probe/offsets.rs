@@ -28,11 +28,23 @@ pub enum OffsetError {
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn from_vmlinux() -> Result<Offsets, OffsetError> {
+pub fn from_vmlinux() -> Result<(Offsets, Facts), OffsetError> {
     from_file(Path::new(VMLINUX_BTF))
 }
 
-pub fn from_file(path: &Path) -> Result<Offsets, OffsetError> {
+/// What else the running kernel's BTF tells about its hooks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts {
+    /// The `tcp_send_reset` tracepoint fires for timewait socks too. Before
+    /// 6.10 it fired for full sockets only, so a timewait sock killed after
+    /// its kernel answered with a RST (TCP_TW_RST) was not marked, and that
+    /// kill looks like a SYN taking the 4-tuple over (both come from
+    /// tcp_v4_rcv). The change came with the RST reasons: `enum
+    /// sk_rst_reason` in BTF is the sign.
+    pub reset_tracepoint_sees_timewait: bool,
+}
+
+pub fn from_file(path: &Path) -> Result<(Offsets, Facts), OffsetError> {
     let no_btf = |e: String| OffsetError::NoBtf {
         path: path.display().to_string(),
         source: anyhow::anyhow!("{e}"),
@@ -42,7 +54,13 @@ pub fn from_file(path: &Path) -> Result<Offsets, OffsetError> {
     // natively but about ten seconds in a QEMU guest under TCG.
     let bytes = std::fs::read(path).map_err(|e| no_btf(e.to_string()))?;
     let btf = Btf::from_bytes(&bytes).map_err(|e| no_btf(e.to_string()))?;
-    compute(&Kbtf { btf })
+    let facts = Facts {
+        reset_tracepoint_sees_timewait: btf.resolve_types_by_name("sk_rst_reason").is_ok_and(|t| {
+            t.iter()
+                .any(|t| matches!(t, Type::Enum(_) | Type::Enum64(_)))
+        }),
+    };
+    Ok((compute(&Kbtf { btf })?, facts))
 }
 
 struct Kbtf {
@@ -301,7 +319,9 @@ mod tests {
             );
             return;
         }
-        let o = from_vmlinux().expect("offsets");
+        let (o, facts) = from_vmlinux().expect("offsets");
+        // 6.18: tcp_send_reset has its reason argument and sees timewait socks.
+        assert!(facts.reset_tracepoint_sees_timewait);
         // sock_common bitfields share a byte.
         assert_eq!(o.skc_reuse.width, 4);
         assert_eq!(o.skc_reuseport.width, 1);
