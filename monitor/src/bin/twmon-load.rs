@@ -156,7 +156,7 @@ fn churn(port: u16, close: Close, until: Instant, max: u64) -> std::io::Result<(
     let l = TcpListener::bind(addr)?;
     let mut n = 0u64;
     let mut errors = 0u64;
-    while n < max && (n % 64 != 0 || Instant::now() < until) {
+    while n < max && (!n.is_multiple_of(64) || Instant::now() < until) {
         let c = match TcpStream::connect(addr) {
             Ok(c) => c,
             Err(e) => {
