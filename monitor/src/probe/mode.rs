@@ -68,7 +68,7 @@ impl KernelFacts {
                 .ok()
                 .map(|text| filter_hits(&text, targets))
         });
-        let (btf, protos) = match Btf::from_file(VMLINUX_BTF) {
+        let (btf, protos) = match super::offsets::read_btf(std::path::Path::new(VMLINUX_BTF)) {
             Ok(b) => (true, btf_protos(&b, targets)),
             Err(_) => (false, Default::default()),
         };

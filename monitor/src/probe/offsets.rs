@@ -44,16 +44,20 @@ pub struct Facts {
     pub reset_tracepoint_sees_timewait: bool,
 }
 
+/// Parse a BTF file, read whole first: btf-rs's file reader seeks before
+/// every string and type (126,000 lseek calls for 6.18's vmlinux), which
+/// costs little natively but about ten seconds in a QEMU guest under TCG.
+pub fn read_btf(path: &Path) -> Result<Btf, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    Btf::from_bytes(&bytes).map_err(|e| e.to_string())
+}
+
 pub fn from_file(path: &Path) -> Result<(Offsets, Facts), OffsetError> {
     let no_btf = |e: String| OffsetError::NoBtf {
         path: path.display().to_string(),
         source: anyhow::anyhow!("{e}"),
     };
-    // Read it whole first: btf-rs's file reader seeks before every string
-    // and type (126,000 lseek calls for 6.18's vmlinux), which costs little
-    // natively but about ten seconds in a QEMU guest under TCG.
-    let bytes = std::fs::read(path).map_err(|e| no_btf(e.to_string()))?;
-    let btf = Btf::from_bytes(&bytes).map_err(|e| no_btf(e.to_string()))?;
+    let btf = read_btf(path).map_err(no_btf)?;
     let facts = Facts {
         reset_tracepoint_sees_timewait: btf.resolve_types_by_name("sk_rst_reason").is_ok_and(|t| {
             t.iter()
