@@ -13,6 +13,7 @@ mod state;
 mod timewait;
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
@@ -54,6 +55,24 @@ static RST_TW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// context: who left a timewait sock behind (the cookie carries over).
 #[map]
 static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
+
+/// Unread bytes in EVENTS at which a submit wakes the reader at once.
+/// Below it nothing wakes the reader: it comes by itself every few
+/// milliseconds (monitor/src/probe/mod.rs) and takes what piled up. A wakeup
+/// per record, which the ring's default gives whenever the reader has caught
+/// up, costs the producer an irq_work and the reader a context switch per
+/// event: under churn that is most of the events.
+const EVENTS_WAKE_AT: u64 = 512 * 1024;
+
+/// The submit flags for an EVENTS record (see [`EVENTS_WAKE_AT`]).
+#[inline(always)]
+fn events_wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKE_AT {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 #[inline(always)]
 fn count_lost(ring: u32) {

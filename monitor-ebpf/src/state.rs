@@ -87,6 +87,6 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         };
         (*e).comm = comm;
     }
-    entry.submit(0);
+    entry.submit(crate::events_wakeup());
     Some(())
 }

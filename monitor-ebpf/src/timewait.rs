@@ -180,6 +180,6 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
             }
         }
     }
-    entry.submit(0);
+    entry.submit(crate::events_wakeup());
     Some(())
 }

@@ -14,7 +14,7 @@ pub mod offsets;
 pub mod precise;
 pub mod sys;
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::sync::mpsc;
 
 use crate::cli::ModeArg;
@@ -237,38 +238,64 @@ impl Probe {
     }
 
     fn read_loop(&mut self, out: &Outlets, stop: &AtomicBool) {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.binds.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.events.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
+        // BINDS wakes the reader at every record (a failure should be
+        // explained at once). EVENTS wakes it only when 512 KiB are waiting
+        // (monitor-ebpf's events_wakeup): otherwise the reader comes every
+        // EVENTS_PERIOD_MS and takes what piled up. The ring's poll reports
+        // readable whenever data is waiting, so EVENTS is watched edge-
+        // triggered: only a real wakeup ends the wait early.
+        let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).and_then(|ep| {
+            // SAFETY: both descriptors belong to maps self owns, and outlive
+            // the epoll instance (dropped at the end of this function).
+            let binds = unsafe { BorrowedFd::borrow_raw(self.binds.as_raw_fd()) };
+            let events = unsafe { BorrowedFd::borrow_raw(self.events.as_raw_fd()) };
+            ep.add(binds, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
+            ep.add(
+                events,
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 1),
+            )?;
+            Ok(ep)
+        }) {
+            Ok(ep) => ep,
+            Err(e) => {
+                log::error!("cannot wait on the ring buffers (epoll): {e}");
+                return;
+            }
+        };
+        let mut ready = [EpollEvent::empty(); 2];
         let mut lost_seen = [0u64; 2];
         let mut last_lost_check = Instant::now();
         let stall_until = test_stall_events_until();
+        let mut events_left = false;
         loop {
             let stopping = stop.load(Ordering::Relaxed);
             let stalled = !stopping && stall_until.is_some_and(|t| Instant::now() < t);
-            // Stalled (test hook only): poll the bind ring alone.
-            let nfds = if stalled { 1 } else { fds.len() };
-            // SAFETY: fds is a valid array of pollfd for the call's duration.
-            unsafe { libc::poll(fds.as_mut_ptr(), nfds as libc::nfds_t, 100) };
+            // Records left over from the last round: come straight back.
+            let timeout = if events_left && !stalled {
+                EpollTimeout::ZERO
+            } else {
+                EpollTimeout::from(EVENTS_PERIOD_MS)
+            };
+            if let Err(e) = epoll.wait(&mut ready, timeout) {
+                if e != nix::errno::Errno::EINTR {
+                    log::error!("waiting on the ring buffers failed: {e}");
+                    return;
+                }
+            }
             // Transitions first, then bind results: a transition the
             // kernel recorded before a failed bind then reaches its channel
             // first, and Live puts it ahead of the failure (the model must
             // know a listener closed before it explains the failure). In a
             // flood drain() hands over waiting bind results every 64
             // transitions, so they never wait long.
-            if !stalled && !self.drain(Which::Events, 4096, out) {
-                return;
+            if !stalled {
+                match self.drain(Which::Events, 4096, out) {
+                    Drained::ReceiverGone => return,
+                    Drained::Empty => events_left = false,
+                    Drained::BudgetSpent => events_left = true,
+                }
             }
-            if !self.drain(Which::Binds, usize::MAX, out) {
+            if !self.drain(Which::Binds, usize::MAX, out).ok() {
                 return;
             }
             if stopping || last_lost_check.elapsed() >= Duration::from_secs(1) {
@@ -285,23 +312,22 @@ impl Probe {
                 }
             }
             if stopping {
-                let _ = self.drain(Which::Binds, usize::MAX, out)
-                    && self.drain(Which::Events, usize::MAX, out);
+                let _ = self.drain(Which::Binds, usize::MAX, out).ok()
+                    && self.drain(Which::Events, usize::MAX, out).ok();
                 return;
             }
         }
     }
 
-    /// Hand over up to `budget` records of one ring. Returns false when the
-    /// receiver is gone.
-    fn drain(&mut self, which: Which, budget: usize, out: &Outlets) -> bool {
+    /// Hand over up to `budget` records of one ring.
+    fn drain(&mut self, which: Which, budget: usize, out: &Outlets) -> Drained {
         for n in 0..budget {
             let ring = match which {
                 Which::Binds => &mut self.binds,
                 Which::Events => &mut self.events,
             };
             let Some(record) = next_record(ring) else {
-                return true;
+                return Drained::Empty;
             };
             let ev = match record {
                 Ok(raw) => self.enricher.enrich(&raw),
@@ -319,24 +345,24 @@ impl Probe {
                         Ok(()) => true,
                         Err(mpsc::error::TrySendError::Closed(_)) => false,
                         Err(mpsc::error::TrySendError::Full(ev)) => {
-                            self.drain(Which::Binds, usize::MAX, out)
+                            self.drain(Which::Binds, usize::MAX, out).ok()
                                 && out.events.blocking_send(ev).is_ok()
                         }
                     },
                 };
                 if !sent {
-                    return false;
+                    return Drained::ReceiverGone;
                 }
             }
             // Keep bind results prompt during a flood of transitions.
             if matches!(which, Which::Events)
                 && n % 64 == 63
-                && !self.drain(Which::Binds, usize::MAX, out)
+                && !self.drain(Which::Binds, usize::MAX, out).ok()
             {
-                return false;
+                return Drained::ReceiverGone;
             }
         }
-        true
+        Drained::BudgetSpent
     }
 
     fn lost_total(&self, index: u32) -> u64 {
@@ -378,6 +404,28 @@ fn test_stall_events_until() -> Option<Instant> {
 struct Outlets {
     binds: mpsc::Sender<Event>,
     events: mpsc::Sender<Event>,
+}
+
+/// How long the reader leaves EVENTS alone when nothing wakes it: the
+/// delay a transition may wait before it reaches the model, and the batch
+/// the reader takes at once.
+const EVENTS_PERIOD_MS: u16 = 10;
+
+/// What [`Probe::drain`] left behind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// The ring is empty.
+    Empty,
+    /// The budget ran out with records still in the ring.
+    BudgetSpent,
+    /// The channel's receiver is gone: stop reading.
+    ReceiverGone,
+}
+
+impl Drained {
+    fn ok(self) -> bool {
+        self != Drained::ReceiverGone
+    }
 }
 
 #[derive(Clone, Copy)]
