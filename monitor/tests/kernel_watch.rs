@@ -490,19 +490,14 @@ fn field_scenarios_report_every_failed_bind() {
 
 // 2 -------------------------------------------------------------------------
 
-/// Poll the calling thread's namespace (every 5 ms, at most 5 s) until a
-/// socket satisfies `pred`.
-fn wait_socket(what: &str, pred: impl Fn(&ObservedSocket) -> bool) -> io::Result<ObservedSocket> {
-    let end = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(s) = scenario::snapshot()?.into_iter().find(&pred) {
-            return Ok(s);
-        }
-        if Instant::now() > end {
-            return Err(io::Error::other(format!("waited 5 s for {what}")));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Wait (at most 5 s) in the calling thread's namespace until a socket on
+/// `port` satisfies `pred`; the error says what was there instead.
+fn wait_socket(
+    what: &str,
+    port: u16,
+    pred: impl Fn(&ObservedSocket) -> bool,
+) -> io::Result<ObservedSocket> {
+    scenario::wait_for_socket(what, port, Duration::from_secs(5), pred)
 }
 
 fn is_tw(s: &ObservedSocket, local: Endpoint, remote: Endpoint) -> bool {
@@ -527,7 +522,9 @@ fn server_time_wait(addr: Endpoint, opts: SockOpts) -> io::Result<(Sock, Endpoin
         return Err(io::Error::other("the client expected EOF"));
     }
     drop(c);
-    wait_socket("the server's TIME_WAIT", |s| is_tw(s, server, cli))?;
+    wait_socket("the server's TIME_WAIT", server.port(), |s| {
+        is_tw(s, server, cli)
+    })?;
     Ok((l, server, cli))
 }
 
@@ -689,7 +686,7 @@ fn timewait_ends_with_the_right_reason() {
                 return Err(io::Error::other("the server expected EOF"));
             }
             drop(srv);
-            wait_socket("the client's TIME_WAIT", |s| is_tw(s, cli, dst))?;
+            wait_socket("the client's TIME_WAIT", cli.port(), |s| is_tw(s, cli, dst))?;
             Ok((l, cli))
         })
         .unwrap()

@@ -122,6 +122,11 @@ pub struct VmArgs {
     /// Give up on a boot after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = BOOT_TIMEOUT_SECS)]
     pub timeout: u64,
+    /// Run the guest's tests this many rounds in each boot, stopping at the
+    /// first round that fails (to chase an intermittent failure; give
+    /// --timeout room for it).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
 }
 
 /// The longest one boot may take, tests included.
@@ -134,6 +139,7 @@ impl Default for VmArgs {
             kernels: Vec::new(),
             modes: Vec::new(),
             timeout: BOOT_TIMEOUT_SECS,
+            repeat: 1,
         }
     }
 }
@@ -224,6 +230,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
                 &initrd,
                 &logs,
                 Duration::from_secs(args.timeout),
+                args.repeat,
             )?);
         }
     }
@@ -700,6 +707,7 @@ fn boot(
     initrd: &Path,
     logs: &Path,
     timeout: Duration,
+    repeat: u32,
 ) -> Result<Cell> {
     let tag = format!("{} {mode}", k.series);
     let log = logs.join(format!("{}-{mode}.log", k.release));
@@ -724,7 +732,7 @@ fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 loglevel=4 TWMON_TEST_MODE={mode}"
+            "console=ttyS0 panic=-1 loglevel=4 TWMON_TEST_MODE={mode} TWMON_TEST_REPEAT={repeat}"
         ));
     eprintln!(
         "xtask: vm-test: [{tag}] booting {} ({})",
@@ -770,7 +778,7 @@ fn boot(
             other => Verdict::NoStatus(other),
         },
     };
-    let expected: u32 = GUEST_TESTS.iter().map(|(_, t)| t.len() as u32).sum();
+    let expected: u32 = GUEST_TESTS.iter().map(|(_, t)| t.len() as u32).sum::<u32>() * repeat;
     let counts = counts(&lines, expected);
     // A guest that says it passed must have run every test.
     let verdict = if verdict == Verdict::Passed && counts.passed != expected {

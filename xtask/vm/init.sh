@@ -61,18 +61,33 @@ probe_rc=$?
 sed 's/^/TWMON-VM TWMON /' /tmp/probe.err
 echo "TWMON-VM PROBE rc=$probe_rc"
 
+# TWMON_TEST_REPEAT (vm-test --repeat): rounds of the whole list, until
+# one fails.
+rounds=${TWMON_TEST_REPEAT:-1}
+round=1
+tests_from=$(cut -d' ' -f1 /proc/uptime)
 rc=0
-while read -r bin tests; do
-	case "$bin" in '' | '#'*) continue ;; esac
-	echo "TWMON-VM RUN $bin $tests"
-	start=$(cut -d' ' -f1 /proc/uptime)
-	# shellcheck disable=SC2086 # the test names are separate words
-	/twmon/tests/$bin --test-threads=1 --exact $tests
-	r=$?
-	end=$(cut -d' ' -f1 /proc/uptime)
-	echo "TWMON-VM DONE $bin rc=$r start=$start end=$end"
-	[ $r -eq 0 ] || rc=1
-done </twmon/tests.list
+while [ $rc -eq 0 ] && [ "$round" -le "$rounds" ]; do
+	[ "$rounds" -gt 1 ] && echo "TWMON-VM ROUND $round of $rounds"
+	while read -r bin tests; do
+		case "$bin" in '' | '#'*) continue ;; esac
+		echo "TWMON-VM RUN $bin $tests"
+		start=$(cut -d' ' -f1 /proc/uptime)
+		# shellcheck disable=SC2086 # the test names are separate words
+		/twmon/tests/$bin --test-threads=1 --exact $tests
+		r=$?
+		end=$(cut -d' ' -f1 /proc/uptime)
+		echo "TWMON-VM DONE $bin rc=$r start=$start end=$end"
+		[ $r -eq 0 ] || rc=1
+	done </twmon/tests.list
+	round=$((round + 1))
+done
+
+# A failure's log ends with what the kernel said while the tests ran (the
+# console shows only warnings and worse: loglevel=4).
+if [ $rc -ne 0 ]; then
+	dmesg | awk -v t="$tests_from" '{ s = $0; sub(/^\[ */, "", s); if (s + 0 >= t) print "TWMON-VM DMESG " $0 }' | tail -n 200
+fi
 
 echo "TWMON-VM EXIT $rc"
 /twmon/debug-exit $rc

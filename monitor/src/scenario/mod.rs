@@ -34,6 +34,7 @@ mod plays;
 mod procnet;
 mod record;
 mod sock;
+mod wait;
 
 use std::fmt;
 use std::io;
@@ -43,6 +44,7 @@ use serde::Serialize;
 pub use netns::{set_sysctl, sysctl, Netns};
 pub use procnet::{snapshot, ss_text, ObservedSocket};
 pub use sock::{boottime_ns, current_fsuid, Sock, SockOpts};
+pub use wait::wait_for_socket;
 
 use crate::event::{errno_name, DiagnosisCode, Endpoint, Overlap, Proto, Syscall, TcpState};
 

@@ -8,9 +8,10 @@ use libc::{EADDRINUSE, EADDRNOTAVAIL, ECONNREFUSED};
 
 use super::child::{self, fork_child, pipe, raw, recv, Child};
 use super::netns;
-use super::procnet::{snapshot, sockets, ObservedSocket};
+use super::procnet::{sockets, ObservedSocket};
 use super::record::Like;
 use super::sock::{current_fsuid, thread_comm, Sock, SockOpts};
+use super::wait;
 use super::{
     errno_of, Attempt, Expect, ExpectedHolder, Netns, ProcessEvent, Recorder, Scenario, Step, Want,
 };
@@ -158,23 +159,14 @@ fn fail(errno: i32, code: Code) -> Expect {
 }
 
 /// Poll /proc/net (every 2 ms, at most [`T`]) until a socket satisfies
-/// `pred` (which sees no owners); that socket, with its owners.
-fn wait_for(what: &str, pred: impl Fn(&ObservedSocket) -> bool) -> io::Result<ObservedSocket> {
-    let end = Instant::now() + T;
-    loop {
-        if sockets(false)?.iter().any(&pred) {
-            if let Some(s) = snapshot()?.into_iter().find(|s| pred(s)) {
-                return Ok(s);
-            }
-        }
-        if Instant::now() > end {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("waited {T:?} for {what}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// `pred`; that socket, with its owners. A timeout's error tells what the
+/// wait saw on `port` ([`wait::wait_for_socket`]).
+fn wait_for(
+    what: &str,
+    port: u16,
+    pred: impl Fn(&ObservedSocket) -> bool,
+) -> io::Result<ObservedSocket> {
+    wait::wait_for_socket(what, port, T, pred)
 }
 
 /// Poll until no socket satisfies `pred`.
@@ -222,7 +214,7 @@ fn leave_time_wait(
     }
     drop(c);
     drop(l);
-    let tw = wait_for("the server's TIME_WAIT", |s| {
+    let tw = wait_for("the server's TIME_WAIT", server.port(), |s| {
         is_tcp(s, TcpState::TimeWait, server) && s.remote == client
     })?;
     rec.push(Step::TimeWaitLeft {
@@ -383,7 +375,7 @@ fn s2_silent_failure(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
             Want::Ok,
             None,
         )?;
-        let l = wait_for("the silent server's listener", |s| {
+        let l = wait_for("the silent server's listener", random.port(), |s| {
             is_tcp(s, TcpState::Listen, random)
         })?;
         if !l.owned_by(pid) {
@@ -530,7 +522,7 @@ fn s3_forked_child(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
             ProcessEvent::Exited,
         );
         wait_gone("the old listener", |s| is_tcp(s, TcpState::Listen, a))?;
-        let est = wait_for("the child's ESTABLISHED connection", |s| {
+        let est = wait_for("the child's ESTABLISHED connection", a.port(), |s| {
             is_tcp(s, TcpState::Established, a) && s.remote == cli
         })?;
         if !est.owned_by(pid2) {
@@ -649,7 +641,7 @@ fn s4_close_wait(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
         }
         wait_gone("cw-server's listener", |s| is_tcp(s, TcpState::Listen, a))?;
         drop(c); // the peer closes
-        let cw = wait_for("CLOSE_WAIT", |s| {
+        let cw = wait_for("CLOSE_WAIT", a.port(), |s| {
             is_tcp(s, TcpState::CloseWait, a) && s.remote == cli
         })?;
         if !cw.owned_by(pid) {
@@ -882,7 +874,7 @@ fn s8_exhaustion(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
             tws.push((cl, a));
         }
         for &(cl, srv) in &tws {
-            wait_for("the client's TIME_WAIT", |s| {
+            wait_for("the client's TIME_WAIT", cl.port(), |s| {
                 is_tcp(s, TcpState::TimeWait, cl) && s.remote == srv
             })?;
         }

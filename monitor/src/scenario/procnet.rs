@@ -46,6 +46,100 @@ pub fn snapshot() -> io::Result<Vec<ObservedSocket>> {
 
 /// [`snapshot`], optionally without the (slower) search for owners.
 pub(crate) fn sockets(with_owners: bool) -> io::Result<Vec<ObservedSocket>> {
+    Ok(sockets_in_detail(with_owners)?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect())
+}
+
+/// What /proc/net says of a socket beyond [`ObservedSocket`]: for the
+/// scenarios' own error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Detail {
+    /// /proc/net/tcp's `tr`: 0 none, 1 retransmit (or loss probe, RACK
+    /// reordering), 2 sk_timer (keepalive; FIN_WAIT2 of an orphan), 3 the
+    /// timer of a timewait sock, 4 zero-window probe.
+    pub timer: u8,
+    /// Unrecovered retransmissions (`icsk_retransmits`; 0 for timewait
+    /// socks).
+    pub retransmits: u32,
+}
+
+impl Detail {
+    fn timer_name(self) -> &'static str {
+        match self.timer {
+            0 => "none",
+            1 => "retransmit",
+            2 => "keepalive/fin-wait2",
+            3 => "timewait",
+            4 => "zero-window probe",
+            _ => "?",
+        }
+    }
+}
+
+/// One line about a TCP socket for an error message: endpoints, state (a
+/// timewait sock shows its substate, as the kernel does), which kind of
+/// sock, timer, retransmissions.
+pub(crate) fn describe(s: &ObservedSocket, d: Detail) -> String {
+    let kind = if d.timer == 3 || (s.inode == 0 && s.state == TcpState::TimeWait) {
+        "timewait sock".to_string()
+    } else if s.inode == 0 {
+        "orphan".to_string()
+    } else {
+        format!("inode {}", s.inode)
+    };
+    let mut out = format!(
+        "{} -> {} {} ({kind}, timer {}",
+        s.local,
+        s.remote,
+        s.state.as_str(),
+        d.timer_name()
+    );
+    if let Some(ms) = s.timer_ms {
+        out += &format!(" in {ms} ms");
+    }
+    if d.retransmits > 0 {
+        out += &format!(", {} retransmits", d.retransmits);
+    }
+    out.push(')');
+    out
+}
+
+/// The namespace's TCP counters that are not zero (/proc/net/snmp "Tcp:",
+/// /proc/net/netstat "TcpExt:"), as "Name=value" words: after a failed
+/// wait they tell of drops, PAWS rejects, resets, timewait overflows.
+pub(crate) fn tcp_counters() -> String {
+    let mut out = Vec::new();
+    for (file, prefix) in [("snmp", "Tcp:"), ("netstat", "TcpExt:")] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")) else {
+            continue;
+        };
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
+        // A line of names, then a line of values.
+        for pair in rows.chunks(2) {
+            let [names, values] = pair else { continue };
+            for (n, v) in names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .skip(1)
+            {
+                // The Rto* and MaxConn constants say nothing.
+                if v != "0" && !n.starts_with("Rto") && n != "MaxConn" {
+                    out.push(format!("{n}={v}"));
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        "all zero".into()
+    } else {
+        out.join(" ")
+    }
+}
+
+/// [`sockets`] with each socket's [`Detail`].
+pub(crate) fn sockets_in_detail(with_owners: bool) -> io::Result<Vec<(ObservedSocket, Detail)>> {
     let mut out = Vec::new();
     for (file, proto) in [
         ("tcp", Proto::Tcp),
@@ -59,12 +153,20 @@ pub(crate) fn sockets(with_owners: bool) -> io::Result<Vec<ObservedSocket>> {
             Err(e) if e.kind() == io::ErrorKind::NotFound && file.ends_with('6') => continue,
             Err(e) => return Err(e),
         };
-        out.extend(text.lines().skip(1).filter_map(|l| parse_line(l, proto)));
+        out.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| parse_line_in_detail(l, proto)),
+        );
     }
-    let wanted: Vec<u64> = out.iter().map(|s| s.inode).filter(|&i| i != 0).collect();
+    let wanted: Vec<u64> = out
+        .iter()
+        .map(|(s, _)| s.inode)
+        .filter(|&i| i != 0)
+        .collect();
     if with_owners && !wanted.is_empty() {
         let owners = owners_of(&wanted);
-        for s in &mut out {
+        for (s, _) in &mut out {
             if let Some(o) = owners.get(&s.inode) {
                 s.owners = o.clone();
             }
@@ -73,7 +175,12 @@ pub(crate) fn sockets(with_owners: bool) -> io::Result<Vec<ObservedSocket>> {
     Ok(out)
 }
 
+#[cfg(test)]
 fn parse_line(line: &str, proto: Proto) -> Option<ObservedSocket> {
+    parse_line_in_detail(line, proto).map(|(s, _)| s)
+}
+
+fn parse_line_in_detail(line: &str, proto: Proto) -> Option<(ObservedSocket, Detail)> {
     let f: Vec<&str> = line.split_whitespace().collect();
     if f.len() < 10 {
         return None;
@@ -95,16 +202,23 @@ fn parse_line(line: &str, proto: Proto) -> Option<ObservedSocket> {
     } else {
         None
     };
-    Some(ObservedSocket {
-        proto,
-        state,
-        local,
-        remote,
-        uid: f[7].parse().ok()?,
-        inode: f[9].parse().ok()?,
-        timer_ms,
-        owners: Vec::new(),
-    })
+    let detail = Detail {
+        timer: u8::from_str_radix(tr, 16).ok()?,
+        retransmits: u32::from_str_radix(f[6], 16).unwrap_or(0),
+    };
+    Some((
+        ObservedSocket {
+            proto,
+            state,
+            local,
+            remote,
+            uid: f[7].parse().ok()?,
+            inode: f[9].parse().ok()?,
+            timer_ms,
+            owners: Vec::new(),
+        },
+        detail,
+    ))
 }
 
 /// "0100007F:1F90" (IPv4) or 32 hex digits (IPv6), each 32-bit word printed
@@ -199,6 +313,25 @@ mod tests {
         assert_eq!(s.remote.to_string(), "127.0.0.1:40000");
         assert_eq!(s.state, TcpState::TimeWait);
         assert_eq!(s.timer_ms, Some(0x1770 * 10));
+        let (s, d) = parse_line_in_detail(l, Proto::Tcp).unwrap();
+        assert_eq!(
+            describe(&s, d),
+            "127.0.0.1:7100 -> 127.0.0.1:40000 TIME_WAIT (timewait sock, timer timewait in 60000 ms)"
+        );
+        // An orphan in FIN_WAIT1 retransmitting its FIN.
+        let l = "   2: 0100007F:1C20 0100007F:9C41 04 00000001:00000000 01:00000014 00000002     0        0 0 1 0000000000000000";
+        let (s, d) = parse_line_in_detail(l, Proto::Tcp).unwrap();
+        assert_eq!(
+            d,
+            Detail {
+                timer: 1,
+                retransmits: 2
+            }
+        );
+        assert_eq!(
+            describe(&s, d),
+            "127.0.0.1:7200 -> 127.0.0.1:40001 FIN_WAIT1 (orphan, timer retransmit in 200 ms, 2 retransmits)"
+        );
         let l6 = "   0: 00000000000000000000000000000000:1F40 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 4242 1 0000000000000000 100 0 0 10 0";
         let s = parse_line(l6, Proto::Tcp).unwrap();
         assert_eq!(s.local.to_string(), "[::]:8000");

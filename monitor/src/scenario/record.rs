@@ -2,7 +2,7 @@
 
 use std::io;
 
-use super::procnet::{snapshot, ss_text};
+use super::procnet::{snapshot, ss_text, ObservedSocket};
 use super::sock::{boottime_ns, gettid, thread_comm, Sock, SockOpts};
 use super::{describe_errno, errno_of, Attempt, Measured, Recorder, Step, Want};
 use crate::event::{errno_name, Endpoint, Proto, Syscall};
@@ -129,7 +129,7 @@ impl Recorder {
         }
         a.error = a.errno.map(errno_name);
         let mismatch = (a.errno != expected).then(|| {
-            format!(
+            let mut m = format!(
                 "{} {}({}) by {} {}: expected {}, the kernel said {}",
                 a.proto.as_str(),
                 a.syscall.as_str(),
@@ -138,7 +138,11 @@ impl Recorder {
                 a.pid,
                 describe_errno(expected),
                 describe_errno(a.errno)
-            )
+            );
+            if a.errno.is_some() {
+                m += &format!("; {}", on_port(&a.evidence, a.requested.port()));
+            }
+            m
         });
         self.push(Step::Attempt(a));
         match mismatch {
@@ -149,5 +153,41 @@ impl Recorder {
 
     pub(crate) fn note(&mut self, text: impl Into<String>) {
         self.push(Step::Note { text: text.into() });
+    }
+}
+
+/// The sockets of `snap` on `port` (either end), with the processes that
+/// hold them: what an unexpected failure ran into.
+fn on_port(snap: &[ObservedSocket], port: u16) -> String {
+    let v: Vec<String> = snap
+        .iter()
+        .filter(|s| s.local.port() == port || s.remote.port() == port)
+        .map(|s| {
+            let owners: Vec<String> = s
+                .owners
+                .iter()
+                .map(|p| format!("{} {}", p.comm, p.pid))
+                .collect();
+            format!(
+                "{} {} {} -> {} held by {}",
+                s.proto.as_str(),
+                s.state.as_str(),
+                s.local,
+                s.remote,
+                if owners.is_empty() {
+                    "no process".to_string()
+                } else {
+                    owners.join(", ")
+                }
+            )
+        })
+        .collect();
+    if v.is_empty() {
+        format!(
+            "/proc/net lists no socket on port {port} (it does not list TCP sockets that are \
+             only bound)"
+        )
+    } else {
+        format!("on port {port} then: {}", v.join("; "))
     }
 }
