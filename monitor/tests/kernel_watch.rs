@@ -842,12 +842,14 @@ fn unprivileged_watch_exits_3_with_one_sentence() {
     // already (unless capabilities were granted).
     let copy_dir;
     let mut cmd = if support::is_root() {
-        if Command::new("setpriv")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
+        if scenario::spawn_clean(
+            Command::new("setpriv")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .and_then(|mut c| c.wait())
+        .is_err()
         {
             support::skip(TEST, "setpriv (util-linux) is not installed");
             return;
@@ -895,7 +897,7 @@ fn unprivileged_watch_exits_3_with_one_sentence() {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = scenario::spawn_clean(&mut cmd).unwrap();
     let pid = child.id();
     // It must refuse at once; never leave it running if it does not.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -948,11 +950,16 @@ fn bpftool_json(args: &[&str]) -> serde_json::Value {
     // now and then. Try again.
     let mut last = String::new();
     for _ in 0..10 {
-        let out = Command::new("bpftool")
-            .arg("-j")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("bpftool {args:?}: {e}"));
+        let out = scenario::spawn_clean(
+            Command::new("bpftool")
+                .arg("-j")
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .and_then(|c| c.wait_with_output())
+        .unwrap_or_else(|e| panic!("bpftool {args:?}: {e}"));
         let text = String::from_utf8_lossy(&out.stdout);
         if out.status.success() {
             if text.trim().is_empty() {
@@ -1118,12 +1125,14 @@ fn no_program_stays_attached_after_exit() {
     if !kernel_or_skip(TEST) {
         return;
     }
-    if Command::new("bpftool")
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
+    if scenario::spawn_clean(
+        Command::new("bpftool")
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .and_then(|mut c| c.wait())
+    .is_err()
     {
         support::skip(TEST, "bpftool is not installed");
         return;
@@ -1150,13 +1159,14 @@ fn stops_cleanly_on_a_signal_right_after_ready() {
     let mut wrong = Vec::new();
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         for round in 0..5 {
-            let mut child = Command::new(support::TWMON)
-                .args(["watch", "--json", "--port", "1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = scenario::spawn_clean(
+                Command::new(support::TWMON)
+                    .args(["watch", "--json", "--port", "1"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped()),
+            )
+            .unwrap();
             let mut err = io::BufReader::new(child.stderr.take().unwrap());
             let mut said = Vec::new();
             let mut line = String::new();

@@ -11,6 +11,7 @@ use std::io;
 use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use super::sock::{boottime_ns, cvt, sockaddr};
@@ -18,6 +19,62 @@ use super::sock::{boottime_ns, cvt, sockaddr};
 /// The longest a child may live (SIGALRM kills it), whatever happens to the
 /// parent.
 const CHILD_MAX_SECS: u32 = 600;
+
+/// Forks and the closing of scenario sockets exclude each other.
+///
+/// A forked child holds a copy of every descriptor of the process until
+/// [`child_setup`] has closed them. Scenarios play on several threads at
+/// once (a test plays all ten together): a socket another scenario closed
+/// in that window would stay open in the child and really close only there,
+/// later and in another process (a FIN sent late by the wrong pid, a port
+/// still in use by the next bind()). [`fork_child`] holds this for writing
+/// from fork() until the child has closed what it inherited; [`Sock`]'s drop
+/// holds it for reading while it closes.
+///
+/// [`Sock`]: super::sock::Sock
+static FORK_WINDOW: RwLock<()> = RwLock::new(());
+
+/// Held while a scenario socket is closed: no fork_child is in progress.
+pub(crate) fn closing() -> RwLockReadGuard<'static, ()> {
+    FORK_WINDOW.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held from a fork until the new process holds no copy of a scenario
+/// socket: none is closed meanwhile.
+pub(crate) fn forking() -> RwLockWriteGuard<'static, ()> {
+    FORK_WINDOW.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Start `cmd` such that no scenario socket closes while the new process
+/// holds copies of this process's descriptors: from the fork until its
+/// exec has closed the close-on-exec ones (every scenario socket is). The
+/// kernel renames a process after that closing, so the wait ends when the
+/// child's comm is its program's name (or it is gone, or after 10 s).
+///
+/// Tests that start processes while scenarios play on other threads use
+/// this instead of `Command::spawn`.
+pub fn spawn_clean(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    let _no_close = forking();
+    let child = cmd.spawn()?;
+    let program = std::path::Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.as_encoded_bytes().to_vec())
+        .unwrap_or_default();
+    // TASK_COMM_LEN: 15 bytes and a NUL.
+    let want = &program[..program.len().min(15)];
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        match std::fs::read(format!("/proc/{}/comm", child.id())) {
+            Ok(c) if c.strip_suffix(b"\n").unwrap_or(&c) == want => break,
+            Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+            Err(_) => break,
+        }
+    }
+    Ok(child)
+}
+
+/// How long fork_child waits for its child to close what it inherited.
+const CHILD_SETUP_WAIT_MS: libc::c_int = 30_000;
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
@@ -113,10 +170,16 @@ pub(crate) unsafe fn fork_child(
     keep: &[RawFd],
     body: impl FnOnce() -> i32,
 ) -> io::Result<Child> {
-    let mut k = [0 as RawFd; 8];
-    assert!(keep.len() <= k.len());
-    let n = keep.len();
-    k[..n].copy_from_slice(keep);
+    let window = forking();
+    // The child closes its end of `setup` once it has closed everything
+    // else it inherited: EOF on the read end ends the fork window.
+    let setup = pipe()?;
+    let done = setup.w.as_raw_fd();
+    let mut k = [0 as RawFd; 9];
+    assert!(keep.len() < k.len());
+    let n = keep.len() + 1;
+    k[..n - 1].copy_from_slice(keep);
+    k[n - 1] = done;
     k[..n].sort_unstable();
     let pid = libc::fork();
     if pid < 0 {
@@ -124,10 +187,40 @@ pub(crate) unsafe fn fork_child(
     }
     if pid == 0 {
         child_setup(&k[..n], comm, true);
+        libc::close(done);
         let rc = body();
         libc::_exit(rc);
     }
+    drop(setup.w);
+    wait_eof(&setup.r, CHILD_SETUP_WAIT_MS);
+    drop(window);
     Ok(Child { pid, reaped: false })
+}
+
+/// Wait (at most `ms`) until every write end of the pipe is closed.
+fn wait_eof(r: &OwnedFd, ms: libc::c_int) {
+    let end = Instant::now() + Duration::from_millis(ms as u64);
+    loop {
+        let left = end.saturating_duration_since(Instant::now()).as_millis() as libc::c_int;
+        let mut pfd = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let n = unsafe { libc::poll(&mut pfd, 1, left) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            return; // timed out (the child is stuck; go on) or poll failed
+        }
+        let mut b = 0u8;
+        let got = unsafe { libc::read(r.as_raw_fd(), &mut b as *mut u8 as *mut libc::c_void, 1) };
+        if got == 0 || (got < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+        {
+            return;
+        }
+    }
 }
 
 /// In a new child: drop inherited descriptors, name it, bound its life.

@@ -41,6 +41,7 @@ use std::io;
 
 use serde::Serialize;
 
+pub use child::spawn_clean;
 pub use netns::{set_sysctl, sysctl, Netns};
 pub use procnet::{snapshot, ss_text, ObservedSocket};
 pub use sock::{boottime_ns, current_fsuid, Sock, SockOpts};

@@ -291,11 +291,16 @@ fn owners_of(inodes: &[u64]) -> HashMap<u64, Vec<Process>> {
 /// `ss -tuanpoeH` run inside the calling thread's namespace (the private
 /// namespace holds only the scenario's sockets), or None without `ss`.
 pub fn ss_text() -> Option<String> {
-    let out = std::process::Command::new("ss")
-        .args(["-tuanpoeH"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .ok()?;
+    let out = super::child::spawn_clean(
+        std::process::Command::new("ss")
+            .args(["-tuanpoeH"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    )
+    .ok()?
+    .wait_with_output()
+    .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -4,10 +4,12 @@
 //!
 //! Every socket is created with SOCK_CLOEXEC: a program spawned by another
 //! thread of the same process (a test running `twmon`, say) must never
-//! inherit a scenario's socket and keep it alive.
+//! inherit a scenario's socket and keep it alive. A socket is closed only
+//! while no scenario child is between its fork and the closing of what it
+//! inherited ([`super::child::closing`]).
 
 use std::io;
-use std::mem;
+use std::mem::{self, ManuallyDrop};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -50,7 +52,8 @@ impl SockOpts {
 /// A TCP or UDP socket, IPv4 or IPv6, closed on drop.
 #[derive(Debug)]
 pub struct Sock {
-    fd: OwnedFd,
+    /// Closed by `Drop` (under [`super::child::closing`]).
+    fd: ManuallyDrop<OwnedFd>,
     pub v6: bool,
     pub proto: Proto,
     pub opts: SockOpts,
@@ -73,6 +76,14 @@ pub fn current_fsuid() -> u32 {
     unsafe { libc::setfsuid(u32::MAX as libc::uid_t) as u32 }
 }
 
+impl Drop for Sock {
+    fn drop(&mut self) {
+        let _no_fork = super::child::closing();
+        // SAFETY: dropped once, here; the field is never used again.
+        unsafe { ManuallyDrop::drop(&mut self.fd) };
+    }
+}
+
 impl Sock {
     pub fn new(v6: bool, proto: Proto, opts: SockOpts) -> io::Result<Sock> {
         let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
@@ -83,7 +94,7 @@ impl Sock {
         let uid = current_fsuid();
         let fd = cvt(unsafe { libc::socket(domain, ty, 0) })?;
         let s = Sock {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             v6,
             proto,
             opts,
@@ -233,7 +244,7 @@ impl Sock {
             )
         })?;
         let s = Sock {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: ManuallyDrop::new(unsafe { OwnedFd::from_raw_fd(fd) }),
             v6: self.v6,
             proto: self.proto,
             opts: self.opts,

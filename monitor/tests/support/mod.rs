@@ -346,15 +346,18 @@ fn reader(
 impl Watch {
     /// Start `twmon watch ARGS` (no readiness wait).
     pub fn spawn(args: &[&str]) -> std::io::Result<Watch> {
-        let mut child = Command::new(TWMON)
-            .arg("watch")
-            .args(mode_args())
-            .args(args)
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        // Scenarios may be playing on other threads: the new process must
+        // not hold copies of their sockets when they close them.
+        let mut child = monitor::scenario::spawn_clean(
+            Command::new(TWMON)
+                .arg("watch")
+                .args(mode_args())
+                .args(args)
+                .env("RUST_BACKTRACE", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )?;
         let shared = Arc::new(Shared::default());
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
