@@ -271,6 +271,7 @@ pub fn check_against(new: &NewSocket, listen: bool, snap: &Snapshot) -> CheckRep
             sockets_seen: Some(snap.sockets.len()),
             owners_hidden: snap.owners.unreadable > 0,
             reason: verdict.reason.map(str::to_string),
+            unseen: None,
         };
         *d = diagnose::diagnose(
             &diagnose::Failure::from_new(new, verdict.syscall, errno),

@@ -33,6 +33,13 @@ pub trait Evidence {
     fn census(&mut self, _netns: u32) -> Option<Vec<(u64, u64)>> {
         None
     }
+
+    /// Why the last [`Evidence::snapshot`] returned None, when the
+    /// namespace could not be looked at (not when a snapshot was skipped
+    /// on purpose).
+    fn snapshot_failure(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// After events were lost, the model may keep sockets whose closing was
@@ -81,6 +88,7 @@ impl<E: Evidence> Correlator<E> {
     /// failure).
     pub fn process(&mut self, mut ev: Event) -> Vec<Event> {
         let mut out = Vec::new();
+        let mut unseen = None;
         if let Kind::BindFailed(b) = &ev.kind {
             // Exhaustion (connect, port 0): the whole range matters.
             let ports = match (b.syscall, b.requested.port()) {
@@ -100,6 +108,8 @@ impl<E: Evidence> Correlator<E> {
                     out.push(seen);
                 }
                 self.env.insert(ev.common.netns, snap.env.clone());
+            } else {
+                unseen = self.evidence.snapshot_failure();
             }
         }
         if let Kind::BindFailed(b) = &mut ev.kind {
@@ -110,6 +120,7 @@ impl<E: Evidence> Correlator<E> {
                 ev.common.netns,
                 proto,
                 b,
+                unseen,
             );
             b.holders = holders;
             b.diagnosis = Some(diagnosis);
@@ -288,6 +299,7 @@ pub fn explain(
     netns: u32,
     proto: Proto,
     b: &BindFailed,
+    unseen: Option<String>,
 ) -> (Vec<crate::event::Holder>, crate::event::Diagnosis) {
     let tracked = model.existing(netns, proto);
     // The failing socket itself is in the model (a listen() on a bound
@@ -327,6 +339,7 @@ pub fn explain(
         unprivileged_port_start: Some(env.unprivileged_port_start),
         timewait_in_range: Some(timewait_in_range),
         sockets_seen: Some(existing.len()),
+        unseen,
         ..Context::default()
     };
     if b.errno == libc::EADDRINUSE && b.requested.port() != 0 && b.syscall != Syscall::Connect {
@@ -365,6 +378,8 @@ pub struct Kernel {
     /// When each (netns, ports) was last looked at: a storm of failures
     /// does not become a storm of snapshots.
     cache: HashMap<(u32, Vec<u16>), Instant>,
+    /// Why the last snapshot could not be taken.
+    failure: Option<String>,
 }
 
 const CACHE_FOR: Duration = Duration::from_millis(200);
@@ -374,17 +389,20 @@ impl Kernel {
         Kernel {
             paths: HashMap::new(),
             cache: HashMap::new(),
+            failure: None,
         }
     }
 
-    /// A path to namespace `netns`: the failing process's threads first, then
+    /// Namespace `netns`, opened: the failing process's threads first, then
     /// the named namespaces under /run/netns, any task in it, any descriptor
-    /// that holds it.
-    fn path_of(&mut self, netns: u32, hint_pid: Option<u32>) -> Option<String> {
-        let matches = |p: &str| std::fs::metadata(p).is_ok_and(|m| m.ino() == netns as u64);
+    /// that holds it. The file is opened and then checked (fstat), never
+    /// checked by path and opened later: the path of a thread may stop
+    /// naming the namespace at any moment (the thread that failed to bind
+    /// often exits right after), and an open file keeps naming it.
+    fn open_netns(&mut self, netns: u32, hint_pid: Option<u32>) -> Option<File> {
         if let Some(p) = self.paths.get(&netns) {
-            if matches(p) {
-                return Some(p.clone());
+            if let Some(f) = open_if(p, netns) {
+                return Some(f);
             }
         }
         let mut candidates = Vec::new();
@@ -397,14 +415,14 @@ impl Kernel {
             }
         }
         for p in candidates {
-            if matches(&p) {
-                self.paths.insert(netns, p.clone());
-                return Some(p);
+            if let Some(f) = open_if(&p, netns) {
+                self.paths.insert(netns, p);
+                return Some(f);
             }
         }
-        let found = find_netns_path(netns)?;
-        self.paths.insert(netns, found.clone());
-        Some(found)
+        let (found, f) = find_netns(netns)?;
+        self.paths.insert(netns, found);
+        Some(f)
     }
 }
 
@@ -414,30 +432,42 @@ impl Default for Kernel {
     }
 }
 
-fn find_netns_path(netns: u32) -> Option<String> {
-    let matches = |p: &str| std::fs::metadata(p).is_ok_and(|m| m.ino() == netns as u64);
+/// `path` opened, if what it names now is namespace `netns`.
+fn open_if(path: &str, netns: u32) -> Option<File> {
+    let f = File::open(path).ok()?;
+    (f.metadata().ok()?.ino() == netns as u64).then_some(f)
+}
+
+/// A path to namespace `netns` and the namespace opened through it.
+fn find_netns(netns: u32) -> Option<(String, File)> {
+    let found = |p: String| open_if(&p, netns).map(|f| (p, f));
     if let Ok(dir) = std::fs::read_dir("/run/netns") {
         for e in dir.flatten() {
-            let p = e.path().display().to_string();
-            if matches(&p) {
-                return Some(p);
+            if let Some(r) = found(e.path().display().to_string()) {
+                return Some(r);
             }
         }
     }
+    // A cheap test before each open: the inode behind the path.
+    let names = |p: &str| std::fs::metadata(p).is_ok_and(|m| m.ino() == netns as u64);
     for proc_ in std::fs::read_dir("/proc").ok()?.flatten() {
         let name = proc_.file_name();
         if !name.to_string_lossy().bytes().all(|c| c.is_ascii_digit()) {
             continue;
         }
         let p = format!("/proc/{}/ns/net", name.to_string_lossy());
-        if matches(&p) {
-            return Some(p);
+        if names(&p) {
+            if let Some(r) = found(p) {
+                return Some(r);
+            }
         }
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", name.to_string_lossy())) {
             for t in tasks.flatten() {
                 let p = format!("{}/ns/net", t.path().display());
-                if matches(&p) {
-                    return Some(p);
+                if names(&p) {
+                    if let Some(r) = found(p) {
+                        return Some(r);
+                    }
                 }
             }
         }
@@ -451,7 +481,9 @@ fn find_netns_path(netns: u32) -> Option<String> {
         };
         for fd in fds.flatten() {
             if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
-                return Some(fd.path().display().to_string());
+                if let Some(r) = found(fd.path().display().to_string()) {
+                    return Some(r);
+                }
             }
         }
     }
@@ -460,11 +492,16 @@ fn find_netns_path(netns: u32) -> Option<String> {
 
 /// Run `f` on a thread that has entered the network namespace at `path`.
 pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> Option<T> {
-    let file = File::open(path).ok()?;
+    in_netns_file(&File::open(path).ok()?, f)
+}
+
+/// Run `f` on a thread that has entered the network namespace `file` names.
+pub fn in_netns_file<T: Send>(file: &File, f: impl FnOnce() -> T + Send) -> Option<T> {
+    let fd = file.as_raw_fd();
     std::thread::scope(|s| {
         s.spawn(move || {
             // SAFETY: setns on this thread only; the fd is valid while `file` lives.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                 return None;
             }
             Some(f())
@@ -476,9 +513,13 @@ pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> Option<T> 
 }
 
 impl Evidence for Kernel {
+    fn snapshot_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
     fn census(&mut self, netns: u32) -> Option<Vec<(u64, u64)>> {
-        let path = self.path_of(netns, None)?;
-        in_netns(&path, || {
+        let file = self.open_netns(netns, None)?;
+        in_netns_file(&file, || {
             let mut seen = Vec::new();
             for proto in [Proto::Tcp, Proto::Udp] {
                 let dump = snapshot::sockdiag::dump(proto).ok()?;
@@ -490,6 +531,7 @@ impl Evidence for Kernel {
     }
 
     fn snapshot(&mut self, netns: u32, hint_pid: Option<u32>, ports: &[u16]) -> Option<Snapshot> {
+        self.failure = None;
         let key = (netns, ports.to_vec());
         if let Some(at) = self.cache.get(&key) {
             if at.elapsed() < CACHE_FOR {
@@ -497,21 +539,26 @@ impl Evidence for Kernel {
                 return None;
             }
         }
-        let path = self.path_of(netns, hint_pid)?;
+        let Some(file) = self.open_netns(netns, hint_pid) else {
+            self.failure = Some(format!(
+                "no process or descriptor names network namespace {netns} any more"
+            ));
+            return None;
+        };
         let opts = snapshot::Options {
             ports: ports.to_vec(),
             read_flags: true,
             // The kernel programs report timewait flags; no probe binds.
             probe_timewait: false,
         };
-        let snap = match in_netns(&path, || snapshot::take(&opts)) {
+        let snap = match in_netns_file(&file, || snapshot::take(&opts)) {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                log::debug!("snapshot of netns {netns} failed: {e:#}");
+                self.failure = Some(format!("{e:#}"));
                 return None;
             }
             None => {
-                log::debug!("cannot enter netns {netns} at {path}");
+                self.failure = Some(format!("cannot enter network namespace {netns}"));
                 return None;
             }
         };

@@ -76,6 +76,9 @@ pub struct Context {
     pub owners_hidden: bool,
     /// The rules' reason for a refusal that is not a conflict.
     pub reason: Option<String>,
+    /// Why the namespace's sockets could not be read for this failure (for
+    /// `unknown`: nothing was found because nothing could be looked at).
+    pub unseen: Option<String>,
 }
 
 /// A model socket as a contract holder. `owner` names the process holding it
@@ -163,6 +166,7 @@ pub fn explain(
         sockets_seen: Some(existing.len()),
         owners_hidden: false,
         reason: verdict.reason.map(str::to_string),
+        unseen: None,
     };
     let f = Failure::from_new(new, verdict.syscall, errno);
     (holders, Some(diagnose(&f, &ctx)))
@@ -531,10 +535,15 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             }
         }
         DiagnosisCode::Unknown => {
-            let seen = ctx
-                .sockets_seen
-                .map(|n| format!("no overlapping socket among the {n} TCP/UDP sockets of this network namespace"))
-                .unwrap_or_else(|| "no overlapping socket was known".to_string());
+            let seen = match (&ctx.unseen, ctx.sockets_seen) {
+                (Some(why), _) => {
+                    format!("the sockets of this network namespace could not be read ({why})")
+                }
+                (None, Some(n)) => format!(
+                    "no overlapping socket among the {n} TCP/UDP sockets of this network namespace"
+                ),
+                (None, None) => "no overlapping socket was known".to_string(),
+            };
             let hidden = if ctx.owners_hidden {
                 ", and some processes could not be inspected"
             } else {
@@ -827,6 +836,17 @@ mod tests {
                     "EADDRINUSE on bind() of 127.0.0.1:8080",
                     "17 TCP/UDP sockets",
                 ],
+                &["root"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EADDRINUSE, "127.0.0.1:8080"),
+                Context {
+                    sockets_seen: Some(0),
+                    unseen: Some("cannot enter network namespace 4026532288".into()),
+                    ..Context::default()
+                },
+                C::Unknown,
+                &["could not be read (cannot enter network namespace 4026532288)"],
                 &["root"],
             ),
             (

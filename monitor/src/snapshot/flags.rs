@@ -3,8 +3,11 @@
 //! 1. A socket some process holds: borrow a duplicate of its descriptor with
 //!    `pidfd_getfd(2)` (Linux 5.6+; needs ptrace access to the process: root,
 //!    or the same user where Yama allows it) and ask `getsockopt`. The
-//!    duplicate is closed at once; the owner's socket is not touched. Our own
-//!    process's sockets are simply dup()ed.
+//!    duplicate is closed at once; the owner's socket is not touched, except
+//!    that a close() by its owner in those microseconds completes only when
+//!    the duplicate is closed (its FIN then leaves from twmon, and twmon's
+//!    pid is the one a state change names). Our own process's sockets are
+//!    simply dup()ed.
 //! 2. A timewait socket belongs to nobody. Its flags (those of the socket that
 //!    left it) are found by asking the kernel the question itself: a probe
 //!    socket with only SO_REUSEADDR (then only SO_REUSEPORT) is bound to the
