@@ -222,8 +222,8 @@ pub struct Offsets {
     pub fdt_fd: Field,
     pub file_private_data: Field,
     pub socket_sk: Field,
-    /// `struct socket_alloc`: vfs_inode minus socket, to reach the inode.
-    pub socket_to_inode: Field,
+    pub socket_file: Field,
+    pub file_inode: Field,
     pub inode_ino: Field,
     // struct sock_common / sock
     pub skc_family: Field,
@@ -261,6 +261,14 @@ pub struct Offsets {
     /// Address of `tw_timer_handler` (from /proc/kallsyms).
     pub tw_timer_handler: u64,
 }
+
+// No implicit padding (the struct is copied as bytes into the programs'
+// read-only data): the Fields, `_pad` included, fill a multiple of 8.
+const _: () = assert!(
+    core::mem::size_of::<Offsets>() == core::mem::offset_of!(Offsets, tw_timer_handler) + 8
+        && core::mem::offset_of!(Offsets, tw_timer_handler)
+            == core::mem::offset_of!(Offsets, _pad) + 4
+);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use monitor_common::{ConflictSock, ConflictsEvent, KIND_CONFLICTS, LOST_BINDS, MAX_CONFLICTS};
 
-use crate::kread::{field, off};
+use crate::kread::{field, off, Probe};
 use crate::sock;
 use crate::{count_lost, BINDS};
 
@@ -132,7 +132,7 @@ fn note(sk2: u64) {
 
 #[inline(always)]
 fn fill(s: &mut ConflictSock, sk: u64) {
-    let family = sock::family(sk);
+    let family = sock::family::<Probe>(sk);
     let mut state = field(sk, off!(skc_state)) as u8;
     if state == TCP_TIME_WAIT {
         // A timewait sock: FIN_WAIT2 or TIME_WAIT, as twmon names them.
@@ -142,16 +142,16 @@ fn fill(s: &mut ConflictSock, sk: u64) {
         }
     }
     s.sk = sk;
-    s.cookie = sock::cookie(sk);
-    s.netns = sock::netns(sk);
-    s.flags = sock::common_flags(sk);
+    s.cookie = sock::cookie::<Probe>(sk);
+    s.netns = sock::netns::<Probe>(sk);
+    s.flags = sock::common_flags::<Probe>(sk);
     s.family = family;
-    s.sport = sock::local_port(sk);
-    s.dport = sock::remote_port(sk);
+    s.sport = sock::local_port::<Probe>(sk);
+    s.dport = sock::remote_port::<Probe>(sk);
     s.state = state;
     s._pad = 0;
-    s.saddr = sock::local_addr(sk, family);
-    s.daddr = sock::remote_addr(sk, family);
+    s.saddr = sock::local_addr::<Probe>(sk, family);
+    s.daddr = sock::remote_addr::<Probe>(sk, family);
 }
 
 /// The blocking sockets of one thread's call, taken by `sys_exit`: sent

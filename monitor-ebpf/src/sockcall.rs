@@ -15,7 +15,7 @@ use monitor_common::{
     SockCallEvent, F_HAVE_REQUEST, KIND_SOCK_CALL, LOST_BINDS, NR_BIND, NR_CONNECT, NR_LISTEN,
 };
 
-use crate::kread::{field, off, ptr};
+use crate::kread::{field, off, ptr, Probe};
 use crate::sock::{self, AF_INET, AF_INET6};
 use crate::{count_lost, BINDS};
 
@@ -68,7 +68,7 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     if sk == 0 {
         return None;
     }
-    let family = sock::family(sk);
+    let family = sock::family::<Probe>(sk);
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
@@ -80,7 +80,7 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
 
-    let inode = sock::socket_inode(socket);
+    let inode = sock::socket_inode::<Probe>(socket);
     conflicts.send(inode);
     let Some(mut entry) = BINDS.reserve::<SockCallEvent>(0) else {
         count_lost(LOST_BINDS);
@@ -94,23 +94,23 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).kind = KIND_SOCK_CALL;
         (*e).ret = ret as i32;
         (*e).ts_ns = bpf_ktime_get_boot_ns();
-        (*e).cookie = sock::cookie(sk);
+        (*e).cookie = sock::cookie::<Probe>(sk);
         (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).inode = inode;
         (*e).pid = (pid_tgid >> 32) as u32;
         (*e).tid = pid_tgid as u32;
         (*e).uid = bpf_get_current_uid_gid() as u32;
         (*e).sk_uid = field(sk, off!(sk_uid)) as u32;
-        (*e).netns = sock::netns(sk);
+        (*e).netns = sock::netns::<Probe>(sk);
         (*e).bound_dev_if = field(sk, off!(skc_bound_dev_if)) as u32;
-        (*e).flags = sock::common_flags(sk) | sock::inet_flags(sk);
+        (*e).flags = sock::common_flags::<Probe>(sk) | sock::inet_flags::<Probe>(sk);
         (*e).syscall = nr as u16;
         (*e).sk_family = family;
         (*e).protocol = protocol;
-        (*e).local_port = sock::local_port(sk);
-        (*e).local_addr = sock::local_addr(sk, family);
-        (*e).remote_port = sock::remote_port(sk);
-        (*e).remote_addr = sock::remote_addr(sk, family);
+        (*e).local_port = sock::local_port::<Probe>(sk);
+        (*e).local_addr = sock::local_addr::<Probe>(sk, family);
+        (*e).remote_port = sock::remote_port::<Probe>(sk);
+        (*e).remote_addr = sock::remote_addr::<Probe>(sk, family);
         (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*e).req_family = 0;
         (*e).req_port = 0;

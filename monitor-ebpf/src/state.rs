@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use monitor_common::{StateEvent, F_IN_PROCESS, KIND_STATE, LOST_EVENTS};
 
-use crate::kread::{field, off, ptr};
+use crate::kread::{field, off, read, Direct};
 use crate::sock::{self, AF_INET6};
 use crate::{count_lost, remember_owner, EVENTS};
 
@@ -25,14 +25,14 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
     // MPTCP fires this tracepoint too; only plain TCP.
-    if field(sk, off!(sk_protocol)) != 6 {
+    if read::<Direct>(sk, off!(sk_protocol)) != 6 {
         return None;
     }
     // SAFETY: `skp` is the tracepoint's typed `struct sock *`, which this
     // helper accepts; it assigns the cookie if the socket has none yet, so
     // that the timewait sock born from it later carries the same one.
     let cookie = unsafe { bpf_get_socket_cookie(skp) };
-    let in_process = field(sk, off!(sk_lock_owned)) != 0;
+    let in_process = read::<Direct>(sk, off!(sk_lock_owned)) != 0;
     let pid_tgid = bpf_get_current_pid_tgid();
     let comm = if in_process {
         bpf_get_current_comm().unwrap_or([0; 16])
@@ -54,39 +54,48 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     };
     let e = entry.as_mut_ptr();
-    let family = sock::family(sk);
+    let family = sock::family::<Direct>(sk);
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_STATE;
-        (*e).flags = sock::common_flags(sk) | if in_process { F_IN_PROCESS } else { 0 };
+        (*e).flags = sock::common_flags::<Direct>(sk) | if in_process { F_IN_PROCESS } else { 0 };
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cookie = cookie;
-        (*e).inode = sock::socket_inode(ptr(sk, off!(sk_socket)));
+        (*e).inode = sock::socket_inode::<Direct>(read::<Direct>(sk, off!(sk_socket)));
         (*e).pid = if in_process {
             (pid_tgid >> 32) as u32
         } else {
             0
         };
         (*e).tid = if in_process { pid_tgid as u32 } else { 0 };
-        (*e).netns = sock::netns(sk);
-        (*e).sk_uid = field(sk, off!(sk_uid)) as u32;
+        (*e).netns = sock::netns::<Direct>(sk);
+        (*e).sk_uid = read::<Direct>(sk, off!(sk_uid)) as u32;
         (*e).family = family;
         (*e).protocol = 6;
-        // inet_sport, not skc_num: at ->CLOSE the port was already released
-        // and skc_num reads 0.
-        (*e).sport = u16::from_be(field(sk, off!(inet_sport)) as u16);
-        (*e).dport = sock::remote_port(sk);
+        (*e).sport = local_port(sk);
+        (*e).dport = sock::remote_port::<Direct>(sk);
         (*e).oldstate = oldstate as u8;
         (*e).newstate = newstate as u8;
         (*e)._pad = [0; 6];
-        (*e).saddr = sock::local_addr(sk, family);
+        (*e).saddr = sock::local_addr::<Direct>(sk, family);
         (*e).daddr = if family == AF_INET6 {
-            sock::remote_addr(sk, AF_INET6)
+            sock::remote_addr::<Direct>(sk, AF_INET6)
         } else {
-            sock::remote_addr(sk, family)
+            sock::remote_addr::<Direct>(sk, family)
         };
         (*e).comm = comm;
     }
     entry.submit(crate::events_wakeup());
     Some(())
+}
+
+/// The local port: skc_num (a plain load), or at ->CLOSE, where the port
+/// was already released and skc_num reads 0, inet_sport (which lies past
+/// struct sock, so only a helper call reaches it).
+#[inline(always)]
+fn local_port(sk: u64) -> u16 {
+    match sock::local_port::<Direct>(sk) {
+        0 => u16::from_be(field(sk, off!(inet_sport)) as u16),
+        port => port,
+    }
 }

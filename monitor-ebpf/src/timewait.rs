@@ -23,7 +23,7 @@ use monitor_common::{
     TW_OPEN, TW_SUBSTATE,
 };
 
-use crate::kread::{field, off, ptr};
+use crate::kread::{field, off, read, Direct, Probe};
 use crate::sock;
 use crate::{count_lost, EVENTS, OWNERS, RST_TW, TW};
 
@@ -34,7 +34,7 @@ const TCP_TIME_WAIT: u64 = 6;
 fn tw_of_timer(ctx: &BtfTracePointContext) -> Option<u64> {
     let timer: u64 = ctx.arg(0);
     let handler = unsafe { core::ptr::read_volatile(&crate::kread::OFFSETS.tw_timer_handler) };
-    if handler == 0 || ptr(timer, off!(timer_function)) != handler {
+    if handler == 0 || read::<Direct>(timer, off!(timer_function)) != handler {
         return None;
     }
     Some(timer - off!(tw_timer).off as u64)
@@ -137,26 +137,26 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
         return None;
     };
     let e = entry.as_mut_ptr();
-    let family = sock::family(tw);
-    let cookie = sock::cookie(tw);
+    let family = sock::family::<Probe>(tw);
+    let cookie = sock::cookie::<Probe>(tw);
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_TW;
-        (*e).flags = sock::common_flags(tw) | extra;
+        (*e).flags = sock::common_flags::<Probe>(tw) | extra;
         (*e).ts_ns = bpf_ktime_get_boot_ns();
         (*e).cookie = cookie;
         (*e).tw = tw;
         (*e).expires = expires(tw);
         (*e).jiffies = bpf_jiffies64();
-        (*e).netns = sock::netns(tw);
+        (*e).netns = sock::netns::<Probe>(tw);
         (*e).family = family;
-        (*e).sport = sock::local_port(tw);
-        (*e).dport = sock::remote_port(tw);
+        (*e).sport = sock::local_port::<Probe>(tw);
+        (*e).dport = sock::remote_port::<Probe>(tw);
         (*e).what = what;
         (*e).substate = sub;
         (*e)._pad = 0;
-        (*e).saddr = sock::local_addr(tw, family);
-        (*e).daddr = sock::remote_addr(tw, family);
+        (*e).saddr = sock::local_addr::<Probe>(tw, family);
+        (*e).daddr = sock::remote_addr::<Probe>(tw, family);
         (*e).owner_pid = 0;
         (*e).owner_comm = [0; 16];
         if what == TW_OPEN {

@@ -257,8 +257,6 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
             )));
         }
     }
-    let socket_in_alloc = k.field("socket_alloc", "socket")?.off;
-    let inode_in_alloc = k.field("socket_alloc", "vfs_inode")?.off;
     let tw_timer = k.field("inet_timewait_sock", "tw_timer")?;
     Ok(Offsets {
         task_files: k.field("task_struct", "files")?,
@@ -267,11 +265,8 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
         fdt_fd: k.field("fdtable", "fd")?,
         file_private_data: k.field("file", "private_data")?,
         socket_sk: k.field("socket", "sk")?,
-        socket_to_inode: Field {
-            off: inode_in_alloc - socket_in_alloc,
-            shift: 0,
-            width: 8,
-        },
+        socket_file: k.field("socket", "file")?,
+        file_inode: k.field("file", "f_inode")?,
         inode_ino: k.field("inode", "i_ino")?,
         skc_family: k.field("sock_common", "skc_family")?,
         skc_state: k.field("sock_common", "skc_state")?,
@@ -341,7 +336,8 @@ mod tests {
         assert!(o.sk_lock_owned.off > o.skc_cookie.off);
         assert!(o.tw_timer.off > 0);
         assert_eq!(o.timer_function.width, 64);
-        assert_eq!(o.socket_to_inode.width, 8);
+        assert_eq!(o.socket_file.width, 64);
+        assert_eq!(o.file_inode.width, 64);
         assert!(o.net_inum.off > 0);
     }
 }
