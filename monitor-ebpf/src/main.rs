@@ -35,10 +35,6 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
-/// Live timewait socks we have reported: address -> substate.
-#[map]
-static TW: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
-
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Owner {

@@ -80,14 +80,15 @@ pub fn twmon_kretprobe_bind_conflict(ctx: RetProbeContext) -> u32 {
 #[fentry(function = "__inet_twsk_schedule")]
 pub fn twmon_fentry_twsk_schedule(ctx: FEntryContext) -> i32 {
     let tw: u64 = ctx.arg(0);
-    let _ = crate::timewait::on_schedule(&ctx, tw);
+    let rearm: u64 = ctx.arg(2);
+    let _ = crate::timewait::on_schedule(&ctx, tw, rearm & 0xff != 0);
     0
 }
 
 #[kprobe]
 pub fn twmon_kprobe_twsk_schedule(ctx: ProbeContext) -> u32 {
-    if let Some(tw) = ctx.arg::<u64>(0) {
-        let _ = crate::timewait::on_schedule(&ctx, tw);
+    if let (Some(tw), Some(rearm)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) {
+        let _ = crate::timewait::on_schedule(&ctx, tw, rearm & 0xff != 0);
     }
     0
 }

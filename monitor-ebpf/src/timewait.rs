@@ -1,8 +1,11 @@
 //! The life of timewait sockets, which `inet_sock_set_state` never shows:
 //! the timer tracepoints filtered on `tw_timer_handler`.
 //!
-//! - `timer_start`: a new timewait sock (not in `TW` yet), or a re-arm; a
-//!   changed substate (FIN_WAIT2 -> TIME_WAIT) is reported.
+//! - `timer_start`: a new timewait sock, or a re-arm. Both are sent as
+//!   TW_OPEN: userspace, which keeps the timewait socks it was told about,
+//!   tells a new one from a re-arm and reports a changed substate
+//!   (FIN_WAIT2 -> TIME_WAIT). Keeping them in a kernel map as well cost an
+//!   LRU insert on every new timewait sock, in the churn's own softirq.
 //! - `timer_expire_entry`: normal expiry.
 //! - `timer_cancel`: fires on expiry and on re-arm too. Expiry is recognised
 //!   by jiffies having reached the timer; what is left is an early kill or a
@@ -25,7 +28,7 @@ use monitor_common::{
 
 use crate::kread::{field, off, read, Direct, Probe};
 use crate::sock;
-use crate::{count_lost, EVENTS, OWNERS, RST_TW, TW};
+use crate::{count_lost, EVENTS, OWNERS, RST_TW};
 
 const TCP_TIME_WAIT: u64 = 6;
 
@@ -52,21 +55,11 @@ fn expires(tw: u64) -> u64 {
 
 pub fn on_timer_start(ctx: &BtfTracePointContext) -> Option<()> {
     let tw = tw_of_timer(ctx)?;
-    let sub = substate(tw);
-    // SAFETY: value copied out at once; a concurrent delete only makes it stale.
-    let known = unsafe { TW.get(tw) }.copied();
-    let what = match known {
-        None => TW_OPEN,
-        Some(old) if old != sub => TW_SUBSTATE,
-        Some(_) => return None,
-    };
-    let _ = TW.insert(tw, sub, 0);
-    emit(ctx, tw, what, sub, 0)
+    emit(ctx, tw, TW_OPEN, substate(tw), 0)
 }
 
 pub fn on_timer_expire(ctx: &BtfTracePointContext) -> Option<()> {
     let tw = tw_of_timer(ctx)?;
-    let _ = TW.remove(tw);
     emit(ctx, tw, TW_EXPIRED, substate(tw), 0)
 }
 
@@ -106,28 +99,23 @@ pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
     if unsafe { bpf_jiffies64() } >= expires(tw) {
         return None;
     }
-    // A kill or a re-arm (mod_timer detaches first): only the stack tells.
-    // Forget the socket either way; a re-arm's timer_start re-announces it
-    // and userspace, which still knows it, takes that as the same socket.
-    let _ = TW.remove(tw);
+    // A kill or a re-arm (mod_timer detaches first): only the stack tells,
+    // in userspace; a re-arm's timer_start follows.
     let extra = if reset_sent_for(tw) { F_RESET_SENT } else { 0 };
     emit(ctx, tw, TW_CANCEL, substate(tw), extra)
 }
 
 /// Precise mode, at the entry of `__inet_twsk_schedule(tw, timeo, rearm)`,
-/// which every timewait timer (re)arm goes through: report a changed
-/// substate (FIN_WAIT2 -> TIME_WAIT) even when the re-arm lands in the same
-/// timer-wheel bucket and fires no timer tracepoint. New socks are left to
-/// `timer_start`, which announces them with their owner.
-pub fn on_schedule<C: EbpfContext>(ctx: &C, tw: u64) -> Option<()> {
-    let sub = substate(tw);
-    // SAFETY: value copied out at once; a concurrent delete only makes it stale.
-    let known = unsafe { TW.get(tw) }.copied()?;
-    if known == sub {
+/// which every timewait timer (re)arm goes through: a re-arm is sent as
+/// TW_SUBSTATE (userspace drops it when the substate did not change), also
+/// when it lands in the same timer-wheel bucket and fires no timer
+/// tracepoint. New socks (`rearm` false) are left to `timer_start`, which
+/// announces them with their owner.
+pub fn on_schedule<C: EbpfContext>(ctx: &C, tw: u64, rearm: bool) -> Option<()> {
+    if !rearm {
         return None;
     }
-    let _ = TW.insert(tw, sub, 0);
-    emit(ctx, tw, TW_SUBSTATE, sub, 0)
+    emit(ctx, tw, TW_SUBSTATE, substate(tw), 0)
 }
 
 #[inline(always)]
