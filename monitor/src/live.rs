@@ -23,10 +23,24 @@ pub struct Live {
     reader: Option<std::thread::JoinHandle<Probe>>,
 }
 
+/// Hand the memory freed after loading back to the system. Parsing the
+/// kernel's BTF (twice: for the field offsets and by aya for the programs)
+/// peaks at about 60 MB of heap that is all freed once the programs are
+/// loaded, but glibc keeps it in its arenas: measured with massif and
+/// /proc, an idle `twmon watch` held 82 MB resident for 23 MB of live heap.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Live {
     /// Load and attach the programs; events start flowing at once.
     pub fn start(mode: ModeArg) -> Result<Live, ProbeError> {
         let probe = Probe::load(mode)?;
+        release_freed_memory();
         let mode = probe.mode.clone();
         // Two channels so that a failed bind never waits behind a queue of
         // transitions: under churn the event queue stays full, and one FIFO

@@ -117,6 +117,11 @@ impl Probe {
             250
         });
 
+        // What the kernel allows for precise mode, found before aya parses
+        // the BTF too: each parse holds tens of MB while it lives, and
+        // doing them one after the other keeps the start-up peak lower.
+        let kernel_facts =
+            (mode != ModeArg::Tracepoint).then(|| mode::KernelFacts::probe(&precise::targets()));
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .load(OBJECT)
@@ -162,7 +167,7 @@ impl Probe {
         let (mode_name, why) = match mode {
             ModeArg::Tracepoint => ("tracepoint", "tracepoint mode, as asked".to_string()),
             ModeArg::Auto | ModeArg::Precise => {
-                let facts = mode::KernelFacts::probe(&precise::targets());
+                let facts = kernel_facts.expect("probed above unless tracepoint mode");
                 let out = precise::attach(&mut ebpf, &btf, &facts);
                 if out.live.is_empty() {
                     if mode == ModeArg::Precise {
