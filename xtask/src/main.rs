@@ -49,7 +49,8 @@ enum Command {
         args: Vec<String>,
     },
     /// Run setup, then `cargo test --workspace --release` with the eBPF
-    /// object required (kernel end-to-end tests need root).
+    /// object required (kernel end-to-end tests need root), then the QEMU
+    /// kernel matrix (vm-test) unless tests are selected or TWMON_VM=0.
     Test {
         /// Extra arguments for `cargo test`, after `--` (e.g. `-- -p monitor
         /// --test e2e -- --nocapture`).
