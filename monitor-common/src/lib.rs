@@ -11,9 +11,16 @@
 pub const KIND_SOCK_CALL: u32 = 1;
 pub const KIND_STATE: u32 = 2;
 pub const KIND_TW: u32 = 3;
-/// Precise mode: the sockets the kernel found blocking a call, sent just
+/// Precise mode: what the function hooks saw during a call (the sockets the
+/// kernel found blocking it, the port function that refused it), sent just
 /// before that call's `SockCallEvent` (same thread, same socket inode).
 pub const KIND_CONFLICTS: u32 = 4;
+
+/// Precise mode: the kernel function whose failure `ConflictsEvent::port_fn`
+/// reports (0: none failed during the call).
+pub const PORT_FN_GET_PORT: u16 = 1;
+pub const PORT_FN_HASH_CONNECT: u16 = 2;
+pub const PORT_FN_UDP_GET_PORT: u16 = 3;
 
 /// x86_64 syscall numbers the programs watch.
 pub const NR_CONNECT: u16 = 42;
@@ -117,9 +124,11 @@ pub struct ConflictSock {
     pub daddr: [u8; 16],
 }
 
-/// The blocking sockets seen in one thread's call: kept per thread while
-/// the call runs, then sent as a record of its own (only when there are
-/// some, so that the common bind record stays small).
+/// What the function hooks saw in one thread's call: the blocking sockets,
+/// and the last failure of a port function (`inet_csk_get_port`,
+/// `__inet_hash_connect`, `udp_lib_get_port`). Kept per thread while the
+/// call runs, then sent as a record of its own (only when there is
+/// something to say, so that the common bind record stays small).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConflictsEvent {
@@ -128,6 +137,13 @@ pub struct ConflictsEvent {
     /// The calling socket's file inode: ties the record to its call.
     pub inode: u64,
     pub n: u32,
+    /// The failing port function's return value as it returned it (1 on
+    /// kernels whose get_port says "conflict" that way, else -errno).
+    pub port_ret: i32,
+    /// PORT_FN_*, 0 when no port function failed during the call.
+    pub port_fn: u16,
+    /// The port it was asked for, host order (0: search the range).
+    pub port: u16,
     pub _pad: u32,
     pub socks: [ConflictSock; MAX_CONFLICTS],
 }
@@ -283,7 +299,7 @@ mod pod {
 
 // The layout is the ABI: a change here must be deliberate.
 const _: () = assert!(core::mem::size_of::<SockCallEvent>() == 152);
-const _: () = assert!(core::mem::size_of::<ConflictsEvent>() == 24 + MAX_CONFLICTS * 64);
+const _: () = assert!(core::mem::size_of::<ConflictsEvent>() == 32 + MAX_CONFLICTS * 64);
 const _: () = assert!(core::mem::size_of::<ConflictSock>() == 64);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<TwEvent>() == 248);

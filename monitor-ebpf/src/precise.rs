@@ -9,9 +9,20 @@
 //! the bind()/listen() returns; `sys_exit` (sockcall.rs) then sends them as
 //! a record of their own just before the call's record, and forgets them.
 //!
+//! The port functions, at their exit: `inet_csk_get_port(sk, snum)` (TCP
+//! bind and listen), `udp_lib_get_port(sk, snum, ...)` (UDP bind) and
+//! `__inet_hash_connect(death_row, sk, ...)` (TCP connect's search of the
+//! ephemeral range). A failure is kept in the same per-thread entry, with
+//! the port asked for and the return value: it says the call failed on the
+//! port itself (a conflict, an exhausted range), not for another reason.
+//! Only failures are looked at, so a successful bind or connect pays the
+//! hook's call and one comparison.
+//!
 //! Also: the entry of `__inet_twsk_schedule`, where every timewait timer is
 //! (re)armed, to see FIN_WAIT2 -> TIME_WAIT re-arms that fire no timer
-//! tracepoint (timewait.rs).
+//! tracepoint (timewait.rs); and the entry of `tcp_v4_send_reset` /
+//! `tcp_v6_send_reset`, which marks a timewait sock that answers with a RST
+//! on kernels whose `tcp_send_reset` tracepoint skips timewait socks.
 //!
 //! `sk2` may be a timewait sock: only `sock_common` fields are read from it
 //! (plus `tw_substate` when its state says it is one).
@@ -22,7 +33,10 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use monitor_common::{ConflictSock, ConflictsEvent, KIND_CONFLICTS, LOST_BINDS, MAX_CONFLICTS};
+use monitor_common::{
+    ConflictSock, ConflictsEvent, KIND_CONFLICTS, LOST_BINDS, MAX_CONFLICTS, PORT_FN_GET_PORT,
+    PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT,
+};
 
 use crate::kread::{field, off, Probe};
 use crate::sock;
@@ -93,6 +107,177 @@ pub fn twmon_kprobe_twsk_schedule(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// kprobe path only: pid_tgid -> (PORT_FN_* << 32 | port) of the port
+/// function call in progress, for the kretprobe that sees its result.
+#[map]
+static PORT_ARG: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// `inet_csk_get_port(sk, snum)`: 0 = the port is the socket's; anything
+/// else a conflict (1 before 6.5-ish kernels, -EADDRINUSE after).
+#[fexit(function = "inet_csk_get_port")]
+pub fn twmon_fexit_get_port(ctx: FExitContext) -> i32 {
+    let snum: u64 = ctx.arg(1);
+    let ret: u64 = ctx.arg(2);
+    port_verdict(PORT_FN_GET_PORT, snum as u16, ret as i32);
+    0
+}
+
+#[kprobe]
+pub fn twmon_kprobe_get_port(ctx: ProbeContext) -> u32 {
+    if let Some(snum) = ctx.arg::<u64>(1) {
+        port_call(PORT_FN_GET_PORT, snum as u16);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn twmon_kretprobe_get_port(ctx: RetProbeContext) -> u32 {
+    port_return(PORT_FN_GET_PORT, ctx.ret());
+    0
+}
+
+/// `udp_lib_get_port(sk, snum, hash2_nulladdr)`: 0 or 1 (in use).
+#[fexit(function = "udp_lib_get_port")]
+pub fn twmon_fexit_udp_get_port(ctx: FExitContext) -> i32 {
+    let snum: u64 = ctx.arg(1);
+    let ret: u64 = ctx.arg(3);
+    port_verdict(PORT_FN_UDP_GET_PORT, snum as u16, ret as i32);
+    0
+}
+
+#[kprobe]
+pub fn twmon_kprobe_udp_get_port(ctx: ProbeContext) -> u32 {
+    if let Some(snum) = ctx.arg::<u64>(1) {
+        port_call(PORT_FN_UDP_GET_PORT, snum as u16);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn twmon_kretprobe_udp_get_port(ctx: RetProbeContext) -> u32 {
+    port_return(PORT_FN_UDP_GET_PORT, ctx.ret());
+    0
+}
+
+/// `__inet_hash_connect(death_row, sk, port_offset, check_established)`:
+/// 0, or -EADDRNOTAVAIL when no local port is left (or, for a socket bound
+/// to a port before connect(), when that 4-tuple is taken). The port is
+/// the socket's own (0 when it had none: the range was searched).
+#[fexit(function = "__inet_hash_connect")]
+pub fn twmon_fexit_hash_connect(ctx: FExitContext) -> i32 {
+    let ret: u64 = ctx.arg(4);
+    if ret as i32 != 0 {
+        let sk: u64 = ctx.arg(1);
+        let port = field(sk, off!(skc_num)) as u16;
+        port_verdict(PORT_FN_HASH_CONNECT, port, ret as i32);
+    }
+    0
+}
+
+#[kprobe]
+pub fn twmon_kprobe_hash_connect(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(1) {
+        port_call(PORT_FN_HASH_CONNECT, field(sk, off!(skc_num)) as u16);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn twmon_kretprobe_hash_connect(ctx: RetProbeContext) -> u32 {
+    port_return(PORT_FN_HASH_CONNECT, ctx.ret());
+    0
+}
+
+/// A RST sent for a socket: marks it when it is a timewait sock (see
+/// timewait::mark_reset). The first argument is the socket on every kernel
+/// (6.10 added a third, the reason).
+#[fentry(function = "tcp_v4_send_reset")]
+pub fn twmon_fentry_v4_send_reset(ctx: FEntryContext) -> i32 {
+    let _ = crate::timewait::mark_reset(ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn twmon_kprobe_v4_send_reset(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        let _ = crate::timewait::mark_reset(sk);
+    }
+    0
+}
+
+#[fentry(function = "tcp_v6_send_reset")]
+pub fn twmon_fentry_v6_send_reset(ctx: FEntryContext) -> i32 {
+    let _ = crate::timewait::mark_reset(ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn twmon_kprobe_v6_send_reset(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        let _ = crate::timewait::mark_reset(sk);
+    }
+    0
+}
+
+/// kprobe path: remember which port function this thread entered, and for
+/// which port.
+#[inline(always)]
+fn port_call(func: u16, port: u16) {
+    let _ = PORT_ARG.insert(
+        bpf_get_current_pid_tgid(),
+        ((func as u64) << 32) | port as u64,
+        0,
+    );
+}
+
+/// kretprobe path: the result of the call `port_call` saw begin.
+#[inline(always)]
+fn port_return(func: u16, ret: u64) {
+    let key = bpf_get_current_pid_tgid();
+    let Some(p) = PORT_ARG.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: a value pointer the map just returned.
+    let v = unsafe { *p };
+    let _ = PORT_ARG.remove(key);
+    if (v >> 32) as u16 == func {
+        port_verdict(func, v as u16, ret as i32);
+    }
+}
+
+/// A port function returned: keep its failure (the last one wins) for the
+/// current thread's call.
+#[inline(always)]
+fn port_verdict(func: u16, port: u16, ret: i32) {
+    if ret == 0 {
+        return;
+    }
+    if let Some(c) = entry() {
+        c.port_fn = func;
+        c.port = port;
+        c.port_ret = ret;
+    }
+}
+
+/// The current thread's entry, created empty when missing.
+#[inline(always)]
+fn entry() -> Option<&'static mut ConflictsEvent> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let p = match CONFLICTS.get_ptr_mut(tid) {
+        Some(p) => p,
+        None => {
+            // SAFETY: all-zero is a valid ConflictsEvent (n = 0, no port
+            // verdict).
+            let empty: ConflictsEvent = unsafe { core::mem::zeroed() };
+            CONFLICTS.insert(tid, empty, 0).ok()?;
+            CONFLICTS.get_ptr_mut(tid)?
+        }
+    };
+    // SAFETY: a value pointer the map returned; this thread is the only
+    // writer of its own entry.
+    Some(unsafe { &mut *p })
+}
+
 /// Remember `sk2` as blocking the current thread's call (once per socket,
 /// at most MAX_CONFLICTS).
 #[inline(always)]
@@ -100,24 +285,9 @@ fn note(sk2: u64) {
     if sk2 == 0 {
         return;
     }
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let p = match CONFLICTS.get_ptr_mut(tid) {
-        Some(p) => p,
-        None => {
-            // SAFETY: all-zero is a valid ConflictsEvent (n = 0).
-            let empty: ConflictsEvent = unsafe { core::mem::zeroed() };
-            if CONFLICTS.insert(tid, empty, 0).is_err() {
-                return;
-            }
-            match CONFLICTS.get_ptr_mut(tid) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    let Some(c) = entry() else {
+        return;
     };
-    // SAFETY: a value pointer the map returned; this thread is the only
-    // writer of its own entry.
-    let c = unsafe { &mut *p };
     let n = c.n as usize;
     for i in 0..MAX_CONFLICTS {
         if i < n && c.socks[i].sk == sk2 {
@@ -168,8 +338,9 @@ impl Taken {
         Taken { tid }
     }
 
-    /// Send the blocking sockets, if any, tagged with the calling socket's
-    /// inode; sys_exit sends the call's own record right after.
+    /// Send the blocking sockets and the port verdict, if any, tagged with
+    /// the calling socket's inode; sys_exit sends the call's own record
+    /// right after.
     #[inline(always)]
     pub fn send(&self, inode: u64) {
         let Some(p) = CONFLICTS.get_ptr(self.tid) else {
@@ -177,7 +348,7 @@ impl Taken {
         };
         // SAFETY: a value pointer the map returned.
         let c = unsafe { &*p };
-        if c.n == 0 {
+        if c.n == 0 && c.port_fn == 0 {
             return;
         }
         let Some(mut entry) = BINDS.reserve::<ConflictsEvent>(0) else {
@@ -195,6 +366,9 @@ impl Taken {
             } else {
                 MAX_CONFLICTS as u32
             };
+            (*e).port_ret = c.port_ret;
+            (*e).port_fn = c.port_fn;
+            (*e).port = c.port;
             (*e)._pad = 0;
             (*e).socks = c.socks;
         }

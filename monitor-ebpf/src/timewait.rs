@@ -66,7 +66,14 @@ pub fn on_timer_expire(ctx: &BtfTracePointContext) -> Option<()> {
 /// `tcp_send_reset(sk, skb, reason)`: remember a RST sent on behalf of a
 /// timewait sock, which tcp_v4_rcv kills right after (TCP_TW_RST).
 pub fn on_send_reset(ctx: &BtfTracePointContext) -> Option<()> {
-    let sk: u64 = ctx.arg(0);
+    mark_reset(ctx.arg(0))
+}
+
+/// A RST is being sent on behalf of `sk`: when it is a timewait sock, mark
+/// it for the cancel that follows. Also called by precise mode's hooks on
+/// `tcp_v4_send_reset` / `tcp_v6_send_reset`, which see timewait socks on
+/// kernels whose tracepoint skips them (before 6.10).
+pub fn mark_reset(sk: u64) -> Option<()> {
     if sk == 0 || field(sk, off!(skc_state)) != TCP_TIME_WAIT {
         return None;
     }

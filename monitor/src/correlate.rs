@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::diagnose::{self, Context, Failure};
 use crate::event::{
-    BindFailed, Endpoint, Event, Holder, KernelHolder, Kind, Process, Proto, SocketSeen, Syscall,
+    BindFailed, DiagnosisCode, Endpoint, Event, Holder, KernelHolder, Kind, Process, Proto,
+    SocketSeen, Syscall,
 };
 use crate::model::Model;
 use crate::rules::{self, ExistingSocket, NetEnv, NewSocket};
@@ -127,8 +128,11 @@ impl<E: Evidence> Correlator<E> {
             // Precise mode: the kernel named the blocking sockets itself;
             // a model that disagrees is a finding worth a line.
             b.holder_mismatch = kernel_disagreement(b);
-            if let (Some(m), true) = (&b.holder_mismatch, self.findings_to_stderr) {
-                eprintln!("twmon: finding: {m}");
+            b.port_mismatch = kernel_port_disagreement(b);
+            if self.findings_to_stderr {
+                for m in [&b.holder_mismatch, &b.port_mismatch].into_iter().flatten() {
+                    eprintln!("twmon: finding: {m}");
+                }
             }
         }
         if matches!(ev.kind, Kind::Lost(_)) {
@@ -212,6 +216,41 @@ pub fn kernel_disagreement(b: &BindFailed) -> Option<String> {
     if kernel.is_empty() && !b.holders.is_empty() {
         return Some(format!(
             "{what}: twmon's model names {} holder(s) ({} {} first) but the kernel found no blocking socket",
+            b.holders.len(),
+            b.holders[0].state,
+            b.holders[0].local
+        ));
+    }
+    None
+}
+
+/// Where the kernel's port verdict (precise mode) and the diagnosis
+/// disagree: `ephemeral_exhausted` must come with a failed search of the
+/// range (a port function asked for port 0), and a failed search with
+/// nothing else; a diagnosis that names holders needs a port function that
+/// refused the port.
+pub fn kernel_port_disagreement(b: &BindFailed) -> Option<String> {
+    let k = b.kernel_port.as_ref()?;
+    let code = b.diagnosis.as_ref()?.code;
+    let what = format!("{} {}", b.syscall.as_str(), b.requested);
+    let kernel = match (&k.function, k.port, &k.error) {
+        (Some(f), Some(p), Some(e)) => format!("{f} failed for port {p} ({e})"),
+        _ => "no port function failed".to_string(),
+    };
+    let exhausted = code == DiagnosisCode::EphemeralExhausted;
+    if exhausted != k.range_exhausted() {
+        let said = if exhausted {
+            "the ephemeral range is exhausted".to_string()
+        } else {
+            code.as_str().to_string()
+        };
+        return Some(format!(
+            "{what}: twmon says {said}, but in the kernel {kernel}"
+        ));
+    }
+    if !b.holders.is_empty() && k.function.is_none() {
+        return Some(format!(
+            "{what}: twmon names {} holder(s) ({} {} first), but in the kernel {kernel}",
             b.holders.len(),
             b.holders[0].state,
             b.holders[0].local
@@ -571,7 +610,7 @@ impl Evidence for Kernel {
 #[cfg(test)]
 mod kernel_holder_tests {
     use super::*;
-    use crate::event::{Overlap, TcpState};
+    use crate::event::{KernelPort, Overlap, TcpState};
 
     fn failed(
         requested: &str,
@@ -599,6 +638,8 @@ mod kernel_holder_tests {
             local: None,
             kernel_holders: kernel,
             holder_mismatch: None,
+            kernel_port: None,
+            port_mismatch: None,
         }
     }
 
@@ -624,6 +665,70 @@ mod kernel_holder_tests {
             local: local.parse().unwrap(),
             remote: remote.map(|r| r.parse().unwrap()),
         }
+    }
+
+    fn diagnosed(mut b: BindFailed, code: DiagnosisCode, kernel: KernelPort) -> BindFailed {
+        b.diagnosis = Some(crate::event::Diagnosis {
+            code,
+            summary: String::new(),
+            fix: String::new(),
+            reuseaddr_would_help: false,
+            reuseport_would_help: false,
+        });
+        b.kernel_port = Some(Box::new(kernel));
+        b
+    }
+
+    fn port_failed(function: &str, port: u16, ret: i32, errno: i32) -> KernelPort {
+        KernelPort {
+            function: Some(function.into()),
+            port: Some(port),
+            ret: Some(ret),
+            errno: Some(errno),
+            error: Some(crate::event::errno_name(errno)),
+        }
+    }
+
+    #[test]
+    fn the_kernels_port_verdict_must_agree_with_the_diagnosis() {
+        use DiagnosisCode::*;
+        let listen = || vec![holder(TcpState::Listen, "127.0.0.1:80", None)];
+        // A conflict on the port asked for, named by the model: agreement
+        // (ret 1 as 6.1's inet_csk_get_port returns it).
+        let get_port = port_failed("inet_csk_get_port", 80, 1, libc::EADDRINUSE);
+        let b = diagnosed(failed("127.0.0.1:80", listen(), None), Listener, get_port);
+        assert_eq!(kernel_port_disagreement(&b), None);
+        // Exhaustion, and the kernel's search of the range failed.
+        let mut b = failed("127.0.0.1:7800", vec![], None);
+        b.syscall = Syscall::Connect;
+        b.errno = libc::EADDRNOTAVAIL;
+        let search = port_failed("__inet_hash_connect", 0, -99, libc::EADDRNOTAVAIL);
+        let ok = diagnosed(b.clone(), EphemeralExhausted, search);
+        assert_eq!(kernel_port_disagreement(&ok), None);
+        // Exhaustion, but the socket had a port of its own: its 4-tuple was
+        // taken, the range was never searched.
+        let own = port_failed("__inet_hash_connect", 40000, -99, libc::EADDRNOTAVAIL);
+        let m = kernel_port_disagreement(&diagnosed(b.clone(), EphemeralExhausted, own)).unwrap();
+        assert!(
+            m.contains("__inet_hash_connect failed for port 40000"),
+            "{m}"
+        );
+        // Exhaustion, and no port function failed at all.
+        let m = kernel_port_disagreement(&diagnosed(b, EphemeralExhausted, KernelPort::default()))
+            .unwrap();
+        assert!(m.contains("no port function failed"), "{m}");
+        // Holders named, no port function refused the port.
+        let b = diagnosed(
+            failed("127.0.0.1:80", listen(), None),
+            Listener,
+            KernelPort::default(),
+        );
+        let m = kernel_port_disagreement(&b).unwrap();
+        assert!(m.contains("names 1 holder(s)"), "{m}");
+        // Hook not live: nothing to compare.
+        let mut b = failed("127.0.0.1:80", listen(), None);
+        b.kernel_port = None;
+        assert_eq!(kernel_port_disagreement(&b), None);
     }
 
     #[test]

@@ -339,6 +339,42 @@ pub struct BindFailed {
     /// Why the kernel's holders and the model's disagree, when they do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder_mismatch: Option<String>,
+    /// Precise mode: what the kernel's port function (`inet_csk_get_port`,
+    /// `udp_lib_get_port`, `__inet_hash_connect`) said during this call.
+    /// None when that hook is not live. Boxed: most failures have none, and
+    /// every event is as large as its largest kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_port: Option<Box<KernelPort>>,
+    /// Why the kernel's port verdict and the diagnosis disagree, when they
+    /// do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mismatch: Option<String>,
+}
+
+/// A port function's failure during a call, as the kernel returned it
+/// (precise mode). Every field is null when the hook was live and no port
+/// function failed: the call failed for another reason, before or after
+/// the port was looked at.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KernelPort {
+    /// "inet_csk_get_port", "udp_lib_get_port" or "__inet_hash_connect".
+    pub function: Option<String>,
+    /// The port it was asked for; 0 = a search of the ephemeral range.
+    pub port: Option<u16>,
+    /// Its return value as is (get_port returns 1 for a conflict on older
+    /// kernels, -EADDRINUSE on newer ones).
+    pub ret: Option<i32>,
+    /// What that return value means: -ret, or EADDRINUSE for a positive
+    /// "in use".
+    pub errno: Option<i32>,
+    pub error: Option<String>,
+}
+
+impl KernelPort {
+    /// The kernel's own port search (port 0) found nothing free.
+    pub fn range_exhausted(&self) -> bool {
+        self.function.is_some() && self.port == Some(0)
+    }
 }
 
 /// A blocking socket as the kernel named it (precise mode).

@@ -500,6 +500,8 @@ mod tests {
                 local: None,
                 kernel_holders: None,
                 holder_mismatch: None,
+                kernel_port: None,
+                port_mismatch: None,
             }),
         );
         e.common.container = container.map(String::from);

@@ -190,6 +190,58 @@ fn check_kernel_holders(id: u8, a: &Attempt, b: &BindFailed) -> Option<Vec<Strin
     Some(problems)
 }
 
+/// Precise mode: the kernel's port function says whether a failure was the
+/// port's. A TCP bind or listen refused EADDRINUSE failed in
+/// `inet_csk_get_port` for the port asked for (0 when it searched the
+/// range), a UDP one in `udp_lib_get_port`, a connect() with EADDRNOTAVAIL
+/// in `__inet_hash_connect`'s search of the range (port 0); any other
+/// failure passed no port function that failed. No disagreement with the
+/// diagnosis may be logged.
+fn check_kernel_port(id: u8, a: &Attempt, b: &BindFailed) -> Option<Vec<String>> {
+    if support::test_mode() != Some("precise") {
+        return None;
+    }
+    let what = format!(
+        "scenario {id}: {} {} {} ({})",
+        a.proto.as_str(),
+        a.syscall.as_str(),
+        a.requested,
+        b.error
+    );
+    let Some(k) = &b.kernel_port else {
+        return Some(vec![format!(
+            "{what}: precise mode, yet no kernel_port (the port function hook is not live)"
+        )]);
+    };
+    let want: Option<(&str, u16, i32)> = match (a.proto, a.syscall, b.errno) {
+        (Proto::Tcp, Syscall::Bind | Syscall::Listen, libc::EADDRINUSE) => {
+            Some(("inet_csk_get_port", a.requested.port(), libc::EADDRINUSE))
+        }
+        (Proto::Udp, Syscall::Bind, libc::EADDRINUSE) => {
+            Some(("udp_lib_get_port", a.requested.port(), libc::EADDRINUSE))
+        }
+        (Proto::Tcp, Syscall::Connect, libc::EADDRNOTAVAIL) => {
+            Some(("__inet_hash_connect", 0, libc::EADDRNOTAVAIL))
+        }
+        _ => None,
+    };
+    let got = k
+        .function
+        .as_deref()
+        .map(|f| (f, k.port.unwrap_or(u16::MAX), k.errno.unwrap_or(0)));
+    let mut problems = Vec::new();
+    if got != want {
+        problems.push(format!(
+            "{what}: the kernel's port verdict is {got:?} (ret {:?}), expected {want:?}",
+            k.ret
+        ));
+    }
+    if let Some(m) = &b.port_mismatch {
+        problems.push(format!("{what}: twmon logged a port verdict mismatch: {m}"));
+    }
+    Some(problems)
+}
+
 #[test]
 fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
     if !kernel_or_skip("field_scenarios_get_the_contracts_diagnosis_and_holders") {
@@ -198,6 +250,7 @@ fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
     let mut problems = Vec::new();
     let mut checked = 0;
     let mut kernel_checked = 0;
+    let mut port_checked = Vec::new();
     for sc in scenario::all() {
         let ns = Netns::new().expect("network namespace");
         let inode = ns.inode().to_string();
@@ -231,6 +284,10 @@ fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
                         kernel_checked += 1;
                         problems.extend(p);
                     }
+                    if let Some(p) = check_kernel_port(sc.id, a, b) {
+                        port_checked.push(format!("{} {}", a.syscall.as_str(), b.error));
+                        problems.extend(p);
+                    }
                 }
                 None => problems.push(format!(
                     "scenario {}: no bind_failed for {} {} (pid {})",
@@ -251,6 +308,19 @@ fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
             kernel_checked >= 5,
             "precise mode: only {kernel_checked} TCP EADDRINUSE failures had their kernel holders compared"
         );
+        port_checked.sort();
+        port_checked.dedup();
+        support::loud(&format!(
+            "precise mode: kernel_port checked for {port_checked:?}"
+        ));
+        // The port verdict was seen for a conflict and for an exhausted
+        // range, and its absence for a failure of another kind.
+        for want in ["bind EADDRINUSE", "connect EADDRNOTAVAIL"] {
+            assert!(
+                port_checked.iter().any(|c| c == want),
+                "precise mode: no {want} failure had its kernel_port checked ({port_checked:?})"
+            );
+        }
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
@@ -333,5 +403,100 @@ fn a_failure_is_explained_by_sockets_older_than_twmon() {
     }
     drop(held);
     let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
+
+/// A bind refused on its port and binds refused for other reasons, told
+/// apart by the kernel's port function in precise mode (`kernel_port`
+/// names `inet_csk_get_port` and the port for the first, is all null for
+/// the others), and absent in tracepoint mode.
+#[test]
+fn the_kernel_port_verdict_tells_a_conflict_from_other_failures() {
+    if !kernel_or_skip("the_kernel_port_verdict_tells_a_conflict_from_other_failures") {
+        return;
+    }
+    use socket2::{Domain, Socket, Type};
+    use std::net::SocketAddr;
+    let ns = Netns::new().expect("network namespace");
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let addr = |a: [u8; 4], port: u16| -> socket2::SockAddr { SocketAddr::from((a, port)).into() };
+    let held = ns
+        .run(|| {
+            let tcp = || Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            let l = tcp();
+            l.bind(&addr([127, 0, 0, 1], 7901)).unwrap();
+            l.listen(8).unwrap();
+            let mut errnos = Vec::new();
+            // A conflict with the listener.
+            let e = tcp().bind(&addr([127, 0, 0, 1], 7901)).unwrap_err();
+            errnos.push(e.raw_os_error());
+            // An address this host does not have (TEST-NET-1).
+            let e = tcp().bind(&addr([192, 0, 2, 1], 7902)).unwrap_err();
+            errnos.push(e.raw_os_error());
+            // A socket bound already.
+            let s = tcp();
+            s.bind(&addr([127, 0, 0, 1], 7903)).unwrap();
+            let e = s.bind(&addr([127, 0, 0, 1], 7904)).unwrap_err();
+            errnos.push(e.raw_os_error());
+            (l, s, errnos)
+        })
+        .unwrap();
+    assert_eq!(
+        held.2,
+        [
+            Some(libc::EADDRINUSE),
+            Some(libc::EADDRNOTAVAIL),
+            Some(libc::EINVAL)
+        ],
+        "the kernel's errnos"
+    );
+    let precise = support::test_mode() == Some("precise");
+    let mut problems = Vec::new();
+    for (port, errno, conflict) in [
+        (7901u16, libc::EADDRINUSE, true),
+        (7902, libc::EADDRNOTAVAIL, false),
+        (7904, libc::EINVAL, false),
+    ] {
+        let got = watch.wait_for(
+            Duration::from_secs(5),
+            |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == port),
+        );
+        let Some(Event {
+            kind: Kind::BindFailed(b),
+            ..
+        }) = got
+        else {
+            problems.push(format!("port {port}: no bind_failed"));
+            continue;
+        };
+        if b.errno != errno {
+            problems.push(format!("port {port}: errno {}, want {errno}", b.errno));
+        }
+        let k = b.kernel_port.as_deref();
+        let ok = match (precise, k) {
+            (false, None) => true,
+            (true, Some(k)) if conflict => {
+                k.function.as_deref() == Some("inet_csk_get_port")
+                    && k.port == Some(port)
+                    && k.errno == Some(libc::EADDRINUSE)
+            }
+            (true, Some(k)) => *k == monitor::event::KernelPort::default(),
+            _ => false,
+        };
+        if !ok {
+            problems.push(format!(
+                "port {port} ({}): kernel_port {k:?} in {} mode",
+                b.error,
+                support::test_mode().unwrap_or("auto")
+            ));
+        }
+        if let Some(m) = &b.port_mismatch {
+            problems.push(format!("port {port}: port verdict mismatch logged: {m}"));
+        }
+    }
+    drop(held);
+    let done = watch.stop(libc::SIGTERM);
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
     assert!(done.exited_cleanly(), "{}", done.describe_exit());
 }

@@ -78,6 +78,8 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             // Every field scenario: diagnosis code, holders, verdicts.
             "field_scenarios_get_the_contracts_diagnosis_and_holders",
             "a_failure_is_explained_by_sockets_older_than_twmon",
+            // Precise mode's port verdict: a conflict vs. other failures.
+            "the_kernel_port_verdict_tells_a_conflict_from_other_failures",
         ],
     ),
 ];

@@ -9,14 +9,16 @@ use std::collections::HashMap;
 use monitor_common::{
     ConflictsEvent, SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_OWNER, F_HAVE_REQUEST,
     F_IN_PROCESS, F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND,
-    NR_CONNECT, NR_LISTEN, TW_CANCEL, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
+    NR_CONNECT, NR_LISTEN, PORT_FN_GET_PORT, PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT, TW_CANCEL,
+    TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
 };
 
 use super::decode::{cstr, Raw};
 use super::sys::Kallsyms;
 use crate::event::{
-    errno_name, BindFailed, Bound, Common, Endpoint, Event, KernelHolder, Kind, Process, Proto,
-    StateChange, Syscall, TcpState, TimewaitClose, TimewaitEnd, TimewaitOpen, TimewaitSubstate,
+    errno_name, BindFailed, Bound, Common, Endpoint, Event, KernelHolder, KernelPort, Kind,
+    Process, Proto, StateChange, Syscall, TcpState, TimewaitClose, TimewaitEnd, TimewaitOpen,
+    TimewaitSubstate,
 };
 
 const AF_INET6: u16 = 10;
@@ -36,7 +38,10 @@ pub struct Enricher {
     /// Precise mode: the kernel's conflict hook is live, so TCP bind/listen
     /// failures carry the blocking sockets it named.
     kernel_conflicts: bool,
-    /// Blocking sockets waiting for their call's record, by thread.
+    /// Precise mode: the port functions with a live hook, by PORT_FN_*.
+    port_hooks: Vec<u16>,
+    /// Blocking sockets and port verdicts waiting for their call's record,
+    /// by thread.
     pending_conflicts: HashMap<u32, ConflictsEvent>,
     /// See [`Enricher::set_resets_marked`].
     resets_marked: bool,
@@ -81,6 +86,16 @@ fn endpoint(family: u16, addr: &[u8; 16], port: u16) -> Endpoint {
     }
 }
 
+/// The kernel function a PORT_FN_* stands for.
+fn port_fn_name(f: u16) -> &'static str {
+    match f {
+        PORT_FN_GET_PORT => "inet_csk_get_port",
+        PORT_FN_UDP_GET_PORT => "udp_lib_get_port",
+        PORT_FN_HASH_CONNECT => "__inet_hash_connect",
+        _ => "?",
+    }
+}
+
 fn proto_of(p: u16) -> Proto {
     Proto::from_ipproto(p).unwrap_or(Proto::Tcp)
 }
@@ -94,6 +109,7 @@ impl Enricher {
             open_tw: HashMap::new(),
             containers: crate::container::Containers::default(),
             kernel_conflicts: false,
+            port_hooks: Vec::new(),
             pending_conflicts: HashMap::new(),
             resets_marked: true,
         }
@@ -108,6 +124,48 @@ impl Enricher {
     /// Say whether the kernel's conflict hook (`inet_bind_conflict`) is live.
     pub fn set_kernel_conflicts(&mut self, live: bool) {
         self.kernel_conflicts = live;
+    }
+
+    /// Say which port functions have a live hook (`inet_csk_get_port`,
+    /// `udp_lib_get_port`, `__inet_hash_connect`, by name).
+    pub fn set_port_hooks(&mut self, live: &[&str]) {
+        self.port_hooks = [PORT_FN_GET_PORT, PORT_FN_UDP_GET_PORT, PORT_FN_HASH_CONNECT]
+            .into_iter()
+            .filter(|f| live.contains(&port_fn_name(*f)))
+            .collect();
+    }
+
+    /// What the port function of this call said: None when its hook is not
+    /// live or the call has none; all fields null when it did not fail.
+    fn kernel_port(&self, r: &SockCallEvent, syscall: Syscall) -> Option<Box<KernelPort>> {
+        let func = match (r.protocol, syscall) {
+            (6, Syscall::Connect) => PORT_FN_HASH_CONNECT,
+            (6, _) => PORT_FN_GET_PORT,
+            (17, _) => PORT_FN_UDP_GET_PORT,
+            _ => return None,
+        };
+        if !self.port_hooks.contains(&func) {
+            return None;
+        }
+        let Some(c) = self
+            .pending_conflicts
+            .get(&r.tid)
+            .filter(|c| c.inode == r.inode && c.port_fn != 0)
+        else {
+            return Some(Box::default());
+        };
+        let errno = if c.port_ret < 0 {
+            -c.port_ret
+        } else {
+            libc::EADDRINUSE
+        };
+        Some(Box::new(KernelPort {
+            function: Some(port_fn_name(c.port_fn).to_string()),
+            port: Some(c.port),
+            ret: Some(c.port_ret),
+            errno: Some(errno),
+            error: Some(errno_name(errno)),
+        }))
     }
 
     /// The blocking sockets the kernel named for a failed call: None when
@@ -241,6 +299,8 @@ impl Enricher {
                 local: (syscall != Syscall::Bind && has_local).then_some(local),
                 kernel_holders: self.kernel_holders(r, syscall),
                 holder_mismatch: None,
+                kernel_port: self.kernel_port(r, syscall),
+                port_mismatch: None,
             })
         };
         Event { kind, common }
@@ -466,6 +526,64 @@ mod tests {
 
         r.ret = 0;
         assert!(matches!(e.sock_call(&r).kind, Kind::Bound(_)));
+    }
+
+    #[test]
+    fn a_port_functions_failure_rides_on_its_calls_record() {
+        use monitor_common::KIND_CONFLICTS;
+        let mut e = Enricher::new(0, 250, None);
+        let mut r: SockCallEvent = zeroed();
+        r.kind = KIND_SOCK_CALL;
+        r.syscall = NR_CONNECT;
+        r.ret = -99;
+        r.protocol = 6;
+        r.sk_family = 2;
+        r.tid = 7;
+        r.inode = 1234;
+        let kernel_port = |ev: Event| match ev.kind {
+            Kind::BindFailed(b) => b.kernel_port,
+            other => panic!("{other:?}"),
+        };
+        // Hook not live: no field.
+        assert_eq!(kernel_port(e.enrich(&Raw::SockCall(r)).unwrap()), None);
+        e.set_port_hooks(&["__inet_hash_connect", "inet_csk_get_port"]);
+        // Live, and nothing failed in the kernel's port functions.
+        assert_eq!(
+            kernel_port(e.enrich(&Raw::SockCall(r)).unwrap()),
+            Some(Box::default())
+        );
+        // The search of the range failed.
+        let mut c: ConflictsEvent = zeroed();
+        c.kind = KIND_CONFLICTS;
+        c.tid = 7;
+        c.inode = 1234;
+        c.port_fn = PORT_FN_HASH_CONNECT;
+        c.port_ret = -99;
+        assert_eq!(e.enrich(&Raw::Conflicts(c)), None);
+        let k = kernel_port(e.enrich(&Raw::SockCall(r)).unwrap()).unwrap();
+        assert_eq!(k.function.as_deref(), Some("__inet_hash_connect"));
+        assert_eq!((k.port, k.ret, k.errno), (Some(0), Some(-99), Some(99)));
+        assert_eq!(k.error.as_deref(), Some("EADDRNOTAVAIL"));
+        assert!(k.range_exhausted());
+        // Used once: the next call of the thread starts clean.
+        assert_eq!(
+            kernel_port(e.enrich(&Raw::SockCall(r)).unwrap()),
+            Some(Box::default())
+        );
+        // 6.1's inet_csk_get_port says "in use" with 1.
+        r.syscall = NR_BIND;
+        r.ret = -98;
+        c.port_fn = PORT_FN_GET_PORT;
+        c.port = 8080;
+        c.port_ret = 1;
+        e.enrich(&Raw::Conflicts(c));
+        let k = kernel_port(e.enrich(&Raw::SockCall(r)).unwrap()).unwrap();
+        assert_eq!(k.function.as_deref(), Some("inet_csk_get_port"));
+        assert_eq!((k.port, k.errno), (Some(8080), Some(98)));
+        assert!(!k.range_exhausted());
+        // UDP's hook is not live here.
+        r.protocol = 17;
+        assert_eq!(kernel_port(e.enrich(&Raw::SockCall(r)).unwrap()), None);
     }
 
     #[test]

@@ -156,14 +156,7 @@ impl Probe {
             }
         }
         let mut enricher = Enricher::new(sys::boot_to_unix_offset_ns(), hz, syms);
-        let reset_seen = facts.reset_tracepoint_sees_timewait
-            && hooks.iter().any(|h| h == "tp_btf/tcp_send_reset");
-        enricher.set_resets_marked(reset_seen);
-        if !reset_seen && offsets.tw_timer_handler != 0 {
-            notes.push(
-                "this kernel's tcp_send_reset tracepoint skips timewait socks (before 6.10): a timewait killed after a RST it sent and one taken over by a SYN look alike, and both end as \"unknown\"".into(),
-            );
-        }
+        let mut live: Vec<&str> = Vec::new();
         let (mode_name, why) = match mode {
             ModeArg::Tracepoint => ("tracepoint", "tracepoint mode, as asked".to_string()),
             ModeArg::Auto | ModeArg::Precise => {
@@ -178,7 +171,7 @@ impl Probe {
                         format!("auto: tracepoint mode: {}", out.why_none()),
                     )
                 } else {
-                    enricher.set_kernel_conflicts(out.is_live("inet_bind_conflict"));
+                    live.clone_from(&out.live);
                     let name = if out.live.len() == precise::HOOKS.len() {
                         "precise"
                     } else {
@@ -198,6 +191,19 @@ impl Probe {
             }
         };
         notes.insert(0, why);
+        enricher.set_kernel_conflicts(live.contains(&"inet_bind_conflict"));
+        enricher.set_port_hooks(&live);
+        // A RST sent for a timewait sock is marked by the tracepoint from
+        // 6.10 on, before that by precise mode's send_reset hooks.
+        let reset_seen = (facts.reset_tracepoint_sees_timewait
+            && hooks.iter().any(|h| h == "tp_btf/tcp_send_reset"))
+            || (live.contains(&"tcp_v4_send_reset") && live.contains(&"tcp_v6_send_reset"));
+        enricher.set_resets_marked(reset_seen);
+        if !reset_seen && offsets.tw_timer_handler != 0 {
+            notes.push(
+                "this kernel's tcp_send_reset tracepoint skips timewait socks (before 6.10) and no hook on tcp_v4/v6_send_reset is live: a timewait killed after a RST it sent and one taken over by a SYN look alike, and both end as \"unknown\"".into(),
+            );
+        }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| ProbeError::Other(format!("map {name} missing from the object")))

@@ -122,7 +122,8 @@ impl KernelFacts {
 
     /// Why fexit on `function` cannot work, before trying to load it: the
     /// prototype must take `nargs` parameters (the return value follows
-    /// them) and have the named ones the program reads where it reads them.
+    /// them; 0: any number, for an entry hook) and have the named ones the
+    /// program reads where it reads them.
     pub fn fexit_obstacle(
         &self,
         function: &str,
@@ -152,10 +153,14 @@ pub fn proto_mismatch(
     let misplaced = reads
         .iter()
         .any(|(i, name)| proto.params.get(*i).map(String::as_str) != Some(*name));
-    if proto.params.len() != nargs || misplaced {
+    if (nargs != 0 && proto.params.len() != nargs) || misplaced {
         let wanted: Vec<String> = reads.iter().map(|(i, n)| format!("{n} at {i}")).collect();
+        let count = match nargs {
+            0 => String::new(),
+            n => format!("{n} parameters with "),
+        };
         Some(format!(
-            "{function} takes ({}) on this kernel, twmon needs {nargs} parameters with {}",
+            "{function} takes ({}) on this kernel, twmon needs {count}{}",
             proto.params.join(", "),
             wanted.join(", ")
         ))
@@ -287,6 +292,16 @@ mod tests {
             .fexit_obstacle("inet_bind_conflict", 2, &[(0, "sk2")])
             .unwrap()
             .contains("sk2 at 0"));
+        // An entry hook (nargs 0) takes any count: 6.10 gave
+        // tcp_v4_send_reset a third parameter.
+        assert_eq!(
+            f.fexit_obstacle("inet_bind_conflict", 0, &[(1, "sk2")]),
+            None
+        );
+        assert!(f
+            .fexit_obstacle("inet_bind_conflict", 0, &[(2, "sk2")])
+            .unwrap()
+            .ends_with("twmon needs sk2 at 2"));
         f.filterable = Some(HashSet::new());
         assert!(f
             .kprobe_obstacle("inet_bind_conflict")

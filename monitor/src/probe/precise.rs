@@ -21,9 +21,9 @@ pub struct FunctionHook {
     pub answers: &'static str,
     pub function: &'static str,
     /// How many parameters the function takes (fexit finds the return
-    /// value after them) and the ones the programs read, by position and
-    /// name; the BTF prototype must agree (names of the others vary: 6.18
-    /// calls sk_uid `uid`).
+    /// value after them; 0 for an entry hook that does not care) and the
+    /// ones the programs read, by position and name; the BTF prototype must
+    /// agree (names of the others vary: 6.18 calls sk_uid `uid`).
     pub nargs: usize,
     pub reads: &'static [(usize, &'static str)],
     /// The tracing program (fexit, or fentry when the entry is enough).
@@ -65,6 +65,53 @@ pub const HOOKS: &[FunctionHook] = &[
         reads: &[(0, "tw")],
         tracing: Tracing::Fentry("twmon_fentry_twsk_schedule"),
         kprobe: "twmon_kprobe_twsk_schedule",
+        kretprobe: None,
+    },
+    FunctionHook {
+        answers: "the port a failed TCP bind/listen was refused on (kernel_port)",
+        function: "inet_csk_get_port",
+        nargs: 2,
+        reads: &[(1, "snum")],
+        tracing: Tracing::Fexit("twmon_fexit_get_port"),
+        kprobe: "twmon_kprobe_get_port",
+        kretprobe: Some("twmon_kretprobe_get_port"),
+    },
+    FunctionHook {
+        answers: "the port a failed UDP bind was refused on (kernel_port)",
+        function: "udp_lib_get_port",
+        nargs: 3,
+        reads: &[(1, "snum")],
+        tracing: Tracing::Fexit("twmon_fexit_udp_get_port"),
+        kprobe: "twmon_kprobe_udp_get_port",
+        kretprobe: Some("twmon_kretprobe_udp_get_port"),
+    },
+    FunctionHook {
+        answers: "a TCP connect() that found no local port (kernel_port)",
+        function: "__inet_hash_connect",
+        nargs: 4,
+        reads: &[(1, "sk")],
+        tracing: Tracing::Fexit("twmon_fexit_hash_connect"),
+        kprobe: "twmon_kprobe_hash_connect",
+        kretprobe: Some("twmon_kretprobe_hash_connect"),
+    },
+    // The RST hooks only read the first argument at entry: 6.10 added a
+    // third parameter (the reason), which fentry does not care about.
+    FunctionHook {
+        answers: "a timewait sock killed after it answered with a RST (reason reset, IPv4)",
+        function: "tcp_v4_send_reset",
+        nargs: 0,
+        reads: &[(0, "sk")],
+        tracing: Tracing::Fentry("twmon_fentry_v4_send_reset"),
+        kprobe: "twmon_kprobe_v4_send_reset",
+        kretprobe: None,
+    },
+    FunctionHook {
+        answers: "a timewait sock killed after it answered with a RST (reason reset, IPv6)",
+        function: "tcp_v6_send_reset",
+        nargs: 0,
+        reads: &[(0, "sk")],
+        tracing: Tracing::Fentry("twmon_fentry_v6_send_reset"),
+        kprobe: "twmon_kprobe_v6_send_reset",
         kretprobe: None,
     },
 ];

@@ -208,6 +208,8 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
             local: None,
             kernel_holders: None,
             holder_mismatch: None,
+            kernel_port: None,
+            port_mismatch: None,
         }),
     );
     b.add(&failed);

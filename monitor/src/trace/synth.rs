@@ -201,6 +201,8 @@ impl Synth {
                 local: None,
                 kernel_holders: None,
                 holder_mismatch: None,
+                kernel_port: None,
+                port_mismatch: None,
             }),
         );
         self.queue.push_back(e);

@@ -111,6 +111,8 @@ pub fn failed(requested: &str, holders: Vec<Holder>, d: Diagnosis) -> Kind {
         local: None,
         kernel_holders: None,
         holder_mismatch: None,
+        kernel_port: None,
+        port_mismatch: None,
     })
 }
 
