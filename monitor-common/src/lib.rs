@@ -57,6 +57,11 @@ pub const TW_EXPIRED: u8 = 3;
 /// an early kill (or a rare re-arm in TIME_WAIT); userspace decides from the
 /// kernel stack which one, and why.
 pub const TW_CANCEL: u8 = 4;
+/// Precise mode: `inet_twsk_deschedule_put` was entered for this timewait
+/// sock (an early end; the TW_CANCEL of its timer follows on the same CPU).
+/// `owner_pid`/`owner_comm` are the current process (F_HAVE_OWNER), which
+/// is the one that ended it only where the end runs in process context.
+pub const TW_DESCHEDULE: u8 = 5;
 
 pub const STACK_DEPTH: usize = 16;
 

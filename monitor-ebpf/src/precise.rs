@@ -188,6 +188,22 @@ pub fn twmon_kretprobe_hash_connect(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// An early timewait end (reused by a SYN or a connect, reset, netns
+/// exit): see timewait::on_deschedule.
+#[fentry(function = "inet_twsk_deschedule_put")]
+pub fn twmon_fentry_twsk_deschedule(ctx: FEntryContext) -> i32 {
+    let _ = crate::timewait::on_deschedule(&ctx, ctx.arg(0));
+    0
+}
+
+#[kprobe]
+pub fn twmon_kprobe_twsk_deschedule(ctx: ProbeContext) -> u32 {
+    if let Some(tw) = ctx.arg::<u64>(0) {
+        let _ = crate::timewait::on_deschedule(&ctx, tw);
+    }
+    0
+}
+
 /// A RST sent for a socket: marks it when it is a timewait sock (see
 /// timewait::mark_reset). The first argument is the socket on every kernel
 /// (6.10 added a third, the reason).

@@ -17,13 +17,16 @@
 //! change can go unseen. The substate is read again at every later event.
 
 use aya_ebpf::{
-    helpers::{bpf_get_stack, bpf_jiffies64, bpf_ktime_get_boot_ns},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_jiffies64,
+        bpf_ktime_get_boot_ns,
+    },
     programs::BtfTracePointContext,
     EbpfContext,
 };
 use monitor_common::{
-    TwEvent, F_HAVE_OWNER, F_RESET_SENT, KIND_TW, LOST_EVENTS, STACK_DEPTH, TW_CANCEL, TW_EXPIRED,
-    TW_OPEN, TW_SUBSTATE,
+    TwEvent, F_HAVE_OWNER, F_RESET_SENT, KIND_TW, LOST_EVENTS, STACK_DEPTH, TW_CANCEL,
+    TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
 };
 
 use crate::kread::{field, off, read, Direct, Probe};
@@ -125,6 +128,13 @@ pub fn on_schedule<C: EbpfContext>(ctx: &C, tw: u64, rearm: bool) -> Option<()> 
     emit(ctx, tw, TW_SUBSTATE, substate(tw), 0)
 }
 
+/// Precise mode, at the entry of `inet_twsk_deschedule_put(tw)`: an early
+/// end is under way, sent with the current process (userspace keeps it for
+/// the TW_CANCEL that follows).
+pub fn on_deschedule<C: EbpfContext>(ctx: &C, tw: u64) -> Option<()> {
+    emit(ctx, tw, TW_DESCHEDULE, substate(tw), 0)
+}
+
 #[inline(always)]
 fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Option<()> {
     let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
@@ -160,6 +170,10 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
                 (*e).owner_comm = owner.comm;
                 (*e).flags |= F_HAVE_OWNER;
             }
+        } else if what == TW_DESCHEDULE {
+            (*e).owner_pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            (*e).owner_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+            (*e).flags |= F_HAVE_OWNER;
         }
         (*e).stack_len = 0;
         (*e).stack = [0; STACK_DEPTH];

@@ -135,6 +135,16 @@ impl<E: Evidence> Correlator<E> {
                 }
             }
         }
+        if let (Kind::TimewaitClose(c), true) = (&ev.kind, self.findings_to_stderr) {
+            if let Some(m) = &c.end_mismatch {
+                eprintln!(
+                    "twmon: finding: timewait {} -> {} ended as {}: {m}",
+                    c.local,
+                    c.remote,
+                    serde_json::to_string(&c.reason).unwrap_or_default()
+                );
+            }
+        }
         if matches!(ev.kind, Kind::Lost(_)) {
             self.resync_due = true;
         }

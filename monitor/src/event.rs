@@ -466,6 +466,14 @@ pub struct TimewaitClose {
     pub reason: TimewaitEnd,
     #[serde(default)]
     pub cookie: u64,
+    /// Precise mode: the process whose connect() took the timewait sock
+    /// over (`reused_by_connect`), as `inet_twsk_deschedule_put` saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<Process>,
+    /// Precise mode: why the kernel's early end (`inet_twsk_deschedule_put`)
+    /// and the reason read off the timer cancel disagree, when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_mismatch: Option<String>,
 }
 
 /// A socket that exists, as a sock_diag snapshot saw it (at start, or when a
@@ -643,6 +651,8 @@ mod tests {
                 remote: "127.0.0.1:5555".parse().unwrap(),
                 reason: TimewaitEnd::ReusedBySyn,
                 cookie: 7,
+                ended_by: None,
+                end_mismatch: None,
             }),
         };
         let line = serde_json::to_string(&ev).unwrap();

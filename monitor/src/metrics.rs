@@ -595,6 +595,8 @@ mod tests {
                     remote: "127.0.0.1:5000".parse().unwrap(),
                     reason,
                     cookie: 1,
+                    ended_by: None,
+                    end_mismatch: None,
                 }),
             ));
         }

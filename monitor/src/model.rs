@@ -567,6 +567,8 @@ mod tests {
                 remote: r.parse().unwrap(),
                 reason: TimewaitEnd::Expired,
                 cookie: 6,
+                ended_by: None,
+                end_mismatch: None,
             }),
         ));
         assert_eq!(states(&m), vec![]);

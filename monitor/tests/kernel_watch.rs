@@ -592,6 +592,17 @@ fn expect_tw_end(
         ev.common.pid.is_none() && ev.common.comm.is_none(),
         "{part}: a timewait_close names a process: {ev:?}"
     );
+    // Precise mode: the kernel's early end (inet_twsk_deschedule_put)
+    // agrees with the reason; only a connect() names who ended it.
+    if support::test_mode() == Some("precise") {
+        assert_eq!(
+            c.end_mismatch, None,
+            "{part}: the kernel's early end disagrees"
+        );
+        if want != TimewaitEnd::ReusedByConnect {
+            assert_eq!(c.ended_by, None, "{part}: ended_by for {want:?}");
+        }
+    }
     ev
 }
 
@@ -705,7 +716,7 @@ fn timewait_ends_with_the_right_reason() {
         .unwrap()
         .unwrap_or_else(|e| panic!("{part}: the second connect(): {e}"));
     assert_eq!(again, cli, "{part}: the second connect() reuses the port");
-    expect_tw_end(
+    let ev = expect_tw_end(
         &w,
         part,
         ns.inode(),
@@ -714,6 +725,15 @@ fn timewait_ends_with_the_right_reason() {
         Duration::from_secs(5),
         TimewaitEnd::ReusedByConnect,
     );
+    if support::test_mode() == Some("precise") {
+        // The connect() ran in this process: the kernel's deschedule saw it.
+        let by = tw_close_of(&ev, ns.inode(), cli, dst).and_then(|c| c.ended_by);
+        assert_eq!(
+            by.map(|p| p.pid),
+            Some(std::process::id()),
+            "{part}: ended_by of the connect()'s takeover"
+        );
+    }
     drop(listener);
     let ns_b = ns;
 
@@ -1298,6 +1318,11 @@ fn timewait_killed_by_a_reset_ends_as_reset() {
             .and_then(|e| tw_close_of(e, inode, server, cli))
         {
             // The RST it sent (k == 1) kills it in tcp_v4_rcv, like a SYN.
+            Some(c) if support::test_mode() == Some("precise") && c.end_mismatch.is_some() => wrong
+                .push(format!(
+                    "{case}: the kernel's early end disagrees: {:?}",
+                    c.end_mismatch
+                )),
             Some(c)
                 if c.reason
                     == if k == 1 {

@@ -461,6 +461,8 @@ fn history_outlives_the_sockets_for_three_minutes() {
             remote: fixture::ep("127.0.0.1:40000"),
             reason: monitor::event::TimewaitEnd::Expired,
             cookie: 2,
+            ended_by: None,
+            end_mismatch: None,
         }),
     ));
     for s in 62..150u64 {

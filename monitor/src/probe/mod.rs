@@ -193,6 +193,7 @@ impl Probe {
         notes.insert(0, why);
         enricher.set_kernel_conflicts(live.contains(&"inet_bind_conflict"));
         enricher.set_port_hooks(&live);
+        enricher.set_deschedule_live(live.contains(&"inet_twsk_deschedule_put"));
         // A RST sent for a timewait sock is marked by the tracepoint from
         // 6.10 on, before that by precise mode's send_reset hooks.
         let reset_seen = (facts.reset_tracepoint_sees_timewait

@@ -94,6 +94,15 @@ pub const HOOKS: &[FunctionHook] = &[
         kprobe: "twmon_kprobe_hash_connect",
         kretprobe: Some("twmon_kretprobe_hash_connect"),
     },
+    FunctionHook {
+        answers: "which timewait ends the kernel descheduled early, and the process of a connect() that took one over (timewait_close.ended_by)",
+        function: "inet_twsk_deschedule_put",
+        nargs: 1,
+        reads: &[(0, "tw")],
+        tracing: Tracing::Fentry("twmon_fentry_twsk_deschedule"),
+        kprobe: "twmon_kprobe_twsk_deschedule",
+        kretprobe: None,
+    },
     // The RST hooks only read the first argument at entry: 6.10 added a
     // third parameter (the reason), which fentry does not care about.
     FunctionHook {

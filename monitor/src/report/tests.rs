@@ -110,6 +110,8 @@ fn tw(ts: u64, l: &str, r: &str, open: bool, by: Option<(u32, &str)>) -> Event {
                 remote,
                 reason: TimewaitEnd::Expired,
                 cookie: 0,
+                ended_by: None,
+                end_mismatch: None,
             })
         },
     )

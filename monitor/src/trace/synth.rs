@@ -292,6 +292,8 @@ impl Synth {
                     remote: r,
                     reason: TimewaitEnd::Expired,
                     cookie: c,
+                    ended_by: None,
+                    end_mismatch: None,
                 }),
             );
             self.queue.push_back(e);
