@@ -17,7 +17,7 @@ pub mod flags;
 pub mod owners;
 pub mod sockdiag;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -195,59 +195,62 @@ fn addr_key(s: &ExistingSocket) -> (IpAddr, u16, u32) {
 }
 
 fn resolve_timewait_flags(snap: &mut Snapshot, probe: bool) {
-    let groups: Vec<(IpAddr, u16, u32)> = {
-        let mut seen = HashSet::new();
-        snap.sockets
-            .iter()
-            .filter(|s| s.proto == Proto::Tcp && s.is_timewait() && !s.flags_known)
-            .map(addr_key)
-            .filter(|k| seen.insert(*k))
-            .collect()
-    };
-    for key in groups {
-        let (ip, port, dev) = key;
+    // Indexed once: client-side timewait sockets each have a port of their
+    // own, so scanning every socket once per group was quadratic (about a
+    // minute of start-up with 100,000 of them).
+    let mut groups: HashMap<(IpAddr, u16, u32), Vec<usize>> = HashMap::new();
+    let mut on_port: HashMap<u16, Vec<&ExistingSocket>> = HashMap::new();
+    for (i, s) in snap.sockets.iter().enumerate() {
+        if s.proto != Proto::Tcp {
+            continue;
+        }
+        if !s.is_timewait() {
+            on_port.entry(s.port).or_default().push(s);
+        } else if !s.flags_known {
+            groups.entry(addr_key(s)).or_default().push(i);
+        }
+    }
+    let mut answers = Vec::with_capacity(groups.len());
+    for ((ip, port, dev), members) in groups {
+        let others = on_port.get(&port).map(Vec::as_slice).unwrap_or_default();
         let learnt = if probe && dev == 0 {
-            probe_group(snap, ip, port)
+            probe_group(&snap.env, others, ip, port)
         } else {
             None
         };
-        let inherited = if learnt.is_none() {
-            inherit_from_listener(snap, ip, port)
-        } else {
-            None
+        let answer = match learnt {
+            Some(flags) => Some((flags, true)),
+            None => inherit_from_listener(others, ip).map(|flags| (flags, false)),
         };
-        for s in snap
-            .sockets
-            .iter_mut()
-            .filter(|s| s.proto == Proto::Tcp && s.is_timewait() && addr_key(s) == key)
-        {
-            if let Some((ra, rp)) = learnt {
-                s.reuseaddr = ra;
-                s.reuseport = rp;
-                s.flags_known = true;
-            } else if let Some((ra, rp)) = inherited {
-                s.reuseaddr = ra;
-                s.reuseport = rp;
-            }
+        if let Some(answer) = answer {
+            answers.push((members, answer));
+        }
+    }
+    for (members, ((ra, rp), known)) in answers {
+        for i in members {
+            let s = &mut snap.sockets[i];
+            s.reuseaddr = ra;
+            s.reuseport = rp;
+            s.flags_known = known;
         }
     }
 }
 
 /// Probe `ip:port` with SO_REUSEADDR then SO_REUSEPORT, when only timewait
-/// sockets can decide the outcome.
-fn probe_group(snap: &Snapshot, ip: IpAddr, port: u16) -> Option<(bool, bool)> {
+/// sockets can decide the outcome. `others`: the port's TCP sockets that
+/// are not timewait.
+fn probe_group(
+    env: &NetEnv,
+    others: &[&ExistingSocket],
+    ip: IpAddr,
+    port: u16,
+) -> Option<(bool, bool)> {
     let addr = SocketAddr::new(ip, port);
-    if (port as u32) < snap.env.unprivileged_port_start && !has_cap_net_bind_service() {
+    if (port as u32) < env.unprivileged_port_start && !has_cap_net_bind_service() {
         return None;
     }
-    // Every non-timewait TCP socket on the port must be unable to refuse the
-    // probe whatever its own flags are.
-    let others: Vec<ExistingSocket> = snap
-        .sockets
-        .iter()
-        .filter(|s| s.proto == Proto::Tcp && s.port == port && !s.is_timewait())
-        .cloned()
-        .collect();
+    // Every one of them must be unable to refuse the probe whatever its own
+    // flags are.
     let me = unsafe { libc::geteuid() };
     for flag in [true, false] {
         let probe = NewSocket {
@@ -259,7 +262,7 @@ fn probe_group(snap: &Snapshot, ip: IpAddr, port: u16) -> Option<(bool, bool)> {
         for guess in [false, true] {
             let others: Vec<ExistingSocket> = others
                 .iter()
-                .cloned()
+                .map(|s| (*s).clone())
                 .map(|mut s| {
                     if !s.flags_known {
                         s.reuseaddr = guess;
@@ -268,7 +271,7 @@ fn probe_group(snap: &Snapshot, ip: IpAddr, port: u16) -> Option<(bool, bool)> {
                     s
                 })
                 .collect();
-            if crate::rules::evaluate(&probe, &others, &snap.env, false).would_fail() {
+            if crate::rules::evaluate(&probe, &others, env, false).would_fail() {
                 return None;
             }
         }
@@ -280,11 +283,12 @@ fn probe_group(snap: &Snapshot, ip: IpAddr, port: u16) -> Option<(bool, bool)> {
 
 /// Accepted sockets inherit their listener's flags, and so do the timewait
 /// sockets they leave: take them from a listener on the same port whose
-/// address covers `ip`.
-fn inherit_from_listener(snap: &Snapshot, ip: IpAddr, port: u16) -> Option<(bool, bool)> {
-    snap.sockets
+/// address covers `ip`. `others`: the port's TCP sockets that are not
+/// timewait.
+fn inherit_from_listener(others: &[&ExistingSocket], ip: IpAddr) -> Option<(bool, bool)> {
+    others
         .iter()
-        .filter(|s| s.proto == Proto::Tcp && s.port == port && s.state == TcpState::Listen && s.flags_known)
+        .filter(|s| s.state == TcpState::Listen && s.flags_known)
         .find(|s| s.local == ip || s.local.is_unspecified() || matches!(s.local, IpAddr::V6(a) if a.to_ipv4_mapped() == Some(Ipv4Addr::UNSPECIFIED)))
         .map(|s| (s.reuseaddr, s.reuseport))
 }
@@ -433,6 +437,62 @@ mod tests {
             vec![(8080, 8080), (9000, 9010)]
         );
         assert_eq!(parse_port_list(""), vec![]);
+    }
+
+    /// Timewait sockets without flags of their own take them from a listener
+    /// on their port whose address covers theirs, each group on its own.
+    #[test]
+    fn timewait_sockets_inherit_flags_from_the_covering_listener() {
+        let sock = |local: &str, state, timewait, flags: Option<(bool, bool)>| {
+            let mut s = ExistingSocket::new(Proto::Tcp, local.parse().unwrap(), state);
+            s.timewait = timewait;
+            s.flags_known = flags.is_some();
+            (s.reuseaddr, s.reuseport) = flags.unwrap_or((false, false));
+            s
+        };
+        let tw = |local: &str| sock(local, TcpState::TimeWait, true, None);
+        let mut snap = Snapshot {
+            sockets: vec![
+                sock("0.0.0.0:80", TcpState::Listen, false, Some((true, false))),
+                sock("10.0.0.1:81", TcpState::Listen, false, Some((false, true))),
+                sock("127.0.0.1:82", TcpState::Listen, false, None),
+                tw("127.0.0.1:80"),
+                tw("127.0.0.2:80"),
+                tw("127.0.0.1:81"),
+                tw("10.0.0.1:81"),
+                tw("127.0.0.1:82"),
+                tw("127.0.0.1:83"),
+            ],
+            owners: OwnerMap::default(),
+            env: NetEnv::default(),
+            netns: None,
+            notes: Vec::new(),
+        };
+        resolve_timewait_flags(&mut snap, false);
+        let got: Vec<(String, bool, bool, bool)> = snap.sockets[3..]
+            .iter()
+            .map(|s| {
+                (
+                    format!("{}:{}", s.local, s.port),
+                    s.reuseaddr,
+                    s.reuseport,
+                    s.flags_known,
+                )
+            })
+            .collect();
+        let want = [
+            ("127.0.0.1:80", true, false), // 0.0.0.0:80 covers it
+            ("127.0.0.2:80", true, false),
+            ("127.0.0.1:81", false, false), // the listener is on another address
+            ("10.0.0.1:81", false, true),
+            ("127.0.0.1:82", false, false), // the listener's own flags are unknown
+            ("127.0.0.1:83", false, false), // no listener
+        ];
+        let want: Vec<(String, bool, bool, bool)> = want
+            .iter()
+            .map(|(a, ra, rp)| (a.to_string(), *ra, *rp, false))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
