@@ -4,10 +4,11 @@
 //!
 //! The tracepoint programs stay attached in every mode: they are the base
 //! every question is answered from. A function hook adds what only the
-//! function sees (today: the exact socket that blocked a bind, named by
-//! `inet_bind_conflict`) to the same records, so the events and their JSON
-//! are the same in both modes, with extra fields where precise mode knows
-//! more.
+//! function sees (the exact socket that blocked a bind, the port function
+//! that refused it, a RST sent by a timewait sock before 6.10, the early
+//! end of a timewait sock and the connect() behind it) to the same records,
+//! so the events and their JSON are the same in both modes, with extra
+//! fields where precise mode knows more.
 
 use aya::programs::{FEntry, FExit, KProbe, Program};
 use aya::{Btf, Ebpf};
@@ -156,10 +157,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn is_live(&self, function: &str) -> bool {
-        self.live.contains(&function)
-    }
-
     /// The kinds of the live hooks: "fexit/fentry", "kprobe", ...
     pub fn kinds(&self) -> String {
         let mut kinds: Vec<&str> = Vec::new();
