@@ -45,7 +45,8 @@ async fn watch_loop(
     correlator.findings_to_stderr = true;
     // The sockets that exist already, in every namespace, seed the model
     // (printed with -v only, as `socket` lines).
-    let (seed, _) = snapshot_events(SnapshotScope::All, &args.filters.netns);
+    let started = std::time::Instant::now();
+    let (seed, info) = snapshot_events(SnapshotScope::All, &args.filters.netns);
     for ev in seed {
         if !correlator
             .process(ev)
@@ -53,6 +54,19 @@ async fn watch_loop(
             .all(|e| emit(&mut out, e, args))
         {
             return Ok(0);
+        }
+    }
+    if let Some(info) = &info {
+        // What the model starts from, once it holds it, and what could not
+        // be seen: a holder older than twmon is named only if this found it.
+        eprintln!(
+            "twmon: {} existing sockets in {} namespaces known ({} ms after attaching)",
+            info.sockets,
+            info.netns.len(),
+            started.elapsed().as_millis()
+        );
+        for note in &info.notes {
+            eprintln!("twmon: {note}");
         }
     }
     let stop = shutdown.wait();
