@@ -1,7 +1,6 @@
 //! Facts about the running system the probe needs: privileges, clocks, the
 //! kernel's HZ, and symbols from /proc/kallsyms.
 
-use std::collections::HashMap;
 use std::fs;
 
 /// Capability numbers (linux/capability.h).
@@ -97,12 +96,13 @@ pub fn hz_from_timer_list(text: &str) -> Option<u32> {
 }
 
 /// Text symbols of the kernel, enough to name the function a stack frame is
-/// in. Only the functions twmon cares about keep their names.
+/// in. Only the functions twmon cares about are kept, each with where it
+/// ends (the next text symbol): naming a frame is a scan of a dozen ranges
+/// that stay in cache, where a binary search of all ~200,000 symbols
+/// missed the cache at every step, for every frame of every timewait end.
 pub struct Kallsyms {
-    /// Start addresses of every text symbol, sorted.
-    starts: Vec<u64>,
-    /// Names of the interesting ones, by start address.
-    names: HashMap<u64, &'static str>,
+    /// (start, end, name) of the interesting functions, sorted by start.
+    ranges: Vec<(u64, u64, &'static str)>,
 }
 
 /// The functions whose presence on a timer-cancel stack tells why a timewait
@@ -128,7 +128,7 @@ impl Kallsyms {
 
     pub fn parse(text: &str) -> Kallsyms {
         let mut starts = Vec::with_capacity(200_000);
-        let mut names = HashMap::new();
+        let mut names = Vec::new();
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
@@ -147,33 +147,42 @@ impl Kallsyms {
             // Names may carry a ".cold"/".isra" suffix; match on the stem.
             let stem = name.split('.').next().unwrap_or(name);
             if let Some(known) = TW_STACK_FUNCS.iter().find(|f| **f == stem) {
-                names.insert(addr, *known);
+                names.push((addr, *known));
             }
             if name == "tw_timer_handler" {
-                names.insert(addr, "tw_timer_handler");
+                names.push((addr, "tw_timer_handler"));
             }
         }
         starts.sort_unstable();
-        Kallsyms { starts, names }
+        let mut ranges: Vec<(u64, u64, &'static str)> = names
+            .into_iter()
+            .map(|(start, name)| {
+                let next = starts.partition_point(|s| *s <= start);
+                (start, starts.get(next).copied().unwrap_or(u64::MAX), name)
+            })
+            .collect();
+        ranges.sort_unstable();
+        Kallsyms { ranges }
     }
 
     /// Address of a named function (one of the interesting ones).
     pub fn address_of(&self, name: &str) -> Option<u64> {
-        self.names
+        self.ranges
             .iter()
-            .find(|(_, n)| **n == name)
-            .map(|(a, _)| *a)
+            .find(|(_, _, n)| *n == name)
+            .map(|(a, _, _)| *a)
     }
 
     /// The interesting function containing `addr`, if it is one.
     pub fn function_of(&self, addr: u64) -> Option<&'static str> {
-        let i = self.starts.partition_point(|s| *s <= addr);
-        let start = *self.starts.get(i.checked_sub(1)?)?;
-        self.names.get(&start).copied()
+        self.ranges
+            .iter()
+            .find(|(start, end, _)| (*start..*end).contains(&addr))
+            .map(|(_, _, name)| *name)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.ranges.is_empty()
     }
 }
 
