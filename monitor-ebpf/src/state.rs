@@ -85,7 +85,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         };
         (*e).comm = comm;
     }
-    entry.submit(crate::events_wakeup());
+    entry.submit(crate::events_wakeup::<StateEvent>());
     Some(())
 }
 

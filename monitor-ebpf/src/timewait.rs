@@ -189,6 +189,6 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
             }
         }
     }
-    entry.submit(crate::events_wakeup());
+    entry.submit(crate::events_wakeup::<TwEvent>());
     Some(())
 }
