@@ -59,10 +59,12 @@ async fn watch_loop(
     if let Some(info) = &info {
         // What the model starts from, once it holds it, and what could not
         // be seen: a holder older than twmon is named only if this found it.
+        let s = |n: u64| if n == 1 { "" } else { "s" };
+        let (socks, nets) = (info.sockets, info.netns.len() as u64);
         eprintln!(
-            "twmon: {} existing sockets in {} namespaces known ({} ms after attaching)",
-            info.sockets,
-            info.netns.len(),
+            "twmon: {socks} existing socket{} in {nets} namespace{} known ({} ms after attaching)",
+            s(socks),
+            s(nets),
             started.elapsed().as_millis()
         );
         for note in &info.notes {

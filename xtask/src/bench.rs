@@ -672,7 +672,7 @@ fn startup(a: &BenchArgs, twmon: &Path, loadgen: &Path) -> Result<Startup> {
         if line.starts_with("twmon: watching (") {
             attached = Some(at);
         } else if let Some(rest) = line.strip_prefix("twmon: ") {
-            if rest.contains("existing sockets in") {
+            if rest.contains(" existing socket") {
                 sockets = rest
                     .split_whitespace()
                     .next()
