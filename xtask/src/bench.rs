@@ -388,15 +388,20 @@ fn load_json_num(line: &str, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// twmon-load in a private network namespace of its own, its JSON line.
 fn run_load(loadgen: &Path, args: &[String]) -> Result<String> {
-    let out = Command::new("unshare")
-        .arg("-n")
-        .arg("--")
+    run_load_under(&["unshare", "-n", "--"], loadgen, args)
+}
+
+/// twmon-load started by `wrapper` (which puts it in a namespace).
+fn run_load_under(wrapper: &[&str], loadgen: &Path, args: &[String]) -> Result<String> {
+    let out = Command::new(wrapper[0])
+        .args(&wrapper[1..])
         .arg(loadgen)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .context("running twmon-load under unshare -n")?;
+        .with_context(|| format!("running twmon-load under {}", wrapper.join(" ")))?;
     if !out.status.success() {
         bail!(
             "twmon-load {} failed ({}): {}",
@@ -627,24 +632,14 @@ fn startup(a: &BenchArgs, twmon: &Path, loadgen: &Path) -> Result<Startup> {
         if timewait >= a.startup {
             break;
         }
-        let (port, conns) = (port.to_string(), per_port.to_string());
-        let out = Command::new("ip")
-            .args(["netns", "exec", NS])
-            .arg(loadgen)
-            .args([
-                "--churn", "client", "--conns", &conns, "--secs", "30", "--port", &port,
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .context("running twmon-load in the start-up namespace")?;
-        if !out.status.success() {
-            bail!(
-                "twmon-load failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let (conns, port) = (per_port.to_string(), port.to_string());
+        let args = [
+            "--churn", "client", "--secs", "30", "--conns", &conns, "--port", &port,
+        ]
+        .map(String::from);
+        let line = run_load_under(&["ip", "netns", "exec", NS], loadgen, &args)?;
         // tw_at_end counts the namespace's timewait sockets.
-        timewait = load_json_num(String::from_utf8_lossy(&out.stdout).trim(), "tw_at_end") as u64;
+        timewait = load_json_num(&line, "tw_at_end") as u64;
     }
     let t0 = Instant::now();
     let mut child = Command::new(twmon)
