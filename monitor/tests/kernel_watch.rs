@@ -606,16 +606,51 @@ fn expect_tw_end(
     ev
 }
 
-fn expect_tw_open(w: &Watch, part: &str, netns: u32, local: Endpoint, remote: Endpoint) -> Event {
+fn expect_tw_open(w: &Watch, part: &str, ns: &Netns, local: Endpoint, remote: Endpoint) -> Event {
+    let netns = ns.inode();
     w.wait_for(Duration::from_secs(5), |e| {
         tw_open_of(e, netns, local, remote).is_some()
     })
     .unwrap_or_else(|| {
         panic!(
-            "{part}: no timewait_open for {local} -> {remote} in netns {netns}; its events:\n{}",
-            ns_lines(w, netns)
+            "{part}: no timewait_open for {local} -> {remote} in netns {netns}; its events:\n{}\n{}",
+            ns_lines(w, netns),
+            missing_event_context(w, ns, local)
         )
     })
+}
+
+/// What tells a slow kernel from a slow twmon when an expected event did not
+/// come: the kernel's own view of the sockets on `local`'s port (a timewait
+/// sock there means twmon missed or delayed it; a FIN_WAIT1 socket means the
+/// kernel has not got there), and the last lines twmon printed for any
+/// namespace (a reader that stalled prints nothing at all).
+fn missing_event_context(w: &Watch, ns: &Netns, local: Endpoint) -> String {
+    let kernel = match ns.run(scenario::snapshot) {
+        Ok(Ok(socks)) => socks
+            .iter()
+            .filter(|s| s.local.port() == local.port() || s.remote.port() == local.port())
+            .map(|s| {
+                format!(
+                    "    {:?} {} -> {} {:?} timer {:?} ms\n",
+                    s.proto, s.local, s.remote, s.state, s.timer_ms
+                )
+            })
+            .collect::<String>(),
+        Ok(Err(e)) | Err(e) => format!("    (no snapshot: {e})\n"),
+    };
+    let lines = w.lines();
+    let tail: String = lines[lines.len().saturating_sub(3)..]
+        .iter()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let stderr: String = w.stderr().iter().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "the kernel's sockets on port {} now (boot time {} ns):\n{kernel}twmon's last of {} lines:\n{tail}twmon's stderr:\n{stderr}",
+        local.port(),
+        boottime_ns(),
+        lines.len()
+    )
 }
 
 #[test]
@@ -640,7 +675,7 @@ fn timewait_ends_with_the_right_reason() {
         })
         .unwrap()
         .unwrap_or_else(|e| panic!("{part}: {e}"));
-    expect_tw_open(&w, part, ns.inode(), server, cli);
+    expect_tw_open(&w, part, &ns, server, cli);
     let reconnected = ns
         .run(|| -> io::Result<Endpoint> {
             // The client's own socket (LAST_ACK until the timewait's ACK)
@@ -703,7 +738,7 @@ fn timewait_ends_with_the_right_reason() {
         .unwrap()
         .unwrap_or_else(|e| panic!("{part}: {e}"));
     assert_eq!(cli.port(), 40000, "the only ephemeral port");
-    expect_tw_open(&w, part, ns.inode(), cli, dst);
+    expect_tw_open(&w, part, &ns, cli, dst);
     // tcp_tw_reuse takes a TIME_WAIT only once its last timestamp is older
     // than a second.
     std::thread::sleep(Duration::from_millis(1100));
@@ -749,7 +784,7 @@ fn timewait_ends_with_the_right_reason() {
         })
         .unwrap()
         .unwrap_or_else(|e| panic!("{part}: {e}"));
-    expect_tw_open(&w, part, inode, server, cli);
+    expect_tw_open(&w, part, &ns, server, cli);
     let gone_at = boottime_ns();
     drop(ns);
     let ev = expect_tw_end(
@@ -804,7 +839,7 @@ fn timewait_expires_after_sixty_seconds() {
         })
         .unwrap()
         .unwrap();
-    let open = expect_tw_open(&w, TEST, inode, server, cli);
+    let open = expect_tw_open(&w, TEST, &ns, server, cli);
     let Kind::TimewaitOpen(o) = &open.kind else {
         unreachable!()
     };
@@ -1295,7 +1330,7 @@ fn timewait_killed_by_a_reset_ends_as_reset() {
             })
             .unwrap()
             .unwrap_or_else(|e| panic!("{case}: {e}"));
-        expect_tw_open(&w, case, inode, server, cli);
+        expect_tw_open(&w, case, &ns, server, cli);
         ns.run(|| -> io::Result<()> {
             if k == 0 {
                 c.set_linger_zero()?;
