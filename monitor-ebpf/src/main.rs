@@ -79,6 +79,37 @@ fn events_wakeup<T>() -> u64 {
     }
 }
 
+/// The last time a BINDS record woke the reader, per CPU (boot-time ns).
+#[map]
+static BINDS_WOKE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The least time between two BINDS wakeups on one CPU. The ring's default
+/// wakes the reader whenever it has caught up, which in a storm of failing
+/// binds is after every record: an irq_work, a self-IPI (an MSR write, a VM
+/// exit on a virtual machine) and a context switch per failure, measured at
+/// 15 % of a bind storm's time. One wakeup per millisecond takes that away;
+/// a record that does not wake the reader waits at most for the next one
+/// or for the reader's own period (monitor/src/probe/mod.rs).
+const BINDS_WAKE_GAP_NS: u64 = 1_000_000;
+
+/// The submit flags for a BINDS record made at `now_ns` (see
+/// [`BINDS_WAKE_GAP_NS`]).
+#[inline(always)]
+fn binds_wakeup(now_ns: u64) -> u64 {
+    match BINDS_WOKE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; only this CPU touches it.
+        Some(last) => unsafe {
+            if now_ns.wrapping_sub(*last) >= BINDS_WAKE_GAP_NS {
+                *last = now_ns;
+                BPF_RB_FORCE_WAKEUP as u64
+            } else {
+                BPF_RB_NO_WAKEUP as u64
+            }
+        },
+        None => 0,
+    }
+}
+
 #[inline(always)]
 fn count_lost(ring: u32) {
     if let Some(p) = LOST.get_ptr_mut(ring) {

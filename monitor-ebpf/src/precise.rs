@@ -28,6 +28,7 @@
 //! (plus `tw_substate` when its state says it is one).
 
 use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::bpf_get_current_pid_tgid,
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
@@ -388,7 +389,8 @@ impl Taken {
             (*e)._pad = 0;
             (*e).socks = c.socks;
         }
-        entry.submit(0);
+        // The bind result that follows at once decides the wakeup.
+        entry.submit(BPF_RB_NO_WAKEUP as u64);
     }
 }
 

@@ -88,12 +88,14 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     };
     let e = entry.as_mut_ptr();
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` points at a reserved record of the right size, written
     // field by field before submit.
     unsafe {
         (*e).kind = KIND_SOCK_CALL;
         (*e).ret = ret as i32;
-        (*e).ts_ns = bpf_ktime_get_boot_ns();
+        (*e).ts_ns = now;
         (*e).cookie = sock::cookie::<Probe>(sk);
         (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).inode = inode;
@@ -124,7 +126,7 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
             }
         }
     }
-    entry.submit(0);
+    entry.submit(crate::binds_wakeup(now));
     Some(())
 }
 

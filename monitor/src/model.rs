@@ -7,7 +7,7 @@
 //! socks when they end (or are long overdue), and the sockets no event can
 //! retire (bound-only TCP, UDP: close() fires no tracepoint) are capped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 use crate::event::{
@@ -381,14 +381,18 @@ impl Model {
         let Some(ns) = self.ns.get_mut(&netns) else {
             return;
         };
+        // Sets, not a scan of `seen` per socket: a census of a busy
+        // namespace lists tens of thousands of sockets, and the model may
+        // hold as many (measured: a quadratic check held a watch under churn
+        // for tens of ms, and every bind result behind it).
+        let inodes: HashSet<u64> = seen.iter().map(|s| s.0).filter(|&i| i != 0).collect();
+        let cookies: HashSet<u64> = seen.iter().map(|s| s.1).filter(|&c| c != 0).collect();
         let mut gone_unretired = 0;
         ns.socks.retain(|_, t| {
             let gone = !t.sock.timewait
                 && (ports.is_empty() || ports.contains(&t.sock.port))
-                && !seen.iter().any(|&(inode, cookie)| {
-                    (inode != 0 && inode == t.sock.inode)
-                        || (cookie != 0 && cookie == t.sock.cookie)
-                });
+                && !inodes.contains(&t.sock.inode)
+                && !cookies.contains(&t.sock.cookie);
             if gone && t.unretired {
                 gone_unretired += 1;
             }
