@@ -250,8 +250,9 @@ impl Probe {
     }
 
     fn read_loop(&mut self, out: &Outlets, stop: &AtomicBool) {
-        // BINDS wakes the reader at every record (a failure should be
-        // explained at once). EVENTS wakes it only when 512 KiB are waiting
+        // BINDS wakes the reader at once, at most once a millisecond per
+        // CPU (monitor-ebpf's binds_wakeup): a failure should be explained
+        // at once, and a storm of them must not cost a wakeup each. EVENTS wakes it only when 512 KiB are waiting
         // (monitor-ebpf's events_wakeup): otherwise the reader comes every
         // EVENTS_PERIOD_MS and takes what piled up. The ring's poll reports
         // readable whenever data is waiting, so EVENTS is watched edge-
