@@ -15,7 +15,7 @@ mod timewait;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::{btf_tracepoint, map},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 
@@ -35,22 +35,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: [u8; 16],
-}
-
 /// The timewait sock the kernel just sent a RST for, per CPU (tcp_v4_rcv
 /// sends it and then kills the timewait sock, on the same CPU).
 #[map]
 static RST_TW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// Socket cookie -> the last process that acted on the socket in its own
-/// context: who left a timewait sock behind (the cookie carries over).
-#[map]
-static OWNERS: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65536, 0);
 
 /// Unread bytes in EVENTS at which a submit wakes the reader at once.
 /// Below it nothing wakes the reader: it comes by itself every few
@@ -115,13 +103,6 @@ fn count_lost(ring: u32) {
     if let Some(p) = LOST.get_ptr_mut(ring) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *p += 1 };
-    }
-}
-
-#[inline(always)]
-fn remember_owner(cookie: u64, pid: u32, comm: &[u8; 16]) {
-    if cookie != 0 {
-        let _ = OWNERS.insert(cookie, Owner { pid, comm: *comm }, 0);
     }
 }
 

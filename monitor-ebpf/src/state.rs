@@ -15,9 +15,7 @@ use monitor_common::{StateEvent, F_IN_PROCESS, KIND_STATE, LOST_EVENTS};
 
 use crate::kread::{field, off, read, Direct};
 use crate::sock::{self, AF_INET6};
-use crate::{count_lost, remember_owner, EVENTS};
-
-const TCP_FIN_WAIT1: i32 = 4;
+use crate::{count_lost, EVENTS};
 
 pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let skp: *mut core::ffi::c_void = ctx.arg(0);
@@ -39,15 +37,11 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     } else {
         [0; 16]
     };
-    // Who leaves a TIME_WAIT behind: the process whose close() or
-    // shutdown() sent the first FIN (ESTABLISHED -> FIN_WAIT1, always in
-    // process context). Remembered then only: the LRU insert is the
-    // costliest step here (1.6 of 2.9 us per transition, measured with
-    // kernel.bpf_stats_enabled under churn), and no later in-process
-    // transition comes before the timewait sock is born.
-    if in_process && newstate == TCP_FIN_WAIT1 {
-        remember_owner(cookie, (pid_tgid >> 32) as u32, &comm);
-    }
+    // Who leaves a timewait sock behind is the process of the
+    // ESTABLISHED -> FIN_WAIT1 record (in_process): userspace keeps it by
+    // cookie for the timewait sock, which inherits the cookie. A kernel LRU
+    // map did that before, at an insert per connection in the churn's own
+    // context.
 
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
         count_lost(LOST_EVENTS);

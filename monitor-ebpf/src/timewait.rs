@@ -31,7 +31,7 @@ use monitor_common::{
 
 use crate::kread::{field, off, read, Direct, Probe};
 use crate::sock;
-use crate::{count_lost, EVENTS, OWNERS, RST_TW};
+use crate::{count_lost, EVENTS, RST_TW};
 
 const TCP_TIME_WAIT: u64 = 6;
 
@@ -164,20 +164,18 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
         (*e).daddr = sock::remote_addr::<Probe>(tw, family);
         (*e).owner_pid = 0;
         (*e).owner_comm = [0; 16];
-        if what == TW_OPEN {
-            if let Some(owner) = OWNERS.get(cookie) {
-                (*e).owner_pid = owner.pid;
-                (*e).owner_comm = owner.comm;
-                (*e).flags |= F_HAVE_OWNER;
-            }
-        } else if what == TW_DESCHEDULE {
+        // A new sock's owner is joined in userspace by cookie (see
+        // state.rs).
+        if what == TW_DESCHEDULE {
             (*e).owner_pid = (bpf_get_current_pid_tgid() >> 32) as u32;
             (*e).owner_comm = bpf_get_current_comm().unwrap_or([0; 16]);
             (*e).flags |= F_HAVE_OWNER;
         }
         (*e).stack_len = 0;
-        (*e).stack = [0; STACK_DEPTH];
-        if what == TW_CANCEL {
+        if what != TW_CANCEL {
+            (*e).stack = [0; STACK_DEPTH];
+        } else {
+            // Zero-fills what it does not write.
             let n = bpf_get_stack(
                 ctx.as_ptr(),
                 (*e).stack.as_mut_ptr() as *mut core::ffi::c_void,

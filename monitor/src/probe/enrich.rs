@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 
 use monitor_common::{
-    ConflictsEvent, SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_OWNER, F_HAVE_REQUEST,
-    F_IN_PROCESS, F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND,
-    NR_CONNECT, NR_LISTEN, PORT_FN_GET_PORT, PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT, TW_CANCEL,
+    ConflictsEvent, SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_REQUEST, F_IN_PROCESS,
+    F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND, NR_CONNECT,
+    NR_LISTEN, PORT_FN_GET_PORT, PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT, TW_CANCEL,
     TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
 };
 
@@ -51,6 +51,39 @@ pub struct Enricher {
     /// Timewait socks being descheduled, by address: the process current
     /// at that moment, until their cancel (or expiry) arrives.
     descheduled: HashMap<u64, Process>,
+    /// Who closed a socket first (its ESTABLISHED -> FIN_WAIT1, always in
+    /// the closing process's own context), by cookie, until its timewait
+    /// sock is announced: the timewait sock inherits the cookie. Kept here
+    /// rather than in a kernel map: an LRU insert per connection was the
+    /// costliest step of the state program under churn.
+    closers: Closers,
+}
+
+/// Closing processes by socket cookie, bounded: two generations, the older
+/// dropped whole when the newer fills, so a socket whose timewait sock never
+/// comes (reset, lost event) is forgotten after at most 2 x CLOSERS_GEN
+/// later closes.
+#[derive(Default)]
+struct Closers {
+    new: HashMap<u64, Process>,
+    old: HashMap<u64, Process>,
+}
+
+const CLOSERS_GEN: usize = 32_768;
+
+impl Closers {
+    fn insert(&mut self, cookie: u64, p: Process) {
+        if self.new.len() >= CLOSERS_GEN {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(cookie, p);
+    }
+
+    fn take(&mut self, cookie: u64) -> Option<Process> {
+        self.new
+            .remove(&cookie)
+            .or_else(|| self.old.remove(&cookie))
+    }
 }
 
 /// At most this many descheduled timewait socks wait for their cancel (one
@@ -156,6 +189,7 @@ impl Enricher {
             resets_marked: true,
             deschedule_live: false,
             descheduled: HashMap::new(),
+            closers: Closers::default(),
         }
     }
 
@@ -355,13 +389,24 @@ impl Enricher {
         Event { kind, common }
     }
 
-    fn state(&self, r: &StateEvent) -> Option<Event> {
+    fn state(&mut self, r: &StateEvent) -> Option<Event> {
         let old = TcpState::from_kernel(r.oldstate)?;
         let new = TcpState::from_kernel(r.newstate)?;
         let proc_ = (r.flags & F_IN_PROCESS != 0).then(|| Process {
             pid: r.pid,
             comm: cstr(&r.comm),
         });
+        match (new, &proc_) {
+            // Who leaves a timewait sock behind: the process whose close()
+            // or shutdown() sent the first FIN.
+            (TcpState::FinWait1, Some(p)) => self.closers.insert(r.cookie, p.clone()),
+            // Its timewait sock (announced just before) took it, or it
+            // ended without one.
+            (TcpState::Close, _) => {
+                self.closers.take(r.cookie);
+            }
+            _ => {}
+        }
         Some(Event {
             common: self.common(r.ts_ns, r.netns, Proto::Tcp, proc_),
             kind: Kind::State(StateChange {
@@ -418,10 +463,7 @@ impl Enricher {
                         remote,
                         substate,
                         expires_in_ms: self.expires_in_ms(r),
-                        left_by: (r.flags & F_HAVE_OWNER != 0).then(|| Process {
-                            pid: r.owner_pid,
-                            comm: cstr(&r.owner_comm),
-                        }),
+                        left_by: self.closers.take(r.cookie),
                         cookie: r.cookie,
                         reuseaddr: r.flags & F_REUSEADDR != 0,
                         reuseport: r.flags & F_REUSEPORT != 0,
@@ -556,7 +598,7 @@ pub fn rfc3339(unix_ns: i128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monitor_common::{KIND_SOCK_CALL, KIND_TW};
+    use monitor_common::{KIND_SOCK_CALL, KIND_STATE, KIND_TW};
 
     fn zeroed<T>() -> T {
         // SAFETY: the ABI structs are plain integers and byte arrays.
@@ -780,9 +822,20 @@ mod tests {
         r.what = TW_OPEN;
         r.jiffies = 1000;
         r.expires = 1000 + 15000; // 60 s at HZ=250
-        r.flags = F_HAVE_OWNER;
-        r.owner_pid = 42;
-        r.owner_comm[..3].copy_from_slice(b"srv");
+        r.cookie = 77;
+        // The closing process is known from the socket's ESTABLISHED ->
+        // FIN_WAIT1, in its own context; the timewait sock inherits the
+        // cookie.
+        let mut s: StateEvent = zeroed();
+        s.kind = KIND_STATE;
+        s.family = 2;
+        s.cookie = 77;
+        s.oldstate = 1;
+        s.newstate = 4;
+        s.flags = F_IN_PROCESS;
+        s.pid = 42;
+        s.comm[..3].copy_from_slice(b"srv");
+        assert!(e.enrich(&Raw::State(s)).is_some());
         let ev = e.enrich(&Raw::Tw(r)).unwrap();
         let Kind::TimewaitOpen(o) = &ev.kind else {
             panic!("{ev:?}")
@@ -791,6 +844,9 @@ mod tests {
         assert_eq!(o.expires_in_ms, 60_000);
         assert_eq!(o.left_by.as_ref().map(|p| p.pid), Some(42));
         assert_eq!(ev.common.pid, None, "a timewait sock has no process");
+        // Taken once: the full socket's FIN_WAIT2 -> CLOSE that follows
+        // finds nothing left.
+        assert_eq!(e.closers.take(77), None);
 
         // FIN_WAIT2 -> TIME_WAIT
         r.what = TW_SUBSTATE;
@@ -811,6 +867,25 @@ mod tests {
             panic!()
         };
         assert_eq!(c.reason, TimewaitEnd::Expired);
+    }
+
+    #[test]
+    fn closers_are_bounded_and_keep_the_recent_ones() {
+        let mut c = Closers::default();
+        let p = |pid| Process {
+            pid,
+            comm: "x".into(),
+        };
+        for cookie in 0..(3 * CLOSERS_GEN as u64) {
+            c.insert(cookie, p(cookie as u32));
+        }
+        assert!(c.new.len() + c.old.len() <= 2 * CLOSERS_GEN);
+        assert_eq!(c.take(0), None, "the oldest generation was dropped");
+        let last = 3 * CLOSERS_GEN as u64 - 1;
+        assert_eq!(c.take(last).map(|p| p.pid), Some(last as u32));
+        let older = last - CLOSERS_GEN as u64;
+        assert_eq!(c.take(older).map(|p| p.pid), Some(older as u32));
+        assert_eq!(c.take(last), None, "taken once");
     }
 
     #[test]
