@@ -28,12 +28,35 @@ const TW_GRACE_NS: u64 = 5_000_000_000;
 const TW_SWEEP_EVERY_NS: u64 = 1_000_000_000;
 
 /// How the model names a socket. Full sockets by cookie (inode until the
-/// kernel assigns a cookie), timewait socks by their 4-tuple.
+/// kernel assigns a cookie). Timewait socks by the cookie they inherit from
+/// their full socket (a variant of its own: both exist for a moment), or,
+/// when it had none, by a 64-bit hash of their 4-tuple. Small on purpose:
+/// a timewait sock's key used to hold the 4-tuple itself, 72 bytes of the
+/// hundreds of thousands of entries a churning host has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum SockId {
     Cookie(u64),
     Inode(u64),
-    Tw(Proto, Endpoint, Endpoint),
+    Tw(u64),
+    TwTuple(u64),
+}
+
+impl SockId {
+    /// The keys a timewait sock may be known by, most likely first: a sock
+    /// announced before it had a cookie (only one that no event had shown
+    /// before it closed) is given one later by a sock_diag dump.
+    fn tw(proto: Proto, cookie: u64, local: Endpoint, remote: Endpoint) -> [SockId; 2] {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: the same 4-tuple hashes the same in every run.
+        let mut h = std::hash::DefaultHasher::new();
+        (proto, local, remote).hash(&mut h);
+        let tuple = SockId::TwTuple(h.finish());
+        if cookie != 0 {
+            [SockId::Tw(cookie), tuple]
+        } else {
+            [tuple, tuple]
+        }
+    }
 }
 
 /// One socket the model knows, with what it knows about who owns it.
@@ -141,17 +164,21 @@ impl Model {
             Kind::State(s) => self.state(netns, s, proc_, ts),
             Kind::TimewaitOpen(t) => self.tw_open(netns, t, ts),
             Kind::TimewaitSubstate(t) => {
-                let id = SockId::Tw(Proto::Tcp, t.local, t.remote);
                 let expires_at = ts + t.expires_in_ms * 1_000_000;
                 let ns = self.ns.entry(netns).or_default();
-                if let Some(tr) = ns.socks.get_mut(&id) {
-                    tr.sock.state = t.substate;
-                    tr.expires_at_ns = Some(expires_at);
+                let ids = SockId::tw(Proto::Tcp, t.cookie, t.local, t.remote);
+                if let Some(id) = ids.iter().find(|id| ns.socks.contains_key(id)) {
+                    if let Some(tr) = ns.socks.get_mut(id) {
+                        tr.sock.state = t.substate;
+                        tr.expires_at_ns = Some(expires_at);
+                    }
                 }
             }
             Kind::TimewaitClose(t) => {
-                if let Some(ns) = self.ns.get_mut(&netns) {
-                    ns.socks.remove(&SockId::Tw(Proto::Tcp, t.local, t.remote));
+                for id in SockId::tw(Proto::Tcp, t.cookie, t.local, t.remote) {
+                    if self.remove(netns, &id).is_some() {
+                        break;
+                    }
                 }
             }
             Kind::Socket(s) => self.seen(netns, proto, s, ts),
@@ -299,9 +326,10 @@ impl Model {
         sock.reuseaddr = t.reuseaddr;
         sock.reuseport = t.reuseport;
         sock.cookie = t.cookie;
+        let [id, _] = SockId::tw(Proto::Tcp, t.cookie, t.local, t.remote);
         self.insert(
             netns,
-            SockId::Tw(Proto::Tcp, t.local, t.remote),
+            id,
             Tracked {
                 sock,
                 owner: None,
@@ -315,14 +343,23 @@ impl Model {
     }
 
     fn seen(&mut self, netns: u32, proto: Proto, s: &SocketSeen, ts: u64) {
-        let id = if s.timewait {
-            SockId::Tw(proto, s.local, s.remote.unwrap_or(s.local))
+        let (id, mut prev) = if s.timewait {
+            let [id, other] = SockId::tw(proto, s.cookie, s.local, s.remote.unwrap_or(s.local));
+            // Known by its 4-tuple if it was announced before it had a
+            // cookie: one entry, under the cookie from now on.
+            let prev = self.remove(netns, &id);
+            (id, prev.or_else(|| self.remove(netns, &other)))
         } else if s.cookie != 0 {
-            SockId::Cookie(s.cookie)
+            (
+                SockId::Cookie(s.cookie),
+                self.remove(netns, &SockId::Cookie(s.cookie)),
+            )
         } else {
-            SockId::Inode(s.inode)
+            (
+                SockId::Inode(s.inode),
+                self.remove(netns, &SockId::Inode(s.inode)),
+            )
         };
-        let mut prev = self.remove(netns, &id);
         if s.inode != 0 && id != SockId::Inode(s.inode) {
             // Known by its inode from a bind before it had a cookie.
             let by_inode = self.remove(netns, &SockId::Inode(s.inode));

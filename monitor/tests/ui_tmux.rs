@@ -325,16 +325,18 @@ fn dashboard_in_tmux_shows_scenario_1_and_quits_cleanly() {
         "the dashboard is still on the screen:\n{}",
         mask(&screen)
     );
-    let last = screen
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("");
-    assert!(
-        last.starts_with('$'),
-        "no shell prompt after exit:\n{}",
-        mask(&screen)
-    );
+    // The shell draws its prompt just after the exit line: wait for it
+    // rather than read the screen of that same instant (a run once caught
+    // the moment in between).
+    let last_line = |s: &str| {
+        s.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string()
+    };
+    tmux.wait_for(Duration::from_secs(5), |s| last_line(s).starts_with('$'))
+        .unwrap_or_else(|s| panic!("no shell prompt after exit:\n{}", mask(&s)));
     // SAFETY: kill with signal 0 only checks whether the pid exists.
     let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
     assert!(!alive, "twmon {pid} is still running");
