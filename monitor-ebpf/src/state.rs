@@ -49,11 +49,13 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     };
     let e = entry.as_mut_ptr();
     let family = sock::family::<Direct>(sk);
+    // SAFETY: plain helper call.
+    let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_STATE;
         (*e).flags = sock::common_flags::<Direct>(sk) | if in_process { F_IN_PROCESS } else { 0 };
-        (*e).ts_ns = bpf_ktime_get_boot_ns();
+        (*e).ts_ns = ts_ns;
         (*e).cookie = cookie;
         (*e).inode = sock::socket_inode::<Direct>(read::<Direct>(sk, off!(sk_socket)));
         (*e).pid = if in_process {
@@ -79,7 +81,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         };
         (*e).comm = comm;
     }
-    entry.submit(crate::events_wakeup::<StateEvent>());
+    entry.submit(crate::events_wakeup(ts_ns));
     Some(())
 }
 

@@ -144,11 +144,13 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
     let e = entry.as_mut_ptr();
     let family = sock::family::<Probe>(tw);
     let cookie = sock::cookie::<Probe>(tw);
+    // SAFETY: plain helper call.
+    let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_TW;
         (*e).flags = sock::common_flags::<Probe>(tw) | extra;
-        (*e).ts_ns = bpf_ktime_get_boot_ns();
+        (*e).ts_ns = ts_ns;
         (*e).cookie = cookie;
         (*e).tw = tw;
         (*e).expires = expires(tw);
@@ -187,6 +189,6 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
             }
         }
     }
-    entry.submit(crate::events_wakeup::<TwEvent>());
+    entry.submit(crate::events_wakeup(ts_ns));
     Some(())
 }
