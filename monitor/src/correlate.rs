@@ -19,7 +19,7 @@ use crate::event::{
     BindFailed, DiagnosisCode, Endpoint, Event, Holder, KernelHolder, Kind, Process, Proto,
     SocketSeen, Syscall,
 };
-use crate::model::Model;
+use crate::model::{Model, Tracked};
 use crate::rules::{self, ExistingSocket, NetEnv, NewSocket};
 use crate::snapshot::{self, Snapshot};
 
@@ -350,16 +350,21 @@ pub fn explain(
     b: &BindFailed,
     unseen: Option<String>,
 ) -> (Vec<crate::event::Holder>, crate::event::Diagnosis) {
-    let tracked = model.existing(netns, proto);
     // The failing socket itself is in the model (a listen() on a bound
     // socket): it does not block itself.
-    let (tracked, existing): (Vec<_>, Vec<ExistingSocket>) = tracked
+    let is_self = |t: &Tracked| {
+        (b.cookie != 0 && t.sock.cookie == b.cookie) || (b.inode != 0 && t.sock.inode == b.inode)
+    };
+    let (tracked, existing): (Vec<_>, Vec<ExistingSocket>) = model
+        .existing_on_port(netns, proto, b.requested.port())
         .into_iter()
-        .filter(|(t, _)| {
-            !((b.cookie != 0 && t.sock.cookie == b.cookie)
-                || (b.inode != 0 && t.sock.inode == b.inode))
-        })
+        .filter(|(t, _)| !is_self(t))
         .unzip();
+    let sockets_seen = model.namespace(netns).map_or(0, |ns| {
+        ns.sockets()
+            .filter(|t| t.sock.proto == proto && !is_self(t))
+            .count()
+    });
     let owner_of = |s: &ExistingSocket| {
         tracked
             .iter()
@@ -387,7 +392,7 @@ pub fn explain(
         local_port_range: Some(range),
         unprivileged_port_start: Some(env.unprivileged_port_start),
         timewait_in_range: Some(timewait_in_range),
-        sockets_seen: Some(existing.len()),
+        sockets_seen: Some(sockets_seen),
         unseen,
         ..Context::default()
     };
@@ -571,8 +576,10 @@ impl Evidence for Kernel {
         in_netns_file(&file, || {
             let mut seen = Vec::new();
             for proto in [Proto::Tcp, Proto::Udp] {
-                let dump = snapshot::sockdiag::dump(proto).ok()?;
-                seen.extend(dump.iter().map(|d| (d.inode as u64, d.cookie)));
+                snapshot::sockdiag::visit_ports(proto, &[], |d| {
+                    seen.push((d.inode as u64, d.cookie))
+                })
+                .ok()?;
             }
             Some(seen)
         })

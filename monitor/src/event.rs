@@ -521,7 +521,9 @@ pub struct Lost {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Kind {
-    BindFailed(BindFailed),
+    /// Boxed: the largest kind by far (296 bytes), and the rarest; every
+    /// event of the stream would otherwise be as large.
+    BindFailed(Box<BindFailed>),
     Bound(Bound),
     State(StateChange),
     TimewaitOpen(TimewaitOpen),

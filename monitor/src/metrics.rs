@@ -473,7 +473,7 @@ mod tests {
         let mut e = ev(
             1,
             Some(7),
-            Kind::BindFailed(BindFailed {
+            Kind::BindFailed(Box::new(BindFailed {
                 syscall: Syscall::Bind,
                 errno: libc::EADDRINUSE,
                 error: "EADDRINUSE".into(),
@@ -502,7 +502,7 @@ mod tests {
                 holder_mismatch: None,
                 kernel_port: None,
                 port_mismatch: None,
-            }),
+            })),
         );
         e.common.container = container.map(String::from);
         e

@@ -452,15 +452,21 @@ impl Model {
         }
     }
 
-    /// Every socket of `netns` and `proto` as the rules see them, with the
-    /// remaining timewait time filled in at the model's clock.
-    pub fn existing(&self, netns: u32, proto: Proto) -> Vec<(&Tracked, ExistingSocket)> {
+    /// The sockets of `netns` and `proto` on local `port` as the rules see
+    /// them, with the remaining timewait time filled in at the model's
+    /// clock. Only that port: a bind conflicts with nothing else, and a
+    /// copy of every socket per failure cost a churning host's `watch` tens
+    /// of MiB at its peak (heaptrack) and a scan of them each.
+    pub fn existing_on_port(
+        &self,
+        netns: u32,
+        proto: Proto,
+        port: u16,
+    ) -> Vec<(&Tracked, ExistingSocket)> {
         let Some(ns) = self.ns.get(&netns) else {
             return Vec::new();
         };
-        ns.socks
-            .values()
-            .filter(|t| t.sock.proto == proto)
+        ns.on_port(proto, port)
             .map(|t| {
                 let mut s = t.sock.clone();
                 s.expires_in_ms = t.expires_in_ms(self.now_ns);
@@ -718,7 +724,7 @@ mod tests {
             m.apply(&ev(
                 i as u64,
                 Some(1),
-                Kind::BindFailed(BindFailed {
+                Kind::BindFailed(Box::new(BindFailed {
                     syscall: Syscall::Bind,
                     errno: 98,
                     error: "EADDRINUSE".into(),
@@ -741,7 +747,7 @@ mod tests {
                     holder_mismatch: None,
                     kernel_port: None,
                     port_mismatch: None,
-                }),
+                })),
             ));
         }
         assert_eq!(m.failures.len(), MAX_FAILURES);

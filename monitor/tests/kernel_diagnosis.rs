@@ -28,7 +28,7 @@ fn failure_of<'a>(events: &'a [Event], a: &Attempt) -> Option<&'a BindFailed> {
                 && e.common.ts_ns >= a.ts_before_ns
                 && e.common.ts_ns <= a.ts_after_ns =>
         {
-            Some(b)
+            Some(&**b)
         }
         _ => None,
     })

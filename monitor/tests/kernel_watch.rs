@@ -116,7 +116,7 @@ fn check_scenario(p: &Played) -> Vec<String> {
     let failed: Vec<(&Event, &BindFailed)> = ns
         .iter()
         .filter_map(|e| match &e.kind {
-            Kind::BindFailed(b) => Some((*e, b)),
+            Kind::BindFailed(b) => Some((*e, &**b)),
             _ => None,
         })
         .collect();

@@ -361,7 +361,7 @@ impl Enricher {
         } else {
             let errno = -r.ret;
             let has_local = local.port() != 0 || !local.is_unspecified();
-            Kind::BindFailed(BindFailed {
+            Kind::BindFailed(Box::new(BindFailed {
                 syscall,
                 errno,
                 error: errno_name(errno),
@@ -384,7 +384,7 @@ impl Enricher {
                 holder_mismatch: None,
                 kernel_port: self.kernel_port(r, syscall),
                 port_mismatch: None,
-            })
+            }))
         };
         Event { kind, common }
     }

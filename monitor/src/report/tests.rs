@@ -177,7 +177,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
     let mut failed = ev(
         61,
         Some((9, "app")),
-        Kind::BindFailed(BindFailed {
+        Kind::BindFailed(Box::new(BindFailed {
             syscall: Syscall::Bind,
             errno: libc::EADDRINUSE,
             error: "EADDRINUSE".into(),
@@ -212,7 +212,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
             holder_mismatch: None,
             kernel_port: None,
             port_mismatch: None,
-        }),
+        })),
     );
     b.add(&failed);
     if let Kind::BindFailed(f) = &mut failed.kind {

@@ -173,7 +173,7 @@ impl Synth {
         };
         let e = self.ev(
             Some((pid, "nginx")),
-            Kind::BindFailed(BindFailed {
+            Kind::BindFailed(Box::new(BindFailed {
                 syscall: Syscall::Bind,
                 errno: libc::EADDRINUSE,
                 error: "EADDRINUSE".into(),
@@ -203,7 +203,7 @@ impl Synth {
                 holder_mismatch: None,
                 kernel_port: None,
                 port_mismatch: None,
-            }),
+            })),
         );
         self.queue.push_back(e);
     }

@@ -90,7 +90,7 @@ pub fn bound(syscall: Syscall, local: &str, inode: u64) -> Kind {
 }
 
 pub fn failed(requested: &str, holders: Vec<Holder>, d: Diagnosis) -> Kind {
-    Kind::BindFailed(BindFailed {
+    Kind::BindFailed(Box::new(BindFailed {
         syscall: Syscall::Bind,
         errno: 98,
         error: "EADDRINUSE".into(),
@@ -113,7 +113,7 @@ pub fn failed(requested: &str, holders: Vec<Holder>, d: Diagnosis) -> Kind {
         holder_mismatch: None,
         kernel_port: None,
         port_mismatch: None,
-    })
+    }))
 }
 
 const WEB: (u32, &str) = (4100, "web-server");
