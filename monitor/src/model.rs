@@ -93,6 +93,21 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// Slots of the socket table (what it costs, beside what it holds).
+    pub fn capacity(&self) -> usize {
+        self.socks.capacity()
+    }
+
+    /// Give back a table left mostly empty (a census or a sweep retired
+    /// most of it): a hash table keeps its largest size otherwise, and the
+    /// model's is the bulk of twmon's memory.
+    fn shrink(&mut self) {
+        let len = self.socks.len();
+        if self.socks.capacity() > 4 * len.max(1024) {
+            self.socks.shrink_to(2 * len);
+        }
+    }
+
     pub fn sockets(&self) -> impl Iterator<Item = &Tracked> {
         self.socks.values()
     }
@@ -129,6 +144,11 @@ fn existing(proto: Proto, local: Endpoint, state: TcpState) -> ExistingSocket {
 impl Model {
     pub fn new() -> Model {
         Model::default()
+    }
+
+    /// Sockets in the model, every namespace.
+    pub fn socket_count(&self) -> usize {
+        self.ns.values().map(|n| n.socks.len()).sum()
     }
 
     pub fn namespace(&self, netns: u32) -> Option<&Namespace> {
@@ -412,8 +432,12 @@ impl Model {
     /// longer shows; they were closed. That covers the sockets no event
     /// retires (bound-only TCP, UDP) and those whose closing transition has
     /// not reached the model yet (a failed bind can overtake it in a flood).
-    /// Timewait socks are left to their own events and expiry: sock_diag
-    /// names them by a cookie the model may not have.
+    /// Timewait socks too, by the cookie they inherited (sock_diag reports
+    /// the same one): after lost events, those whose end was lost would
+    /// otherwise stay until their expiry plus grace, and under heavy loss
+    /// that is hundreds of thousands (measured: a churning `watch` whose
+    /// socket table doubled to 118 MiB). A timewait sock announced without
+    /// a cookie stays to its own events and expiry.
     pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) {
         let Some(ns) = self.ns.get_mut(&netns) else {
             return;
@@ -426,16 +450,19 @@ impl Model {
         let cookies: HashSet<u64> = seen.iter().map(|s| s.1).filter(|&c| c != 0).collect();
         let mut gone_unretired = 0;
         ns.socks.retain(|_, t| {
-            let gone = !t.sock.timewait
-                && (ports.is_empty() || ports.contains(&t.sock.port))
-                && !inodes.contains(&t.sock.inode)
-                && !cookies.contains(&t.sock.cookie);
+            let shown = if t.sock.timewait {
+                t.sock.cookie == 0 || cookies.contains(&t.sock.cookie)
+            } else {
+                inodes.contains(&t.sock.inode) || cookies.contains(&t.sock.cookie)
+            };
+            let gone = !shown && (ports.is_empty() || ports.contains(&t.sock.port));
             if gone && t.unretired {
                 gone_unretired += 1;
             }
             !gone
         });
         ns.unretired -= gone_unretired;
+        ns.shrink();
     }
 
     fn expire_overdue_tw(&mut self, netns: u32) {
@@ -448,6 +475,7 @@ impl Model {
                 ns.socks.retain(|_, t| {
                     !(t.sock.timewait && t.expires_at_ns.is_some_and(|at| at + TW_GRACE_NS < now))
                 });
+                ns.shrink();
             }
         }
     }
@@ -673,8 +701,8 @@ mod tests {
     }
 
     /// A snapshot that no longer shows a listener (its closing transition
-    /// is still on its way) removes it; timewait socks and other ports stay;
-    /// the late LISTEN -> CLOSE then changes nothing.
+    /// is still on its way) removes it; timewait socks it shows and other
+    /// ports stay; the late LISTEN -> CLOSE then changes nothing.
     #[test]
     fn a_snapshot_retires_what_it_no_longer_shows() {
         use TcpState::*;
@@ -715,6 +743,37 @@ mod tests {
         // A socket the snapshot shows by inode stays.
         m.reconcile(1, &[81], &[(79, 0)]);
         assert_eq!(states(&m).len(), 2);
+        // A timewait sock it no longer shows (its end was lost) goes; one
+        // announced without a cookie cannot be checked and stays.
+        m.apply(&ev(
+            5,
+            None,
+            Kind::TimewaitOpen(TimewaitOpen {
+                local: l.parse().unwrap(),
+                remote: "127.0.0.1:5001".parse().unwrap(),
+                substate: TimeWait,
+                expires_in_ms: 60_000,
+                left_by: None,
+                cookie: 0,
+                reuseaddr: false,
+                reuseport: false,
+            }),
+        ));
+        m.reconcile(1, &[80], &[]);
+        assert_eq!(
+            states(&m),
+            vec![
+                ("127.0.0.1:80".into(), TimeWait),
+                ("127.0.0.1:81".into(), Listen)
+            ]
+        );
+        let left: Vec<u64> = m
+            .namespace(1)
+            .unwrap()
+            .on_port(Proto::Tcp, 80)
+            .map(|t| t.sock.cookie)
+            .collect();
+        assert_eq!(left, vec![0], "the one with cookie 6 was retired");
     }
 
     #[test]
