@@ -47,7 +47,8 @@ impl SockId {
     /// before it closed) is given one later by a sock_diag dump.
     fn tw(proto: Proto, cookie: u64, local: Endpoint, remote: Endpoint) -> [SockId; 2] {
         use std::hash::{Hash, Hasher};
-        // Fixed keys: the same 4-tuple hashes the same in every run.
+        // DefaultHasher::new() has fixed keys: an open and its close hash
+        // alike.
         let mut h = std::hash::DefaultHasher::new();
         (proto, local, remote).hash(&mut h);
         let tuple = SockId::TwTuple(h.finish());
