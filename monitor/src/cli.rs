@@ -82,12 +82,23 @@ pub struct LiveArgs {
     pub filters: Filters,
     #[command(flatten)]
     pub probe: ProbeArgs,
-    /// Also record every event to this trace file.
+    /// Also record every event to this trace file (streams every
+    /// transition, as --full).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Stream every TCP transition and the timewait life from the kernel
+    /// (the event log shows them, TIME_WAIT sockets name who closed first).
+    /// Without it the kernel streams bind, listen and connect results only
+    /// and the sockets are listed from sock_diag every second or more: far
+    /// cheaper on a busy host.
+    #[arg(long)]
+    pub full: bool,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// Draw into memory instead of a terminal (benchmarks).
+    #[arg(long, hide = true)]
+    pub offscreen: bool,
 }
 
 #[derive(Args, Debug, Clone)]

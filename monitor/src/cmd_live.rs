@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::cli::{Filters, LiveArgs};
+use crate::census::{Census, CensusUpdate};
+use crate::cli::{Filters, LiveArgs, ModeArg};
 use crate::correlate::{Correlator, Kernel};
 use crate::event::Event;
 use crate::live::Live;
-use crate::probe::ModeInfo;
+use crate::probe::{ModeInfo, Streams};
 use crate::ui::app::{App, Dashboard};
 use crate::ui::run::{run as run_ui, CrosstermInput, RunOptions, RunStats};
 use crate::ui::source::{EventSource, Poll, Recording, SourceStatus};
@@ -72,6 +73,9 @@ pub struct LiveSource {
     recording: Option<rec::Rec>,
     /// Why recording stopped by itself (a write error).
     record_error: Option<String>,
+    /// Light mode: the sockets come from sock_diag listings, the kernel
+    /// streams bind results only.
+    census: Option<Census>,
 }
 
 impl LiveSource {
@@ -85,6 +89,7 @@ impl LiveSource {
             record_filters: Filters::default(),
             recording: None,
             record_error: None,
+            census: None,
         };
         // The sockets that exist already, in every namespace: the views
         // know the ports before the first event.
@@ -96,6 +101,29 @@ impl LiveSource {
             src.step(ev);
         }
         src
+    }
+
+    /// The light mode's source: `live` streams bind results only (see
+    /// [`crate::probe::Streams::BindsOnly`]); the sockets come from a census
+    /// thread, its first listing right away. The correlator's model holds
+    /// only what failures brought as evidence.
+    pub fn light(live: Live, label: &str) -> LiveSource {
+        // No kernel program tells the flags of a timewait sock here: the
+        // evidence asks the kernel with probe binds (which every twmon's
+        // reader drops, snapshot/flags.rs).
+        let mut kernel = Kernel::new();
+        kernel.probe_timewait = true;
+        LiveSource {
+            live,
+            correlator: Correlator::new(kernel),
+            pending: VecDeque::new(),
+            ended: false,
+            label: label.to_string(),
+            record_filters: Filters::default(),
+            recording: None,
+            record_error: None,
+            census: Some(Census::start()),
+        }
     }
 
     /// Start recording to `path`.
@@ -190,9 +218,17 @@ impl EventSource for LiveSource {
     }
 
     fn status(&self) -> SourceStatus {
+        let mut detail = hooks_label(&self.live.mode);
+        if let Some(c) = &self.census {
+            // Says what the views lack and how to get it.
+            detail.push_str(&format!(
+                " · light: sockets listed every {} s, no transitions (--full)",
+                c.every.as_secs().max(1)
+            ));
+        }
         SourceStatus {
             mode: self.label.clone(),
-            detail: hooks_label(&self.live.mode),
+            detail,
             recording: match (&self.recording, &self.record_error) {
                 (Some(r), _) => Recording::On(r.path()),
                 (None, Some(e)) => Recording::Unavailable(e.clone()),
@@ -201,12 +237,20 @@ impl EventSource for LiveSource {
             speed: None,
             position: None,
             ended: self.ended,
+            light: self.census.is_some(),
         }
+    }
+
+    fn census(&mut self) -> Option<CensusUpdate> {
+        self.census.as_mut()?.try_recv()
     }
 
     fn toggle_recording(&mut self) -> Result<String, String> {
         if let Some(r) = self.stop_recording() {
             return r;
+        }
+        if self.census.is_some() {
+            return Err("light mode streams no transitions to record: restart with --full, or twmon live --record FILE".into());
         }
         let stamp = time::OffsetDateTime::now_utc()
             .format(time::macros::format_description!(
@@ -319,19 +363,36 @@ pub fn report_stats(stats: &RunStats) {
     }
 }
 
+/// Does this dashboard stream everything from the kernel? Light (the
+/// default) unless asked, or a recording or precise mode's function hooks
+/// need the full stream.
+pub fn full_stream(args: &LiveArgs) -> bool {
+    args.full || args.record.is_some() || args.probe.mode == ModeArg::Precise
+}
+
 pub fn run(args: &LiveArgs) -> anyhow::Result<i32> {
-    if !on_a_terminal() {
+    if !args.offscreen && !on_a_terminal() {
         eprintln!("twmon live: the dashboard needs a terminal; for lines use `twmon watch` (or `twmon record -o FILE`)");
         return Ok(2);
     }
-    let live = match Live::start(args.probe.mode) {
+    let full = full_stream(args);
+    let stream = if full {
+        Streams::All
+    } else {
+        Streams::BindsOnly
+    };
+    let live = match Live::start_streaming(args.probe.mode, stream) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("twmon: {e}");
             return Ok(e.exit_code());
         }
     };
-    let mut source = LiveSource::new(live, "live");
+    let mut source = if full {
+        LiveSource::new(live, "live")
+    } else {
+        LiveSource::light(live, "live")
+    };
     source.record_filters = args.filters.clone();
     if let Some(path) = &args.record {
         if let Err(e) = source.start_recording(path.clone()) {
@@ -350,12 +411,52 @@ pub fn run(args: &LiveArgs) -> anyhow::Result<i32> {
         duration: args.duration.map(Duration::from_secs_f64),
         ..RunOptions::default()
     };
-    let stats = dashboard(&mut source, app, &opts);
+    let stats = if args.offscreen {
+        offscreen(&mut source, app, &opts)
+    } else {
+        dashboard(&mut source, app, &opts)
+    };
     if let Some(msg) = source.finish() {
         eprintln!("twmon: {msg}");
     }
     drop(source); // detaches every program
     let stats = stats?;
+    if args.offscreen {
+        eprintln!(
+            "twmon: dashboard off-screen: {} frames, {} events, lost {}",
+            stats.frames, stats.events, stats.lost
+        );
+    }
     report_stats(&stats);
     Ok(0)
+}
+
+/// The dashboard drawn into memory instead of a terminal, every frame as
+/// on screen, until SIGINT/SIGTERM or the duration: what it costs a busy
+/// host, measured by `cargo xtask bench` without a terminal.
+pub fn offscreen<S: EventSource + ?Sized>(
+    source: &mut S,
+    app: App,
+    opts: &RunOptions,
+) -> anyhow::Result<RunStats> {
+    crate::ui::terminal::catch_signals();
+    let mut dash = Dashboard::new(app);
+    let mut term = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48))?;
+    eprintln!(
+        "twmon: dashboard drawn off-screen ({})",
+        source.status().detail
+    );
+    let mut stats = run_ui(&mut term, source, &mut dash, &mut NoKeys, opts)?;
+    stats.lost = dash.lost();
+    Ok(stats)
+}
+
+/// No keyboard: waits out the time asked.
+struct NoKeys;
+
+impl crate::ui::run::Input for NoKeys {
+    fn next(&mut self, wait: Duration) -> std::io::Result<Option<crossterm::event::Event>> {
+        std::thread::sleep(wait);
+        Ok(None)
+    }
 }

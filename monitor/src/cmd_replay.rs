@@ -321,6 +321,7 @@ impl EventSource for ReplaySource {
                 self.rel(self.end_ns)
             )),
             ended: self.pos >= self.events.len(),
+            light: false,
             // (Not "unavailable": that takes the room of the file name.)
             recording: Recording::Off,
         }

@@ -457,6 +457,11 @@ pub struct Kernel {
     cache: HashMap<(u32, Vec<u16>), Instant>,
     /// Why the last snapshot could not be taken.
     failure: Option<String>,
+    /// Learn timewait sockets' flags with probe binds (see
+    /// snapshot/flags.rs): only when no kernel program reports them (the
+    /// dashboard's light mode). The probes are binds of twmon's own, which
+    /// its source then drops.
+    pub probe_timewait: bool,
 }
 
 const CACHE_FOR: Duration = Duration::from_millis(200);
@@ -467,6 +472,7 @@ impl Kernel {
             paths: HashMap::new(),
             cache: HashMap::new(),
             failure: None,
+            probe_timewait: false,
         }
     }
 
@@ -627,8 +633,7 @@ impl Evidence for Kernel {
         let opts = snapshot::Options {
             ports: ports.to_vec(),
             read_flags: true,
-            // The kernel programs report timewait flags; no probe binds.
-            probe_timewait: false,
+            probe_timewait: self.probe_timewait,
         };
         let snap = match in_netns_file(&file, || snapshot::take(&opts)) {
             Some(Ok(s)) => s,

@@ -3,6 +3,7 @@
 //! Data flows one way: kernel programs -> ring buffers -> [`probe`] decoder ->
 //! typed [`event`]s -> (recorder) -> model -> diagnosis -> views or JSON lines.
 
+pub mod census;
 pub mod cli;
 pub mod cmd_check;
 pub mod cmd_demo;

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::ModeArg;
 use crate::event::Event;
-use crate::probe::{ModeInfo, Probe, ProbeError};
+use crate::probe::{ModeInfo, Probe, ProbeError, Streams};
 
 pub struct Live {
     /// Bind results and lost counts: few, and what the user waits for.
@@ -39,7 +39,12 @@ fn release_freed_memory() {
 impl Live {
     /// Load and attach the programs; events start flowing at once.
     pub fn start(mode: ModeArg) -> Result<Live, ProbeError> {
-        let probe = Probe::load(mode)?;
+        Live::start_streaming(mode, Streams::All)
+    }
+
+    /// [`Live::start`] with only some of the kernel's streams.
+    pub fn start_streaming(mode: ModeArg, stream: Streams) -> Result<Live, ProbeError> {
+        let probe = Probe::load(mode, stream)?;
         release_freed_memory();
         let mode = probe.mode.clone();
         // Two channels so that a failed bind never waits behind a queue of

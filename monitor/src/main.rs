@@ -21,6 +21,8 @@ fn main() -> ExitCode {
                 filters: Default::default(),
                 probe: Default::default(),
                 record: None,
+                full: false,
+                offscreen: false,
                 duration: None,
             })
         }

@@ -207,6 +207,32 @@ impl Model {
         self.expire_overdue_tw(netns);
     }
 
+    /// A census (light mode) showed `s` new or in a new state: the entry
+    /// under its cookie is replaced, whatever it was (an established
+    /// socket's timewait sock has the same cookie but another key).
+    pub fn census_seen(&mut self, netns: u32, proto: Proto, s: &SocketSeen, ts: u64) {
+        self.forget(netns, s.cookie);
+        self.seen(netns, proto, s, ts);
+    }
+
+    /// A census no longer shows the socket with this cookie.
+    pub fn forget(&mut self, netns: u32, cookie: u64) {
+        for id in [SockId::Cookie(cookie), SockId::Tw(cookie)] {
+            self.remove(netns, &id);
+        }
+    }
+
+    /// Forget a namespace whose sockets all went (a census found it empty).
+    pub fn shrink_namespace(&mut self, netns: u32) {
+        if let Some(ns) = self.ns.get_mut(&netns) {
+            if ns.socks.is_empty() {
+                self.ns.remove(&netns);
+            } else {
+                ns.shrink();
+            }
+        }
+    }
+
     fn insert(&mut self, netns: u32, id: SockId, mut t: Tracked) {
         self.seq += 1;
         t.seq = self.seq;

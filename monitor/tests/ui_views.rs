@@ -98,6 +98,21 @@ fn help_lists_every_key() {
     }
 }
 
+/// Light mode (the live default): the status line says what is not
+/// streamed, and the detail does not claim that no client was refused.
+#[test]
+fn light_mode_status_and_detail() {
+    let mut d = dashboard(END);
+    d.app.source.mode = "live".into();
+    d.app.source.detail =
+        "tracepoint: sys_exit · light: sockets listed every 1 s, no transitions (--full)".into();
+    d.app.source.light = true;
+    let s = screen(&d, 160, 48);
+    assert!(s.contains("not counted in light mode"), "{s}");
+    assert!(!s.contains("No client refused"), "{s}");
+    insta::assert_snapshot!("light_mode_160x48", s);
+}
+
 #[test]
 fn demo_banner_pause_and_recording() {
     let mut d = dashboard(END);

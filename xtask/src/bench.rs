@@ -41,7 +41,7 @@ pub struct BenchArgs {
     /// start-up measurement; 0 skips it.
     #[arg(long, default_value_t = 100_000)]
     pub startup: u64,
-    /// Only these configurations (baseline,watch,record,tcpstates,bpftrace).
+    /// Only these configurations (baseline,watch,record,dashboard,dashboard-full,tcpstates,bpftrace).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// apt-get install libbpf-tools and bpftrace when missing (for comparison).
@@ -110,16 +110,28 @@ enum Config {
     Baseline,
     Watch,
     Record,
+    /// `twmon live`: light by default, drawn off-screen.
+    Dashboard,
+    DashboardFull,
     Tcpstates,
     Bpftrace,
 }
 
 impl Config {
+    fn is_twmon(self) -> bool {
+        matches!(
+            self,
+            Config::Watch | Config::Record | Config::Dashboard | Config::DashboardFull
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Config::Baseline => "baseline",
             Config::Watch => "watch",
             Config::Record => "record",
+            Config::Dashboard => "dashboard",
+            Config::DashboardFull => "dashboard-full",
             Config::Tcpstates => "tcpstates",
             Config::Bpftrace => "bpftrace",
         }
@@ -129,6 +141,12 @@ impl Config {
             Config::Baseline => "nothing attached",
             Config::Watch => "`twmon watch --json` (stdout read and counted)",
             Config::Record => "`twmon record -o /tmp/twmon-bench.trace`",
+            Config::Dashboard => {
+                "`twmon live` in its default light mode (bind results streamed, sockets listed from sock_diag), drawn off-screen at 160x48"
+            }
+            Config::DashboardFull => {
+                "`twmon live --full` (every transition streamed), drawn off-screen at 160x48"
+            }
             Config::Tcpstates => "libbpf-tools `tcpstates` (stdout read and counted)",
             Config::Bpftrace => {
                 "`bpftrace` printf on `tracepoint:sock:inet_sock_set_state` (stdout read and counted)"
@@ -276,6 +294,14 @@ impl Tool {
                     let mut c = Command::new(twmon);
                     c.args(["record", "-o"]).arg(trace).arg("--force");
                     (c, Some("twmon: recording to "), false)
+                }
+                Config::Dashboard | Config::DashboardFull => {
+                    let mut c = Command::new(twmon);
+                    c.args(["live", "--offscreen"]);
+                    if config == Config::DashboardFull {
+                        c.arg("--full");
+                    }
+                    (c, Some("twmon: dashboard drawn off-screen"), false)
                 }
                 Config::Tcpstates => (Command::new("tcpstates"), None, true),
                 Config::Bpftrace => {
@@ -465,6 +491,18 @@ fn one_run(
                 run.lines = num_after(l, "twmon: recorded ").unwrap_or(0);
             }
             run.events_note = "events in the trace".into();
+        }
+        if matches!(config, Config::Dashboard | Config::DashboardFull) {
+            // "twmon: dashboard off-screen: F frames, E events, lost L"
+            if let Some(l) = s
+                .stderr
+                .iter()
+                .find(|l| l.starts_with("twmon: dashboard off-screen: "))
+            {
+                run.lines = num_after(l, "frames, ").unwrap_or(0);
+                run.lost = num_after(l, "lost ").unwrap_or(0);
+            }
+            run.events_note = "events the dashboard applied".into();
         }
     }
     Ok(run)
@@ -834,7 +872,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let trace = PathBuf::from(format!("/tmp/twmon-bench-{}.trace", std::process::id()));
     let mut notes = Vec::new();
-    let mut configs = vec![Config::Baseline, Config::Watch, Config::Record];
+    let mut configs = vec![
+        Config::Baseline,
+        Config::Watch,
+        Config::Record,
+        Config::Dashboard,
+        Config::DashboardFull,
+    ];
     let record_ok = cmd::probe(Command::new(&twmon).args(["record", "--help"])).is_some();
     if !record_ok {
         configs.retain(|c| *c != Config::Record);
@@ -1025,7 +1069,7 @@ fn render(
                     format!("{cpu:.0}"),
                     format!("{hwm:.1}"),
                     format!("{lines:.0}"),
-                    if *c == Config::Watch || *c == Config::Record {
+                    if c.is_twmon() {
                         format!("{lost:.0}")
                     } else {
                         "n/a".into()
@@ -1037,6 +1081,16 @@ fn render(
                 c.name(),
                 ratio * 100.0
             ));
+            if *c == Config::Dashboard {
+                let ok = ratio >= 0.97 && lost_total == 0;
+                verdicts.push(format!(
+                    "{} dashboard (light, default) on {}: {:.0} % of baseline (target ≥ 97 %), {} lost",
+                    if ok { "MET " } else { "MISS" },
+                    load.name(),
+                    ratio * 100.0,
+                    lost_total,
+                ));
+            }
             if matches!(c, Config::Watch | Config::Record) {
                 let rec_lost = if *c == Config::Record {
                     " (record's lost events are inside the trace, not counted here)"

@@ -305,6 +305,12 @@ impl Enricher {
                 None
             }
             Raw::SockCall(r) => {
+                // Probe binds of a twmon (snapshot/flags.rs), refused on
+                // purpose: not the host's failures.
+                if cstr(&r.comm) == crate::snapshot::flags::PROBE_COMM {
+                    self.pending_conflicts.remove(&r.tid);
+                    return None;
+                }
                 let mut ev = self.sock_call(r);
                 // The conflicts record, if any, came just before this one.
                 self.pending_conflicts.remove(&r.tid);
@@ -625,6 +631,32 @@ mod tests {
         for (funcs, want) in cases {
             assert_eq!(classify_cancel(funcs), *want, "{funcs:?}");
         }
+    }
+
+    /// A twmon's probe binds (snapshot/flags.rs) are refused on purpose:
+    /// dropped, whichever twmon made them; the same bind by anyone else is
+    /// a failure.
+    #[test]
+    fn probe_binds_are_not_failures() {
+        let mut e = Enricher::new(0, 250, None);
+        let mut r: SockCallEvent = zeroed();
+        r.kind = KIND_SOCK_CALL;
+        r.syscall = NR_BIND;
+        r.ret = -98;
+        r.protocol = 6;
+        r.sk_family = 2;
+        r.req_family = 2;
+        r.req_port = 7100;
+        r.flags = F_HAVE_REQUEST | F_REUSEADDR;
+        let probe = crate::snapshot::flags::PROBE_COMM.as_bytes();
+        r.comm[..probe.len()].copy_from_slice(probe);
+        assert_eq!(e.enrich(&Raw::SockCall(r)), None);
+        r.comm = [0; 16];
+        r.comm[..6].copy_from_slice(b"server");
+        assert!(matches!(
+            e.enrich(&Raw::SockCall(r)).map(|ev| ev.kind),
+            Some(Kind::BindFailed(_))
+        ));
     }
 
     #[test]

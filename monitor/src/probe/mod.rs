@@ -92,8 +92,21 @@ const PROGRAMS: &[(&str, &str)] = &[
 /// Hooks whose absence only degrades one answer (named in the notes).
 const OPTIONAL: &[&str] = &["tcp_send_reset"];
 
+/// What the kernel streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streams {
+    /// Every hook: bind results, every TCP transition, the timewait life.
+    All,
+    /// Only bind/listen/connect results (`sys_exit`): the light mode of the
+    /// dashboard, which counts sockets from sock_diag instead. The state
+    /// and timer tracepoints fire some 25 times per connection on a busy
+    /// host; this one once per system call, and returns at once for all
+    /// but three of them.
+    BindsOnly,
+}
+
 impl Probe {
-    pub fn load(mode: ModeArg) -> Result<Probe, ProbeError> {
+    pub fn load(mode: ModeArg, stream: Streams) -> Result<Probe, ProbeError> {
         if let Some(missing) = sys::missing_caps(sys::effective_caps()) {
             return Err(ProbeError::Privileges(missing));
         }
@@ -120,8 +133,9 @@ impl Probe {
         // What the kernel allows for precise mode, found before aya parses
         // the BTF too: each parse holds tens of MB while it lives, and
         // doing them one after the other keeps the start-up peak lower.
-        let kernel_facts =
-            (mode != ModeArg::Tracepoint).then(|| mode::KernelFacts::probe(&precise::targets()));
+        let light = stream == Streams::BindsOnly;
+        let kernel_facts = (mode != ModeArg::Tracepoint && !light)
+            .then(|| mode::KernelFacts::probe(&precise::targets()));
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .load(OBJECT)
@@ -131,6 +145,9 @@ impl Probe {
         let mut hooks = Vec::new();
         for (prog, tp) in PROGRAMS {
             if tp.starts_with("timer_") && offsets.tw_timer_handler == 0 {
+                continue;
+            }
+            if light && *tp != "sys_exit" {
                 continue;
             }
             let p: &mut BtfTracePoint = ebpf
@@ -158,6 +175,10 @@ impl Probe {
         let mut enricher = Enricher::new(sys::boot_to_unix_offset_ns(), hz, syms);
         let mut live: Vec<&str> = Vec::new();
         let (mode_name, why) = match mode {
+            _ if light => (
+                "tracepoint",
+                "light mode: the kernel streams bind, listen and connect results only; sockets are counted from sock_diag".to_string(),
+            ),
             ModeArg::Tracepoint => ("tracepoint", "tracepoint mode, as asked".to_string()),
             ModeArg::Auto | ModeArg::Precise => {
                 let facts = kernel_facts.expect("probed above unless tracepoint mode");
@@ -200,7 +221,7 @@ impl Probe {
             && hooks.iter().any(|h| h == "tp_btf/tcp_send_reset"))
             || (live.contains(&"tcp_v4_send_reset") && live.contains(&"tcp_v6_send_reset"));
         enricher.set_resets_marked(reset_seen);
-        if !reset_seen && offsets.tw_timer_handler != 0 {
+        if !reset_seen && offsets.tw_timer_handler != 0 && !light {
             notes.push(
                 "this kernel's tcp_send_reset tracepoint skips timewait socks (before 6.10) and no hook on tcp_v4/v6_send_reset is live: a timewait killed after a RST it sent and one taken over by a SYN look alike, and both end as \"unknown\"".into(),
             );

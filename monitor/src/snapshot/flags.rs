@@ -92,16 +92,72 @@ pub fn probe_tcp(addr: std::net::SocketAddr, v6only: bool, flag: ProbeFlag) -> O
     if addr.is_ipv6() {
         s.set_only_v6(v6only).ok()?;
     }
-    match s.bind(&SockAddr::from(addr)) {
+    let bound = {
+        let _named = ProbeName::enter();
+        s.bind(&SockAddr::from(addr))
+    };
+    match bound {
         Ok(()) => Some(true),
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Some(false),
         Err(_) => None,
     }
 }
 
+/// The thread name a probe bind runs under: every twmon's kernel programs
+/// see it, and their readers drop such binds (monitor's probe/enrich.rs),
+/// since refusing some of them is what a probe is for; another twmon
+/// watching the host would report them as failures otherwise.
+pub const PROBE_COMM: &str = "twmon-probe";
+
+/// The calling thread named [`PROBE_COMM`] while it lives; its own name
+/// back after.
+struct ProbeName([u8; 16]);
+
+impl ProbeName {
+    fn enter() -> ProbeName {
+        let mut old = [0u8; 16];
+        let mut probe = [0u8; 16];
+        probe[..PROBE_COMM.len()].copy_from_slice(PROBE_COMM.as_bytes());
+        // SAFETY: PR_GET_NAME writes at most 16 bytes into `old`;
+        // PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe {
+            libc::prctl(libc::PR_GET_NAME, old.as_mut_ptr());
+            libc::prctl(libc::PR_SET_NAME, probe.as_ptr());
+        }
+        ProbeName(old)
+    }
+}
+
+impl Drop for ProbeName {
+    fn drop(&mut self) {
+        // SAFETY: as above, `self.0` is NUL-terminated (16 bytes, the
+        // kernel's at most 15 plus NUL).
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, self.0.as_ptr());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe bind runs under PROBE_COMM and gives the thread its name
+    /// back.
+    #[test]
+    fn a_probe_keeps_the_thread_name() {
+        let name = || std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+        let before = name();
+        let inside = {
+            let _n = ProbeName::enter();
+            name()
+        };
+        assert_eq!(inside.trim_end(), PROBE_COMM);
+        assert_eq!(name(), before);
+        let addr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(probe_tcp(addr, false, ProbeFlag::ReuseAddr), Some(true));
+        assert_eq!(name(), before);
+    }
 
     #[test]
     fn reads_flags_of_our_own_sockets() {

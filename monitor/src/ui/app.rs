@@ -716,6 +716,38 @@ impl Dashboard {
         self.app.on_event(ev, &self.model);
     }
 
+    /// What a census (light mode) found changed: the model follows it, the
+    /// event log does not (nothing happened that an event would tell).
+    pub fn census(&mut self, u: &crate::census::CensusUpdate) {
+        for ns in &u.namespaces {
+            if !self.app.in_scope(ns.netns) {
+                continue;
+            }
+            let netns = ns.netns;
+            for &cookie in &ns.gone {
+                self.model.forget(netns, cookie);
+                self.app.cw_since.remove(&(netns, cookie));
+            }
+            for s in &ns.seen {
+                self.model.census_seen(netns, Proto::Tcp, s, u.ts_ns);
+                let key = (netns, s.cookie);
+                if !s.timewait && s.state == TcpState::CloseWait {
+                    // Entered CLOSE_WAIT since the last census (or was
+                    // first seen in it).
+                    if self.app.cw_since.len() < MAX_CW_SINCE {
+                        self.app.cw_since.entry(key).or_insert(u.ts_ns);
+                    }
+                } else {
+                    self.app.cw_since.remove(&key);
+                }
+            }
+            self.model.shrink_namespace(netns);
+            self.app.netns_seen.insert(netns);
+        }
+        self.app
+            .set_clock(u.ts_ns.max(self.model.now_ns), &self.model);
+    }
+
     /// Apply up to `max` queued events (after a pause); how many are left.
     pub fn pump(&mut self, max: usize) -> usize {
         if self.app.paused && !self.source_pauses {
@@ -770,5 +802,86 @@ impl Dashboard {
         self.model = Model::new();
         self.queue.clear();
         self.app.reset_data();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::census::{CensusUpdate, NsChanges};
+    use crate::event::SocketSeen;
+
+    fn sock(port: u16, state: TcpState, timewait: bool, cookie: u64) -> SocketSeen {
+        let ip = "127.0.0.1".parse().unwrap();
+        SocketSeen {
+            local: Endpoint::new(ip, port),
+            remote: (state != TcpState::Listen).then(|| Endpoint::new(ip, 40_000 + cookie as u16)),
+            state,
+            timewait,
+            uid: 0,
+            inode: if timewait { 0 } else { cookie + 100 },
+            cookie,
+            reuseaddr: None,
+            reuseport: None,
+            v6only: false,
+            bound_dev_if: 0,
+            expires_in_ms: timewait.then_some(60_000),
+            owner: None,
+        }
+    }
+
+    fn update(ts_s: u64, seen: Vec<SocketSeen>, gone: Vec<u64>) -> CensusUpdate {
+        CensusUpdate {
+            ts_ns: ts_s * 1_000_000_000,
+            namespaces: vec![NsChanges {
+                netns: 7,
+                seen,
+                gone,
+            }],
+            ..CensusUpdate::default()
+        }
+    }
+
+    /// (port, LISTEN, ESTAB, CLOSE_WAIT, TIME_WAIT) of every row.
+    fn counts(d: &Dashboard) -> Vec<(u16, u32, u32, u32, u32)> {
+        let mut v: Vec<_> = rows::ports(&d.app, &d.model)
+            .into_iter()
+            .map(|r| (r.port, r.listen, r.established, r.close_wait, r.time_wait))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Light mode: what a census says is what the views show; a socket
+    /// that changed state (same cookie) is counted once, in its new state,
+    /// and one no longer listed is gone. The event log stays empty.
+    #[test]
+    fn census_changes_drive_the_port_counts() {
+        let mut d = Dashboard::new(App::new());
+        d.census(&update(
+            10,
+            vec![
+                sock(80, TcpState::Listen, false, 1),
+                sock(80, TcpState::Established, false, 2),
+                sock(80, TcpState::Established, false, 3),
+            ],
+            vec![],
+        ));
+        assert_eq!(counts(&d), vec![(80, 1, 2, 0, 0)]);
+        d.census(&update(
+            11,
+            vec![
+                sock(80, TcpState::CloseWait, false, 2),
+                sock(80, TcpState::TimeWait, true, 3),
+            ],
+            vec![],
+        ));
+        assert_eq!(counts(&d), vec![(80, 1, 0, 1, 1)]);
+        assert_eq!(d.app.cw_since(7, 2), Some(11_000_000_000));
+        d.census(&update(12, vec![], vec![2, 3]));
+        assert_eq!(counts(&d), vec![(80, 1, 0, 0, 0)]);
+        assert_eq!(d.app.cw_since(7, 2), None);
+        assert!(d.app.log_lines().is_empty());
+        assert_eq!(d.model.socket_count(), 1);
     }
 }

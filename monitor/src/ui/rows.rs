@@ -42,7 +42,10 @@ pub struct PortRow {
     pub failures: u32,
     /// Processes owning sockets on it.
     pub owners: BTreeSet<(u32, String)>,
-    pub addrs: BTreeSet<String>,
+    /// Kept as addresses, formatted only when filtered on: the view is
+    /// built every frame from every socket, and a string per socket was
+    /// most of a churning dashboard's allocations (perf).
+    pub addrs: BTreeSet<std::net::IpAddr>,
 }
 
 impl PortRow {
@@ -53,7 +56,7 @@ impl PortRow {
             h.num(*pid).text(comm.as_str());
         }
         for a in &self.addrs {
-            h.text(a.as_str());
+            h.text(a.to_string());
         }
         h
     }
@@ -91,7 +94,7 @@ pub fn ports(app: &App, model: &Model) -> Vec<PortRow> {
             if let Some(o) = &t.owner {
                 r.owners.insert((o.pid, o.comm.clone()));
             }
-            r.addrs.insert(t.sock.local.to_string());
+            r.addrs.insert(t.sock.local);
         }
     }
     for f in app.all_failures() {

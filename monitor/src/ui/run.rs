@@ -109,6 +109,8 @@ pub struct RunStats {
     pub max_key_to_frame: Duration,
     pub total_key_to_frame: Duration,
     pub elapsed: Duration,
+    /// Events the kernel could not hand over (set by the caller).
+    pub lost: u64,
 }
 
 impl RunStats {
@@ -205,6 +207,12 @@ where
             if t0.elapsed() >= opts.drain_budget {
                 backlog = true;
                 break;
+            }
+        }
+        // A paused view holds still: the census waits (its thread too).
+        if !dash.app.paused {
+            if let Some(c) = source.census() {
+                dash.census(&c);
             }
         }
         let ui_ms = start.elapsed().as_millis() as u64;

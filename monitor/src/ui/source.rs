@@ -50,6 +50,9 @@ pub struct SourceStatus {
     pub position: Option<String>,
     /// The source has ended.
     pub ended: bool,
+    /// Live light mode: no transitions are streamed (no refused connects,
+    /// no timewait owners).
+    pub light: bool,
 }
 
 /// A caption above the views (the demo's scenarios).
@@ -74,6 +77,12 @@ pub trait EventSource {
     /// follows the events alone. Drives TIME_WAIT countdowns and the
     /// one-sample-per-second history when no event comes.
     fn clock_ns(&self) -> Option<u64> {
+        None
+    }
+
+    /// What a census of the kernel's sockets found changed since the last
+    /// one (live light mode); None for sources of events only.
+    fn census(&mut self) -> Option<crate::census::CensusUpdate> {
         None
     }
 

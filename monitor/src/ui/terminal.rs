@@ -71,6 +71,12 @@ extern "C" fn on_signal(_: libc::c_int) {
     TERMINATE.store(true, Ordering::SeqCst);
 }
 
+/// SIGTERM, SIGINT and SIGHUP raise the flag of [`terminate_requested`]
+/// (without a terminal to restore: the off-screen dashboard).
+pub fn catch_signals() {
+    install_hooks();
+}
+
 fn install_hooks() {
     HOOKS.call_once(|| {
         let previous = std::panic::take_hook();

@@ -245,6 +245,11 @@ fn lines<'a>(
         let window = REFUSED_WINDOW_NS / 1_000_000_000;
         let port = b.requested.port();
         let text = match fr.refused {
+            // Refused connects are transitions, which light mode does not
+            // stream: "none" would be a claim it cannot make.
+            0 if app.source.light => format!(
+                "Clients refused on port {port} are not counted in light mode (twmon live --full counts them)."
+            ),
             0 => format!("No client refused on port {port} since (watched {window} s)."),
             1 => format!("1 client refused on port {port} since: nothing listens there."),
             k => format!("{k} clients refused on port {port} since: nothing listens there."),

@@ -13,12 +13,26 @@ use crate::ui::rows;
 use crate::ui::theme::Theme;
 
 /// A count right-aligned in `w` columns, "·" for none.
+/// A count right-aligned in `w` columns; one too wide for them is shown in
+/// thousands or millions (24952 in three columns is "25k"), never cut.
 fn num(n: u32, w: usize) -> String {
     if n == 0 {
-        format!("{:>w$}", "·")
-    } else {
-        format!("{n:>w$}")
+        return format!("{:>w$}", "·");
     }
+    let round = |unit: u32| (n as u64 + unit as u64 / 2) / unit as u64;
+    let tenths = round(100_000);
+    let forms = [
+        n.to_string(),
+        format!("{}k", round(1_000)),
+        // 262,144 in three columns.
+        if tenths < 10 {
+            format!(".{tenths}M")
+        } else {
+            format!("{}M", round(1_000_000))
+        },
+    ];
+    let s = forms.iter().find(|s| s.len() <= w).unwrap_or(&forms[2]);
+    format!("{s:>w$}")
 }
 
 pub(super) fn render(
@@ -143,4 +157,26 @@ pub(super) fn render(
         },
         sel,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_fit_their_column() {
+        for (n, w, shown) in [
+            (0, 3, "  ·"),
+            (7, 3, "  7"),
+            (999, 3, "999"),
+            (1_000, 3, " 1k"),
+            (24_952, 3, "25k"),
+            (24_952, 9, "    24952"),
+            (262_144, 3, ".3M"),
+            (262_144, 4, "262k"),
+            (960_000, 3, " 1M"),
+            (1_400_000, 3, " 1M"),
+            (1_400_000, 9, "  1400000"),
+        ] {
+            assert_eq!(super::num(n, w), shown, "{n} in {w} columns");
+        }
+    }
 }
