@@ -33,10 +33,15 @@ const LATEST: Duration = Duration::from_secs(30);
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct NsChanges {
     pub netns: u32,
-    /// New sockets, and those whose state changed.
+    /// New sockets, and those whose state changed (not timewait socks).
     pub seen: Vec<SocketSeen>,
     /// Cookies of the sockets the listing no longer shows.
     pub gone: Vec<u64>,
+    /// Timewait socks per local port, all of them: counted, not handed on
+    /// one by one. They are most of a busy host's sockets (262,144 here
+    /// when clients close first) and nothing in the views needs them one
+    /// by one; as sockets they made the dashboard's model hundreds of MiB.
+    pub timewait: Vec<(u16, u32)>,
 }
 
 /// One listing's changes, every namespace.
@@ -66,6 +71,14 @@ struct Known {
     round: u64,
 }
 
+/// One namespace's listing.
+#[derive(Default)]
+struct Walked {
+    changed: Vec<ExistingSocket>,
+    gone: Vec<u64>,
+    timewait: HashMap<u16, u32>,
+}
+
 /// The listings' memory, per namespace: cookie -> what was shown.
 #[derive(Default)]
 pub struct Lister {
@@ -81,7 +94,7 @@ impl Lister {
         self.round += 1;
         let round = self.round;
         let own = own_netns();
-        let mut found: Vec<(u32, Vec<ExistingSocket>, Vec<u64>)> = Vec::new();
+        let mut found: Vec<(u32, Walked)> = Vec::new();
         let mut notes = Vec::new();
         let targets = all_netns();
         for (&netns, path) in &targets {
@@ -93,7 +106,7 @@ impl Lister {
                 correlate::in_netns(path, walk)
             };
             match r {
-                Some(Ok((changed, gone))) => found.push((netns, changed, gone)),
+                Some(Ok(w)) => found.push((netns, w)),
                 Some(Err(e)) => notes.push(format!("namespace {netns} could not be listed: {e}")),
                 None => notes.push(format!("namespace {netns} could not be entered")),
             }
@@ -107,29 +120,36 @@ impl Lister {
             .collect();
         for netns in vanished {
             let gone = self.known.remove(&netns).unwrap_or_default();
-            found.push((netns, Vec::new(), gone.into_keys().collect()));
+            found.push((
+                netns,
+                Walked {
+                    gone: gone.into_keys().collect(),
+                    ..Walked::default()
+                },
+            ));
         }
         // One scan of /proc names the owners of every new socket.
         let wanted: HashSet<u64> = found
             .iter()
-            .flat_map(|(_, c, _)| c.iter())
-            .filter(|s| s.inode != 0 && !s.is_timewait())
+            .flat_map(|(_, w)| w.changed.iter())
+            .filter(|s| s.inode != 0)
             .map(|s| s.inode)
             .collect();
         let owners = OwnerMap::scan_wanted(&wanted);
         let namespaces = found
             .into_iter()
-            .filter(|(_, c, g)| !c.is_empty() || !g.is_empty())
-            .map(|(netns, changed, gone)| NsChanges {
+            .map(|(netns, w)| NsChanges {
                 netns,
-                seen: changed
+                seen: w
+                    .changed
                     .iter()
                     .map(|s| {
                         let owner = (s.inode != 0).then(|| owners.first(s.inode)).flatten();
                         correlate::socket_seen(s, owner)
                     })
                     .collect(),
-                gone,
+                gone: w.gone,
+                timewait: w.timewait.into_iter().collect(),
             })
             .collect();
         let took = start.elapsed();
@@ -142,13 +162,10 @@ impl Lister {
         }
     }
 
-    /// The calling thread's namespace: its changed sockets and the cookies
-    /// of those gone, `known` brought up to date.
-    fn walk(
-        known: &mut HashMap<u64, Known>,
-        round: u64,
-    ) -> std::io::Result<(Vec<ExistingSocket>, Vec<u64>)> {
-        let mut changed = Vec::new();
+    /// The calling thread's namespace: its changed sockets, the cookies of
+    /// those gone and the timewait tally, `known` brought up to date.
+    fn walk(known: &mut HashMap<u64, Known>, round: u64) -> std::io::Result<Walked> {
+        let mut w = Walked::default();
         // Every namespace shares the kernel's one table of connections
         // (unless tcp_child_ehash_entries gave it its own), so a listing
         // walks all of it, 262,144 buckets here, twice (v4, v6), whatever
@@ -156,34 +173,41 @@ impl Lister {
         // socket that is only bound is not counted there and stays unseen
         // in an otherwise empty namespace; a failing bind still finds it.)
         if tcp_sockets_here() == Some(0) {
-            let gone = known.drain().map(|(cookie, _)| cookie).collect();
-            return Ok((changed, gone));
+            w.gone = known.drain().map(|(cookie, _)| cookie).collect();
+            return Ok(w);
         }
         snapshot::sockdiag::visit_ports(Proto::Tcp, &[], |d| {
             if d.cookie == 0 {
                 return;
             }
+            let timewait = d.is_timewait();
+            if timewait {
+                *w.timewait.entry(d.local.port()).or_default() += 1;
+            }
             let now = Known {
                 state: d.state,
                 round,
             };
+            // Timewait socks are known by cookie too: the socket they came
+            // from is gone then, and so is the failure evidence's copy of
+            // one when it ends.
             match known.insert(d.cookie, now) {
                 Some(k) if k.state == d.state => {}
-                _ => changed.extend(snapshot::to_existing(&d)),
+                _ if timewait => {}
+                _ => w.changed.extend(snapshot::to_existing(&d)),
             }
         })?;
-        let mut gone = Vec::new();
         known.retain(|cookie, k| {
             let shown = k.round == round;
             if !shown {
-                gone.push(*cookie);
+                w.gone.push(*cookie);
             }
             shown
         });
         if known.capacity() > 4 * known.len().max(1024) {
             known.shrink_to(2 * known.len());
         }
-        Ok((changed, gone))
+        Ok(w)
     }
 }
 

@@ -88,6 +88,9 @@ impl Tracked {
 #[derive(Default, Debug)]
 pub struct Namespace {
     socks: HashMap<SockId, Tracked>,
+    /// Light mode: timewait socks per local port as the last census counted
+    /// them (not tracked one by one); None when events track them.
+    counted_tw: Option<HashMap<u16, u32>>,
     unretired: usize,
     /// Event time of the next sweep for overdue timewait socks.
     next_tw_sweep_ns: u64,
@@ -111,6 +114,13 @@ impl Namespace {
 
     pub fn sockets(&self) -> impl Iterator<Item = &Tracked> {
         self.socks.values()
+    }
+
+    /// Light mode: timewait socks per local port, from the last census.
+    /// The views then count these and skip tracked timewait socks (the
+    /// evidence of failures, which the census counted too).
+    pub fn counted_timewait(&self) -> Option<&HashMap<u16, u32>> {
+        self.counted_tw.as_ref()
     }
 
     /// Sockets on `port` of `proto`.
@@ -215,6 +225,17 @@ impl Model {
         self.seen(netns, proto, s, ts);
     }
 
+    /// A census counted these timewait socks per local port (all of them).
+    pub fn set_counted_timewait(&mut self, netns: u32, tally: &[(u16, u32)]) {
+        let ns = self.ns.entry(netns).or_default();
+        let counted = ns.counted_tw.get_or_insert_with(HashMap::new);
+        counted.clear();
+        counted.extend(tally.iter().copied());
+        if counted.capacity() > 4 * counted.len().max(1024) {
+            counted.shrink_to(2 * counted.len());
+        }
+    }
+
     /// A census no longer shows the socket with this cookie.
     pub fn forget(&mut self, netns: u32, cookie: u64) {
         for id in [SockId::Cookie(cookie), SockId::Tw(cookie)] {
@@ -225,7 +246,7 @@ impl Model {
     /// Forget a namespace whose sockets all went (a census found it empty).
     pub fn shrink_namespace(&mut self, netns: u32) {
         if let Some(ns) = self.ns.get_mut(&netns) {
-            if ns.socks.is_empty() {
+            if ns.socks.is_empty() && ns.counted_tw.as_ref().is_none_or(|c| c.is_empty()) {
                 self.ns.remove(&netns);
             } else {
                 ns.shrink();

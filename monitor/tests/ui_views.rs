@@ -255,3 +255,36 @@ fn every_size_from_tiny_to_huge_draws_without_panic() {
         let _ = screen(&d, w, h);
     }
 }
+
+/// Thousands of ports (a client-first churn's timewait socks, counted by a
+/// light-mode census): only the visible rows are built, and the selection
+/// at the end is on screen, marked, with the rows just before it.
+#[test]
+fn many_ports_scroll_to_the_selection() {
+    use monitor::census::{CensusUpdate, NsChanges};
+    let mut d = Dashboard::new(monitor::ui::app::App::new());
+    let tally: Vec<(u16, u32)> = (0..5000u16)
+        .map(|i| (30_000 + i, 1 + u32::from(i % 3)))
+        .collect();
+    d.census(&CensusUpdate {
+        ts_ns: 1_000_000_000,
+        namespaces: vec![NsChanges {
+            netns: fixture::NETNS,
+            timewait: tally,
+            ..NsChanges::default()
+        }],
+        ..CensusUpdate::default()
+    });
+    key(&mut d, KeyCode::Char('2'));
+    key(&mut d, KeyCode::End);
+    let s = screen(&d, 160, 48);
+    let marked: Vec<&str> = s.lines().filter(|l| l.contains("▶")).collect();
+    // Sorted by TIME_WAIT, then port: the last row is the highest port
+    // with one timewait sock.
+    assert!(
+        marked.iter().any(|l| l.contains("34998")),
+        "the last port is selected and shown:\n{s}"
+    );
+    assert!(s.contains("34995"), "the rows before it are shown:\n{s}");
+    assert!(s.contains("Ports 5000"), "{s}");
+}

@@ -531,6 +531,32 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[i.min(s.len() - 1)]
 }
 
+/// Processes that attach what the bench measures: "twmon[pid]", ...
+/// (A dashboard left open in another terminal once spoilt a whole session
+/// of measurements.)
+fn monitors_running() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        // A zombie has no programs left.
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'));
+        if !zombie && ["twmon", "tcpstates", "bpftrace"].contains(&comm) {
+            found.push(format!("{comm}[{pid}]"));
+        }
+    }
+    found
+}
+
 fn have(program: &str) -> bool {
     cmd::probe(Command::new("sh").args(["-c", &format!("command -v {program}")])).is_some()
 }
@@ -845,6 +871,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     if a.rounds == 0 || !(a.secs > 0.0 && a.secs <= 60.0) {
         bail!("--rounds must be >= 1 and --secs in (0, 60]");
+    }
+    let others = monitors_running();
+    if !others.is_empty() {
+        bail!(
+            "other monitors are running ({}): their programs would be in every run, the baseline's too; stop them first",
+            others.join(", ")
+        );
     }
     if a.install_tools && (!have("tcpstates") || !have("bpftrace")) {
         cmd::run_checked(

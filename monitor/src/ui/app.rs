@@ -398,8 +398,15 @@ impl App {
             if !self.in_scope(netns) {
                 continue;
             }
+            let counted = ns.counted_timewait();
+            for (&port, &n) in counted.into_iter().flatten() {
+                counts.entry((netns, port)).or_default().0 += n;
+            }
             for t in ns.sockets() {
                 if t.sock.proto != Proto::Tcp {
+                    continue;
+                }
+                if t.sock.timewait && counted.is_some() {
                     continue;
                 }
                 if t.sock.timewait {
@@ -741,6 +748,7 @@ impl Dashboard {
                     self.app.cw_since.remove(&key);
                 }
             }
+            self.model.set_counted_timewait(netns, &ns.timewait);
             self.model.shrink_namespace(netns);
             self.app.netns_seen.insert(netns);
         }
@@ -830,13 +838,19 @@ mod tests {
         }
     }
 
-    fn update(ts_s: u64, seen: Vec<SocketSeen>, gone: Vec<u64>) -> CensusUpdate {
+    fn update(
+        ts_s: u64,
+        seen: Vec<SocketSeen>,
+        gone: Vec<u64>,
+        tw: Vec<(u16, u32)>,
+    ) -> CensusUpdate {
         CensusUpdate {
             ts_ns: ts_s * 1_000_000_000,
             namespaces: vec![NsChanges {
                 netns: 7,
                 seen,
                 gone,
+                timewait: tw,
             }],
             ..CensusUpdate::default()
         }
@@ -854,7 +868,9 @@ mod tests {
 
     /// Light mode: what a census says is what the views show; a socket
     /// that changed state (same cookie) is counted once, in its new state,
-    /// and one no longer listed is gone. The event log stays empty.
+    /// one no longer listed is gone, timewait socks are the census's count
+    /// (a failure's evidence of one is not counted again). The event log
+    /// stays empty.
     #[test]
     fn census_changes_drive_the_port_counts() {
         let mut d = Dashboard::new(App::new());
@@ -866,22 +882,39 @@ mod tests {
                 sock(80, TcpState::Established, false, 3),
             ],
             vec![],
-        ));
-        assert_eq!(counts(&d), vec![(80, 1, 2, 0, 0)]);
-        d.census(&update(
-            11,
-            vec![
-                sock(80, TcpState::CloseWait, false, 2),
-                sock(80, TcpState::TimeWait, true, 3),
-            ],
             vec![],
         ));
-        assert_eq!(counts(&d), vec![(80, 1, 0, 1, 1)]);
+        assert_eq!(counts(&d), vec![(80, 1, 2, 0, 0)]);
+        // 3 became a timewait sock; 2 is in CLOSE_WAIT.
+        d.census(&update(
+            11,
+            vec![sock(80, TcpState::CloseWait, false, 2)],
+            vec![3],
+            vec![(80, 1), (40_003, 2)],
+        ));
+        assert_eq!(counts(&d), vec![(80, 1, 0, 1, 1), (40_003, 0, 0, 0, 2)]);
         assert_eq!(d.app.cw_since(7, 2), Some(11_000_000_000));
-        d.census(&update(12, vec![], vec![2, 3]));
-        assert_eq!(counts(&d), vec![(80, 1, 0, 0, 0)]);
+        // A failure's evidence names the timewait sock on 80.
+        let mut tw = sock(80, TcpState::TimeWait, true, 3);
+        tw.expires_in_ms = Some(50_000);
+        d.feed(Event {
+            common: crate::event::Common {
+                ts: String::new(),
+                ts_ns: 11_500_000_000,
+                netns: 7,
+                proto: Proto::Tcp,
+                pid: None,
+                comm: None,
+                container: None,
+            },
+            kind: Kind::Socket(tw),
+        });
+        assert_eq!(counts(&d), vec![(80, 1, 0, 1, 1), (40_003, 0, 0, 0, 2)]);
+        d.census(&update(12, vec![], vec![2, 3], vec![]));
+        // 40003 stays listed for its TIME_WAIT history.
+        assert_eq!(counts(&d), vec![(80, 1, 0, 0, 0), (40_003, 0, 0, 0, 0)]);
         assert_eq!(d.app.cw_since(7, 2), None);
-        assert!(d.app.log_lines().is_empty());
+        assert_eq!(d.app.log_lines().len(), 1, "only the evidence");
         assert_eq!(d.model.socket_count(), 1);
     }
 }

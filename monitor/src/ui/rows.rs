@@ -42,9 +42,10 @@ pub struct PortRow {
     pub failures: u32,
     /// Processes owning sockets on it.
     pub owners: BTreeSet<(u32, String)>,
-    /// Kept as addresses, formatted only when filtered on: the view is
-    /// built every frame from every socket, and a string per socket was
-    /// most of a churning dashboard's allocations (perf).
+    /// Local addresses, for the text filter only (left empty when no
+    /// filter is set): the view is built every frame from every socket, and
+    /// a string per socket was most of a churning dashboard's allocations
+    /// (perf).
     pub addrs: BTreeSet<std::net::IpAddr>,
 }
 
@@ -71,16 +72,33 @@ pub fn ports(app: &App, model: &Model) -> Vec<PortRow> {
         r.netns = netns;
         r.port = port;
     };
+    let filtering = !app.filter.is_empty();
     for (&netns, ns) in model.namespaces() {
         if !app.in_scope(netns) {
             continue;
+        }
+        let counted = ns.counted_timewait();
+        for (&port, &n) in counted.into_iter().flatten() {
+            let r = rows.entry((netns, port)).or_insert_with(|| PortRow {
+                netns,
+                port,
+                ..PortRow::default()
+            });
+            r.time_wait += n;
         }
         for t in ns.sockets() {
             if t.sock.proto != Proto::Tcp || t.sock.port == 0 {
                 continue;
             }
-            row(&mut rows, netns, t.sock.port);
-            let r = rows.get_mut(&(netns, t.sock.port)).expect("just made");
+            // Counted above (light mode): these are failures' evidence.
+            if t.sock.timewait && counted.is_some() {
+                continue;
+            }
+            let r = rows.entry((netns, t.sock.port)).or_insert_with(|| PortRow {
+                netns,
+                port: t.sock.port,
+                ..PortRow::default()
+            });
             if t.sock.timewait {
                 r.time_wait += 1;
             } else {
@@ -91,10 +109,16 @@ pub fn ports(app: &App, model: &Model) -> Vec<PortRow> {
                     _ => r.other += 1,
                 }
             }
+            // Built every frame from every socket: no copy of a name the
+            // row has, and addresses only when a filter may ask for them.
             if let Some(o) = &t.owner {
-                r.owners.insert((o.pid, o.comm.clone()));
+                if !r.owners.iter().any(|(p, c)| *p == o.pid && *c == o.comm) {
+                    r.owners.insert((o.pid, o.comm.clone()));
+                }
             }
-            r.addrs.insert(t.sock.local);
+            if filtering {
+                r.addrs.insert(t.sock.local);
+            }
         }
     }
     for f in app.all_failures() {

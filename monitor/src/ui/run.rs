@@ -140,7 +140,8 @@ where
     B::Error: Send + Sync + 'static,
 {
     let start = Instant::now();
-    let frame = Duration::from_millis(1000 / opts.fps.max(1) as u64);
+    let fastest = Duration::from_millis(1000 / opts.fps.max(1) as u64);
+    let mut frame = fastest;
     let mut stats = RunStats::default();
     let mut last_draw: Option<Instant> = None;
     let mut key_at: Option<Instant> = None;
@@ -228,6 +229,7 @@ where
             let now = Instant::now();
             stats.frames += 1;
             stats.max_draw = stats.max_draw.max(now - t);
+            frame = frame_gap(fastest, now - t);
             if let Some(k) = key_at.take() {
                 stats.max_key_to_frame = stats.max_key_to_frame.max(now - k);
                 stats.total_key_to_frame += now - k;
@@ -237,6 +239,20 @@ where
     }
     stats.elapsed = start.elapsed();
     Ok(stats)
+}
+
+/// Drawing takes at most this share of the time (1/DRAW_SHARE).
+const DRAW_SHARE: u32 = 20;
+/// Frames come at least this often, however long they take.
+const SLOWEST_FRAME: Duration = Duration::from_secs(2);
+
+/// The time between frames after one that took `took`: the views are built
+/// from every socket of the model, and beside a churning host's 80,000
+/// timewait sockets a frame took some 20 ms; ten of them a second slowed
+/// the churn by 7 % more than one a second (the bench, light mode). A key
+/// still gets its frame at once.
+fn frame_gap(fastest: Duration, took: Duration) -> Duration {
+    (took * DRAW_SHARE).clamp(fastest, SLOWEST_FRAME.max(fastest))
 }
 
 /// Frames come at most every `frame`, or [`KEY_FRAME_GAP`] after a key.
@@ -265,4 +281,33 @@ fn key<S: EventSource + ?Sized>(k: KeyEvent, source: &mut S, dash: &mut Dashboar
         Action::None => {}
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_frames_come_less_often() {
+        let ms = Duration::from_millis;
+        for (took, gap) in [
+            (0, 100),
+            (2, 100),
+            (5, 100),
+            (10, 200),
+            (20, 400),
+            (500, 2000),
+        ] {
+            assert_eq!(
+                frame_gap(ms(100), ms(took)),
+                ms(gap),
+                "a frame of {took} ms"
+            );
+        }
+        assert_eq!(
+            frame_gap(ms(5000), ms(1)),
+            ms(5000),
+            "never faster than asked"
+        );
+    }
 }

@@ -88,7 +88,15 @@ pub(super) fn render(
     header.push(format!("TIME_WAIT, last {mins} min").into());
     header.push(format!("CLOSE_WAIT, last {mins} min").into());
 
-    let body: Vec<Row> = rs
+    // Rows for the visible window only, placed as the table would place
+    // them (the selection at the bottom once it is past the first screen):
+    // a client-first churn leaves tens of thousands of ports, and cells for
+    // all of them were most of a frame's time and allocations (heaptrack).
+    let sel = app.sel_ports.min(rs.len() - 1);
+    let visible = (inner.height as usize).saturating_sub(1).max(1);
+    let first = (sel + 1).saturating_sub(visible);
+    let shown = &rs[first..rs.len().min(first + visible)];
+    let body: Vec<Row> = shown
         .iter()
         .map(|r| {
             let (tw, cw): (Vec<u32>, Vec<u32>) = match app.series(r.netns, r.port) {
@@ -143,7 +151,6 @@ pub(super) fn render(
     widths.extend(cols.iter().map(|c| Constraint::Length(*c as u16)));
     widths.push(Constraint::Length(spark_w as u16));
     widths.push(Constraint::Length(spark_w as u16));
-    let sel = app.sel_ports.min(rs.len() - 1);
     super::selectable_table(
         f,
         area,
@@ -155,7 +162,7 @@ pub(super) fn render(
         } else {
             theme.normal()
         },
-        sel,
+        sel - first,
     );
 }
 
