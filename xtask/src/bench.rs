@@ -1117,7 +1117,7 @@ fn render(
             if *c == Config::Dashboard {
                 let ok = ratio >= 0.97 && lost_total == 0;
                 verdicts.push(format!(
-                    "{} dashboard (light, default) on {}: {:.0} % of baseline (target ≥ 97 %), {} lost",
+                    "{} dashboard (light, default) on {}: {:.1} % of baseline (target ≥ 97 %), {} lost",
                     if ok { "MET " } else { "MISS" },
                     load.name(),
                     ratio * 100.0,
@@ -1132,7 +1132,7 @@ fn render(
                 };
                 let ok = ratio >= 0.9 && lost_total == 0;
                 verdicts.push(format!(
-                    "{} {} on {}: {:.0} % of baseline (target ≥ 90 %), {} lost{}{}",
+                    "{} {} on {}: {:.1} % of baseline (target ≥ 90 %), {} lost{}{}",
                     if ok { "MET " } else { "MISS" },
                     c.name(),
                     load.name(),
@@ -1142,7 +1142,7 @@ fn render(
                     if ok {
                         String::new()
                     } else if ratio < 0.9 {
-                        format!(" — gap {:.0} points", (0.9 - ratio) * 100.0)
+                        format!(" — gap {:.1} points", (0.9 - ratio) * 100.0)
                     } else {
                         " — events lost".into()
                     }
