@@ -196,6 +196,10 @@ impl<E: Evidence> Correlator<E> {
             }
         }
         self.sockets_at_resync = self.model.socket_count();
+        // What the census retired is freed, but glibc keeps the pages
+        // unless asked: over a 600 s churn soak under loss the RSS crept
+        // from 98 to 115 MiB without this, and stayed at 62-70 with it.
+        crate::live::release_freed_memory();
     }
 }
 

@@ -28,7 +28,7 @@ pub struct Live {
 /// peaks at about 60 MB of heap that is all freed once the programs are
 /// loaded, but glibc keeps it in its arenas: measured with massif and
 /// /proc, an idle `twmon watch` held 82 MB resident for 23 MB of live heap.
-fn release_freed_memory() {
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages to the kernel.
     unsafe {
