@@ -481,8 +481,12 @@ pub struct Kernel {
 }
 
 const CACHE_FOR: Duration = Duration::from_millis(200);
-/// ... and at most this long, however slow the last one was.
-const CACHE_AT_MOST: Duration = Duration::from_secs(2);
+/// ... and at most this long, however slow the last one was: in light
+/// mode no event tells the model that a port's holders changed, so a
+/// failure inside this time is explained with what the model had (the
+/// last snapshot, the census), at most this old, as the census's own
+/// period at its shortest.
+const CACHE_AT_MOST: Duration = Duration::from_secs(1);
 /// How long a namespace nothing names is not searched for again.
 const MISSING_FOR: Duration = Duration::from_secs(1);
 
