@@ -382,16 +382,12 @@ pub fn explain(
     let is_self = |t: &Tracked| {
         (b.cookie != 0 && t.sock.cookie == b.cookie) || (b.inode != 0 && t.sock.inode == b.inode)
     };
-    let (tracked, existing): (Vec<_>, Vec<ExistingSocket>) = model
-        .existing_on_port(netns, proto, b.requested.port())
-        .into_iter()
-        .filter(|(t, _)| !is_self(t))
-        .unzip();
-    let sockets_seen = model.namespace(netns).map_or(0, |ns| {
-        ns.sockets()
-            .filter(|t| t.sock.proto == proto && !is_self(t))
-            .count()
-    });
+    let default_env = NetEnv::default();
+    let env = env.unwrap_or(&default_env);
+    let range = env.local_port_range;
+    let look = model.look_at_port(netns, proto, b.requested.port(), range, is_self);
+    let (tracked, existing): (Vec<_>, Vec<ExistingSocket>) = look.on_port.into_iter().unzip();
+    let (sockets_seen, timewait_in_range) = (look.sockets, look.timewait_in_range);
     let owner_of = |s: &ExistingSocket| {
         tracked
             .iter()
@@ -409,12 +405,8 @@ pub fn explain(
             })
             .and_then(|t| t.left_by.clone())
     };
-    let default_env = NetEnv::default();
-    let env = env.unwrap_or(&default_env);
     let new = new_socket(proto, b);
     let failure = Failure::from_new(&new, b.syscall, b.errno);
-    let range = env.local_port_range;
-    let timewait_in_range = model.timewait_in_range(netns, range);
     let base_ctx = Context {
         local_port_range: Some(range),
         unprivileged_port_start: Some(env.unprivileged_port_start),
