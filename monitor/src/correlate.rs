@@ -1016,12 +1016,9 @@ mod kernel_evidence_tests {
     /// that evidence (a crash-looping server fails many times a second).
     #[test]
     fn a_snapshot_stands_for_a_while_after_it_was_taken() {
-        let Ok(ns) = crate::scenario::Netns::new() else {
-            eprintln!("a_snapshot_stands_for_a_while_after_it_was_taken: SKIPPED, no network namespace (needs root)");
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI must run it"
-            );
+        let Some(ns) =
+            crate::scenario::Netns::for_test("a_snapshot_stands_for_a_while_after_it_was_taken")
+        else {
             return;
         };
         let listener = ns

@@ -528,16 +528,15 @@ impl Model {
         }
     }
 
-    /// The sockets of `netns` and `proto` on local `port` as the rules see
-    /// them, with the remaining timewait time filled in at the model's
-    /// clock. Only that port: a bind conflicts with nothing else, and a
-    /// copy of every socket per failure cost a churning host's `watch` tens
-    /// of MiB at its peak (heaptrack) and a scan of them each.
     /// What explaining a failure on `port` of `netns` needs, in one pass
     /// over the namespace's sockets: a crash-looping server fails many
     /// times a second, and each pass is the whole table (three passes per
     /// failure were a fifth of `record`'s CPU beside 100 failures/s, perf).
-    /// Sockets `skip` names (the failing socket itself) are left out.
+    /// Only the sockets on that port are copied, as the rules see them with
+    /// the remaining timewait time at the model's clock: a bind conflicts
+    /// with nothing else, and a copy of every socket per failure cost a
+    /// churning host's `watch` tens of MiB at its peak (heaptrack). Sockets
+    /// `skip` names (the failing socket itself) are left out.
     pub fn look_at_port(
         &self,
         netns: u32,
@@ -575,7 +574,8 @@ pub struct PortLook<'a> {
     pub on_port: Vec<(&'a Tracked, ExistingSocket)>,
     /// Sockets of the protocol in the namespace.
     pub sockets: usize,
-    /// Timewait socks (any protocol: TCP only) whose local port is in the range.
+    /// Timewait socks (TCP's, whatever `proto` asked) whose local port is
+    /// in the range.
     pub timewait_in_range: usize,
 }
 

@@ -52,6 +52,23 @@ impl Netns {
             .map_err(|_| io::Error::other("the thread creating the network namespace panicked"))?
     }
 
+    /// For a unit test: the namespace, or None after saying loudly that
+    /// `test` was skipped (no root); under CI=true it must not be skipped.
+    #[cfg(test)]
+    pub fn for_test(test: &str) -> Option<Netns> {
+        match Netns::new() {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                eprintln!("{test}: SKIPPED, no network namespace (needs root): {e}");
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI must run {test}"
+                );
+                None
+            }
+        }
+    }
+
     /// The namespace's inode: the `netns` of twmon's events and `--netns`.
     pub fn inode(&self) -> u32 {
         self.inode
