@@ -44,6 +44,16 @@ pub const F_HAVE_OWNER: u32 = 1 << 8;
 /// The kernel answered with a RST from this timewait sock just before it was
 /// cancelled: a TCP_TW_RST kill, not a SYN taking the 4-tuple over.
 pub const F_RESET_SENT: u32 = 1 << 9;
+/// The timewait sock was already out of the connection hash when its timer
+/// was cancelled: only `__inet_hash_connect` / `__inet_check_established`
+/// take it out before ending it (a connect() took its 4-tuple over); every
+/// other early end (a SYN, a RST, a netns exit) unhashes it after the
+/// cancel, and a re-arm leaves it hashed.
+pub const F_TW_UNHASHED: u32 = 1 << 10;
+/// The timewait sock's network namespace had no references left when its
+/// timer was cancelled: the namespace is being dismantled
+/// (`inet_twsk_purge` ends only such socks).
+pub const F_NET_DYING: u32 = 1 << 11;
 
 /// Most blocking sockets kept per failing call (precise mode): the kernel
 /// stops at the first conflict of each bucket, so a handful is plenty.
@@ -63,7 +73,7 @@ pub const TW_CANCEL: u8 = 4;
 /// is the one that ended it only where the end runs in process context.
 pub const TW_DESCHEDULE: u8 = 5;
 
-pub const STACK_DEPTH: usize = 16;
+pub const STACK_DEPTH: usize = 8;
 
 /// Ring buffer indexes of the per-CPU `LOST` counters.
 pub const LOST_BINDS: u32 = 0;
@@ -261,6 +271,8 @@ pub struct Offsets {
     pub skc_v6_rcv_saddr: Field,
     pub skc_v6_daddr: Field,
     pub skc_cookie: Field,
+    /// `skc_nulls_node.pprev`: null once the sock left the connection hash.
+    pub skc_nulls_pprev: Field,
     pub sk_protocol: Field,
     pub sk_type: Field,
     pub sk_uid: Field,
@@ -273,6 +285,9 @@ pub struct Offsets {
     pub inet_bind_no_port: Field,
     // struct net
     pub net_inum: Field,
+    /// The namespace's reference count (`ns.__ns_ref`, `ns.count` before
+    /// 6.18): 0 while it is dismantled.
+    pub net_ns_ref: Field,
     // timewait
     pub tw_substate: Field,
     pub tw_timer: Field,
@@ -307,6 +322,6 @@ const _: () = assert!(core::mem::size_of::<SockCallEvent>() == 152);
 const _: () = assert!(core::mem::size_of::<ConflictsEvent>() == 32 + MAX_CONFLICTS * 64);
 const _: () = assert!(core::mem::size_of::<ConflictSock>() == 64);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 112);
-const _: () = assert!(core::mem::size_of::<TwEvent>() == 248);
+const _: () = assert!(core::mem::size_of::<TwEvent>() == 184);
 const _: () = assert!(core::mem::size_of::<Field>() == 4);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 38 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 40 * 4 + 8);

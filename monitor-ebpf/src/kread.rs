@@ -2,7 +2,7 @@
 //! running kernel's BTF. Rust emits no CO-RE relocations, so every struct
 //! access goes through an `Offsets` entry instead of a compiled-in layout.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use monitor_common::{Field, Offsets};
 
 /// Filled in by userspace before load (`EbpfLoader::set_global`).
@@ -21,22 +21,68 @@ macro_rules! off {
 }
 pub(crate) use off;
 
-/// How a program reads a struct: the two ways below differ in what the
-/// verifier accepts and in cost, not in result (both give 0 for an absent
-/// field, a null base or an unreadable address).
+/// A struct in kernel memory and how to read it. The three ways differ in
+/// what the verifier accepts and in cost, not in result: all give 0 for an
+/// absent field, a null struct or an unreadable address.
 pub trait Read {
-    /// The raw bytes of a field, zero-extended: `bits` (1..=64) decides
-    /// the load width.
-    fn raw(addr: u64, bits: u32) -> u64;
-    /// Sixteen bytes (an IPv6 address).
-    fn sixteen(addr: u64) -> [u8; 16];
+    /// The raw bytes at byte `off` of the struct, `bits` (1..=64) wide,
+    /// zero-extended.
+    fn raw(&self, off: u64, bits: u32) -> u64;
+    /// Sixteen bytes at `off` (an IPv6 address).
+    fn sixteen(&self, off: u64) -> [u8; 16];
+    /// Whether the struct's address is null.
+    fn is_null(&self) -> bool;
+
+    /// How to read a struct whose pointer this one just read.
+    type Then: Read;
+    fn then(&self, ptr: u64) -> Self::Then;
+
+    /// The value of field `f`, zero-extended; 0 when the field does not
+    /// exist on this kernel or the read fails.
+    #[inline(always)]
+    fn get(&self, f: Field) -> u64 {
+        if f.width == 0 || self.is_null() {
+            return 0;
+        }
+        let raw = self.raw(f.off as u64, f.shift as u32 + f.width as u32);
+        // A whole 8-byte field is returned untouched: a directly loaded
+        // pointer keeps its BTF type only if no arithmetic (not even >> 0)
+        // touches it.
+        if f.width >= 64 && f.shift == 0 {
+            return raw;
+        }
+        (raw >> f.shift) & ((1u64 << f.width) - 1)
+    }
+
+    /// 16 bytes at field `f` (an IPv6 address).
+    #[inline(always)]
+    fn bytes16(&self, f: Field) -> [u8; 16] {
+        if f.width == 0 || self.is_null() {
+            return [0; 16];
+        }
+        self.sixteen(f.off as u64)
+    }
+
+    /// 4 bytes at field `f` (an IPv4 address, network order), as the first
+    /// four bytes of a 16-byte buffer.
+    #[inline(always)]
+    fn bytes4(&self, f: Field) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        if f.width == 0 || self.is_null() {
+            return out;
+        }
+        let v = (self.raw(f.off as u64, 32) as u32).to_ne_bytes();
+        out[..4].copy_from_slice(&v);
+        out
+    }
 }
 
-/// `bpf_probe_read_kernel`: any address, but a helper call each time
+/// `bpf_probe_read_kernel`: any address, but a helper call per field
 /// (measured here with kernel.bpf_stats_enabled: up to 200 ns for a cold
 /// line). For computed addresses (container_of, kernel-internal wrappers)
 /// and fields past the end of the pointer's BTF type.
-pub struct Probe;
+#[derive(Clone, Copy)]
+pub struct Probe(pub u64);
 
 /// Plain loads, which the verifier accepts (turned into fault-tolerant
 /// loads: a bad address reads 0) only on a pointer whose BTF type it knows
@@ -44,11 +90,28 @@ pub struct Probe;
 /// `struct timer_list *`) or a pointer loaded directly from one. A plain
 /// load costs what a load costs. Using it on anything else fails at load
 /// time, never silently.
-pub struct Direct;
+#[derive(Clone, Copy)]
+pub struct Direct(pub u64);
+
+/// The first [`HEAD_BYTES`] of a struct, copied by one helper call: for
+/// the many fields of a sock reached through a computed address (the
+/// timewait sock behind a timer), where [`Probe`] would make a helper call
+/// per field (about 15 for a timewait record). A field past the copy is
+/// read with [`Probe`].
+pub struct Head {
+    base: u64,
+    words: [u64; HEAD_WORDS],
+}
+
+/// Enough for `struct sock_common` (136 bytes on 6.x) and the timewait
+/// sock's substate right after it.
+pub const HEAD_BYTES: usize = 160;
+const HEAD_WORDS: usize = HEAD_BYTES / 8;
 
 impl Read for Probe {
     #[inline(always)]
-    fn raw(addr: u64, bits: u32) -> u64 {
+    fn raw(&self, off: u64, bits: u32) -> u64 {
+        let addr = self.0 + off;
         // SAFETY: bpf_probe_read_kernel checks the address; a fault gives Err.
         unsafe {
             if bits <= 8 {
@@ -65,15 +128,27 @@ impl Read for Probe {
     }
 
     #[inline(always)]
-    fn sixteen(addr: u64) -> [u8; 16] {
+    fn sixteen(&self, off: u64) -> [u8; 16] {
         // SAFETY: as above.
-        unsafe { bpf_probe_read_kernel(addr as *const [u8; 16]) }.unwrap_or([0; 16])
+        unsafe { bpf_probe_read_kernel((self.0 + off) as *const [u8; 16]) }.unwrap_or([0; 16])
+    }
+
+    #[inline(always)]
+    fn is_null(&self) -> bool {
+        self.0 == 0
+    }
+
+    type Then = Probe;
+    #[inline(always)]
+    fn then(&self, ptr: u64) -> Probe {
+        Probe(ptr)
     }
 }
 
 impl Read for Direct {
     #[inline(always)]
-    fn raw(addr: u64, bits: u32) -> u64 {
+    fn raw(&self, off: u64, bits: u32) -> u64 {
+        let addr = self.0 + off;
         // SAFETY: the verifier checks every such load against the BTF type
         // of the base pointer and makes it fault-tolerant. Volatile, so that
         // the compiler neither merges neighbouring loads into one that spans
@@ -93,7 +168,8 @@ impl Read for Direct {
     }
 
     #[inline(always)]
-    fn sixteen(addr: u64) -> [u8; 16] {
+    fn sixteen(&self, off: u64) -> [u8; 16] {
+        let addr = self.0 + off;
         // SAFETY: as above; two 8-byte loads inside one 16-byte member.
         let (a, b) = unsafe {
             (
@@ -106,54 +182,106 @@ impl Read for Direct {
         out[8..].copy_from_slice(&b.to_ne_bytes());
         out
     }
+
+    #[inline(always)]
+    fn is_null(&self) -> bool {
+        self.0 == 0
+    }
+
+    type Then = Direct;
+    #[inline(always)]
+    fn then(&self, ptr: u64) -> Direct {
+        Direct(ptr)
+    }
 }
 
-/// The value of field `f` of the struct at `base`, zero-extended; 0 when the
-/// field does not exist on this kernel or the read fails.
-#[inline(always)]
-pub fn read<R: Read>(base: u64, f: Field) -> u64 {
-    if f.width == 0 || base == 0 {
-        return 0;
+impl Head {
+    /// Copy the head of the struct at `base` (all zeros when it cannot be
+    /// read: every field then reads 0, as with the other readers).
+    #[inline(always)]
+    pub fn copy(base: u64) -> Head {
+        let mut h = Head {
+            base,
+            words: [0; HEAD_WORDS],
+        };
+        if base != 0 {
+            // SAFETY: the helper checks the source and zero-fills the
+            // destination, a buffer of exactly HEAD_BYTES, on a fault.
+            unsafe {
+                generated::bpf_probe_read_kernel(
+                    h.words.as_mut_ptr() as *mut core::ffi::c_void,
+                    HEAD_BYTES as u32,
+                    base as *const core::ffi::c_void,
+                );
+            }
+        }
+        h
     }
-    let raw = R::raw(base + f.off as u64, f.shift as u32 + f.width as u32);
-    // A whole 8-byte field is returned untouched: a directly loaded pointer
-    // keeps its BTF type only if no arithmetic (not even >> 0) touches it.
-    if f.width >= 64 && f.shift == 0 {
-        return raw;
+
+    /// The little-endian 64 bits starting at byte `off` of the copy, from
+    /// aligned word loads (the verifier refuses misaligned stack loads).
+    /// `off + 16 <= HEAD_BYTES` is the caller's to check.
+    #[inline(always)]
+    fn word_at(&self, off: u64) -> u64 {
+        let w = (off / 8) as usize;
+        let sh = (off % 8) * 8;
+        let lo = self.words[w] >> sh;
+        if sh == 0 {
+            lo
+        } else {
+            lo | (self.words[w + 1] << (64 - sh))
+        }
     }
-    (raw >> f.shift) & ((1u64 << f.width) - 1)
 }
 
-/// [`read`] through `bpf_probe_read_kernel`.
+impl Read for Head {
+    /// From the copy when the field lies inside it with a word to spare
+    /// (for [`Head::word_at`]); past it through [`Probe`]. `off` is a
+    /// load-time constant, so the verifier keeps only one branch.
+    #[inline(always)]
+    fn raw(&self, off: u64, bits: u32) -> u64 {
+        if off as usize + 16 > HEAD_BYTES {
+            return Probe(self.base).raw(off, bits);
+        }
+        let v = self.word_at(off);
+        if bits >= 64 {
+            v
+        } else {
+            v & ((1u64 << bits) - 1)
+        }
+    }
+
+    #[inline(always)]
+    fn sixteen(&self, off: u64) -> [u8; 16] {
+        if off as usize + 24 > HEAD_BYTES {
+            return Probe(self.base).sixteen(off);
+        }
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.word_at(off).to_ne_bytes());
+        out[8..].copy_from_slice(&self.word_at(off + 8).to_ne_bytes());
+        out
+    }
+
+    #[inline(always)]
+    fn is_null(&self) -> bool {
+        self.base == 0
+    }
+
+    type Then = Probe;
+    #[inline(always)]
+    fn then(&self, ptr: u64) -> Probe {
+        Probe(ptr)
+    }
+}
+
+/// Field `f` of the struct at `base`, through [`Probe`].
 #[inline(always)]
 pub fn field(base: u64, f: Field) -> u64 {
-    read::<Probe>(base, f)
+    Probe(base).get(f)
 }
 
-/// A pointer-sized field (a kernel pointer).
+/// A pointer-sized field (a kernel pointer), through [`Probe`].
 #[inline(always)]
 pub fn ptr(base: u64, f: Field) -> u64 {
     field(base, f)
-}
-
-/// 16 bytes at field `f` (an IPv6 address).
-#[inline(always)]
-pub fn bytes16<R: Read>(base: u64, f: Field) -> [u8; 16] {
-    if f.width == 0 || base == 0 {
-        return [0; 16];
-    }
-    R::sixteen(base + f.off as u64)
-}
-
-/// 4 bytes at field `f` (an IPv4 address, network order), as the first four
-/// bytes of a 16-byte buffer.
-#[inline(always)]
-pub fn bytes4<R: Read>(base: u64, f: Field) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    if f.width == 0 || base == 0 {
-        return out;
-    }
-    let v = (R::raw(base + f.off as u64, 32) as u32).to_ne_bytes();
-    out[..4].copy_from_slice(&v);
-    out
 }

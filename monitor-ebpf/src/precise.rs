@@ -39,7 +39,7 @@ use monitor_common::{
     PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT,
 };
 
-use crate::kread::{field, off, Probe};
+use crate::kread::{field, off, Head, Read};
 use crate::sock;
 use crate::{count_lost, BINDS};
 
@@ -320,26 +320,27 @@ fn note(sk2: u64) {
 
 #[inline(always)]
 fn fill(s: &mut ConflictSock, sk: u64) {
-    let family = sock::family::<Probe>(sk);
-    let mut state = field(sk, off!(skc_state)) as u8;
+    let h = Head::copy(sk);
+    let family = sock::family(&h);
+    let mut state = h.get(off!(skc_state)) as u8;
     if state == TCP_TIME_WAIT {
         // A timewait sock: FIN_WAIT2 or TIME_WAIT, as twmon names them.
-        let sub = field(sk, off!(tw_substate)) as u8;
+        let sub = h.get(off!(tw_substate)) as u8;
         if sub != 0 {
             state = sub;
         }
     }
     s.sk = sk;
-    s.cookie = sock::cookie::<Probe>(sk);
-    s.netns = sock::netns::<Probe>(sk);
-    s.flags = sock::common_flags::<Probe>(sk);
+    s.cookie = sock::cookie(&h);
+    s.netns = sock::netns(&h);
+    s.flags = sock::common_flags(&h);
     s.family = family;
-    s.sport = sock::local_port::<Probe>(sk);
-    s.dport = sock::remote_port::<Probe>(sk);
+    s.sport = sock::local_port(&h);
+    s.dport = sock::remote_port(&h);
     s.state = state;
     s._pad = 0;
-    s.saddr = sock::local_addr::<Probe>(sk, family);
-    s.daddr = sock::remote_addr::<Probe>(sk, family);
+    s.saddr = sock::local_addr(&h, family);
+    s.daddr = sock::remote_addr(&h, family);
 }
 
 /// The blocking sockets of one thread's call, taken by `sys_exit`: sent

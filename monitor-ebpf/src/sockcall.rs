@@ -15,7 +15,7 @@ use monitor_common::{
     SockCallEvent, F_HAVE_REQUEST, KIND_SOCK_CALL, LOST_BINDS, NR_BIND, NR_CONNECT, NR_LISTEN,
 };
 
-use crate::kread::{field, off, ptr, Probe};
+use crate::kread::{field, off, ptr, Probe, Read};
 use crate::sock::{self, AF_INET, AF_INET6};
 use crate::{count_lost, BINDS};
 
@@ -70,15 +70,15 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     }
     let fd = reg(regs, REG_DI)? as u32;
     let socket = socket_of_fd(fd)?;
-    let sk = ptr(socket, off!(socket_sk));
-    if sk == 0 {
+    let sk = Probe(ptr(socket, off!(socket_sk)));
+    if sk.is_null() {
         return None;
     }
-    let family = sock::family::<Probe>(sk);
+    let family = sock::family(&sk);
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let protocol = field(sk, off!(sk_protocol)) as u16;
+    let protocol = sk.get(off!(sk_protocol)) as u16;
     if protocol != 6 && protocol != 17 {
         return None;
     }
@@ -86,7 +86,7 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
 
-    let inode = sock::socket_inode::<Probe>(socket);
+    let inode = sock::socket_inode(&Probe(socket));
     conflicts.send(inode);
     let Some(mut entry) = BINDS.reserve::<SockCallEvent>(0) else {
         count_lost(LOST_BINDS);
@@ -102,23 +102,23 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).kind = KIND_SOCK_CALL;
         (*e).ret = ret as i32;
         (*e).ts_ns = now;
-        (*e).cookie = sock::cookie::<Probe>(sk);
+        (*e).cookie = sock::cookie(&sk);
         (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).inode = inode;
         (*e).pid = (pid_tgid >> 32) as u32;
         (*e).tid = pid_tgid as u32;
         (*e).uid = bpf_get_current_uid_gid() as u32;
-        (*e).sk_uid = field(sk, off!(sk_uid)) as u32;
-        (*e).netns = sock::netns::<Probe>(sk);
-        (*e).bound_dev_if = field(sk, off!(skc_bound_dev_if)) as u32;
-        (*e).flags = sock::common_flags::<Probe>(sk) | sock::inet_flags::<Probe>(sk);
+        (*e).sk_uid = sk.get(off!(sk_uid)) as u32;
+        (*e).netns = sock::netns(&sk);
+        (*e).bound_dev_if = sk.get(off!(skc_bound_dev_if)) as u32;
+        (*e).flags = sock::common_flags(&sk) | sock::inet_flags(&sk);
         (*e).syscall = nr as u16;
         (*e).sk_family = family;
         (*e).protocol = protocol;
-        (*e).local_port = sock::local_port::<Probe>(sk);
-        (*e).local_addr = sock::local_addr::<Probe>(sk, family);
-        (*e).remote_port = sock::remote_port::<Probe>(sk);
-        (*e).remote_addr = sock::remote_addr::<Probe>(sk, family);
+        (*e).local_port = sock::local_port(&sk);
+        (*e).local_addr = sock::local_addr(&sk, family);
+        (*e).remote_port = sock::remote_port(&sk);
+        (*e).remote_addr = sock::remote_addr(&sk, family);
         (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*e).req_family = 0;
         (*e).req_port = 0;

@@ -13,24 +13,24 @@ use aya_ebpf::{
 };
 use monitor_common::{StateEvent, F_IN_PROCESS, KIND_STATE, LOST_EVENTS};
 
-use crate::kread::{field, off, read, Direct};
+use crate::kread::{field, off, Direct, Read};
 use crate::sock::{self, AF_INET6};
 use crate::{count_lost, EVENTS};
 
 pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let skp: *mut core::ffi::c_void = ctx.arg(0);
-    let sk = skp as u64;
+    let sk = Direct(skp as u64);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
     // MPTCP fires this tracepoint too; only plain TCP.
-    if read::<Direct>(sk, off!(sk_protocol)) != 6 {
+    if sk.get(off!(sk_protocol)) != 6 {
         return None;
     }
     // SAFETY: `skp` is the tracepoint's typed `struct sock *`, which this
     // helper accepts; it assigns the cookie if the socket has none yet, so
     // that the timewait sock born from it later carries the same one.
     let cookie = unsafe { bpf_get_socket_cookie(skp) };
-    let in_process = read::<Direct>(sk, off!(sk_lock_owned)) != 0;
+    let in_process = sk.get(off!(sk_lock_owned)) != 0;
     let pid_tgid = bpf_get_current_pid_tgid();
     let comm = if in_process {
         bpf_get_current_comm().unwrap_or([0; 16])
@@ -48,36 +48,36 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     };
     let e = entry.as_mut_ptr();
-    let family = sock::family::<Direct>(sk);
+    let family = sock::family(&sk);
     // SAFETY: plain helper call.
     let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_STATE;
-        (*e).flags = sock::common_flags::<Direct>(sk) | if in_process { F_IN_PROCESS } else { 0 };
+        (*e).flags = sock::common_flags(&sk) | if in_process { F_IN_PROCESS } else { 0 };
         (*e).ts_ns = ts_ns;
         (*e).cookie = cookie;
-        (*e).inode = sock::socket_inode::<Direct>(read::<Direct>(sk, off!(sk_socket)));
+        (*e).inode = sock::socket_inode(&Direct(sk.get(off!(sk_socket))));
         (*e).pid = if in_process {
             (pid_tgid >> 32) as u32
         } else {
             0
         };
         (*e).tid = if in_process { pid_tgid as u32 } else { 0 };
-        (*e).netns = sock::netns::<Direct>(sk);
-        (*e).sk_uid = read::<Direct>(sk, off!(sk_uid)) as u32;
+        (*e).netns = sock::netns(&sk);
+        (*e).sk_uid = sk.get(off!(sk_uid)) as u32;
         (*e).family = family;
         (*e).protocol = 6;
-        (*e).sport = local_port(sk);
-        (*e).dport = sock::remote_port::<Direct>(sk);
+        (*e).sport = local_port(&sk);
+        (*e).dport = sock::remote_port(&sk);
         (*e).oldstate = oldstate as u8;
         (*e).newstate = newstate as u8;
         (*e)._pad = [0; 6];
-        (*e).saddr = sock::local_addr::<Direct>(sk, family);
+        (*e).saddr = sock::local_addr(&sk, family);
         (*e).daddr = if family == AF_INET6 {
-            sock::remote_addr::<Direct>(sk, AF_INET6)
+            sock::remote_addr(&sk, AF_INET6)
         } else {
-            sock::remote_addr::<Direct>(sk, family)
+            sock::remote_addr(&sk, family)
         };
         (*e).comm = comm;
     }
@@ -89,9 +89,9 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
 /// was already released and skc_num reads 0, inet_sport (which lies past
 /// struct sock, so only a helper call reaches it).
 #[inline(always)]
-fn local_port(sk: u64) -> u16 {
-    match sock::local_port::<Direct>(sk) {
-        0 => u16::from_be(field(sk, off!(inet_sport)) as u16),
+fn local_port(sk: &Direct) -> u16 {
+    match sock::local_port(sk) {
+        0 => u16::from_be(field(sk.0, off!(inet_sport)) as u16),
         port => port,
     }
 }

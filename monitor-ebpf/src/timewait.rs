@@ -25,45 +25,51 @@ use aya_ebpf::{
     EbpfContext,
 };
 use monitor_common::{
-    TwEvent, F_HAVE_OWNER, F_RESET_SENT, KIND_TW, LOST_EVENTS, STACK_DEPTH, TW_CANCEL,
-    TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
+    TwEvent, F_HAVE_OWNER, F_NET_DYING, F_RESET_SENT, F_TW_UNHASHED, KIND_TW, LOST_EVENTS,
+    STACK_DEPTH, TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
 };
 
-use crate::kread::{field, off, read, Direct, Probe};
+use crate::kread::{field, off, Direct, Head, Read};
 use crate::sock;
 use crate::{count_lost, EVENTS, RST_TW};
 
 const TCP_TIME_WAIT: u64 = 6;
 
+/// A timewait timer: the timewait sock behind it and the timer's expiry.
+struct TwTimer {
+    tw: u64,
+    expires: u64,
+}
+
 /// The timewait sock behind a timer, if the timer is a timewait timer.
 #[inline(always)]
-fn tw_of_timer(ctx: &BtfTracePointContext) -> Option<u64> {
-    let timer: u64 = ctx.arg(0);
+fn tw_of_timer(ctx: &BtfTracePointContext) -> Option<TwTimer> {
+    let timer = Direct(ctx.arg(0));
     let handler = unsafe { core::ptr::read_volatile(&crate::kread::OFFSETS.tw_timer_handler) };
-    if handler == 0 || read::<Direct>(timer, off!(timer_function)) != handler {
+    if handler == 0 || timer.get(off!(timer_function)) != handler {
         return None;
     }
-    Some(timer - off!(tw_timer).off as u64)
+    Some(TwTimer {
+        tw: timer.0 - off!(tw_timer).off as u64,
+        expires: timer.get(off!(timer_expires)),
+    })
 }
 
-#[inline(always)]
-fn substate(tw: u64) -> u8 {
-    field(tw, off!(tw_substate)) as u8
-}
-
+/// The expiry of a timewait sock's timer, from the sock (precise mode's
+/// hooks, which have no typed timer).
 #[inline(always)]
 fn expires(tw: u64) -> u64 {
     field(tw + off!(tw_timer).off as u64, off!(timer_expires))
 }
 
 pub fn on_timer_start(ctx: &BtfTracePointContext) -> Option<()> {
-    let tw = tw_of_timer(ctx)?;
-    emit(ctx, tw, TW_OPEN, substate(tw), 0)
+    let t = tw_of_timer(ctx)?;
+    emit(ctx, t.tw, t.expires, TW_OPEN, 0)
 }
 
 pub fn on_timer_expire(ctx: &BtfTracePointContext) -> Option<()> {
-    let tw = tw_of_timer(ctx)?;
-    emit(ctx, tw, TW_EXPIRED, substate(tw), 0)
+    let t = tw_of_timer(ctx)?;
+    emit(ctx, t.tw, t.expires, TW_EXPIRED, 0)
 }
 
 /// `tcp_send_reset(sk, skb, reason)`: remember a RST sent on behalf of a
@@ -103,16 +109,38 @@ fn reset_sent_for(tw: u64) -> bool {
 }
 
 pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
-    let tw = tw_of_timer(ctx)?;
+    let t = tw_of_timer(ctx)?;
     // Expiry: timer_expire_entry follows and reports it.
     // SAFETY: plain helper call.
-    if unsafe { bpf_jiffies64() } >= expires(tw) {
+    if unsafe { bpf_jiffies64() } >= t.expires {
         return None;
     }
-    // A kill or a re-arm (mod_timer detaches first): only the stack tells,
-    // in userspace; a re-arm's timer_start follows.
-    let extra = if reset_sent_for(tw) { F_RESET_SENT } else { 0 };
-    emit(ctx, tw, TW_CANCEL, substate(tw), extra)
+    // A kill or a re-arm (mod_timer detaches first). What the kernel's own
+    // state says is sent as flags; when it says nothing, the stack tells,
+    // in userspace (a re-arm's timer_start follows).
+    let extra = if reset_sent_for(t.tw) {
+        F_RESET_SENT
+    } else {
+        0
+    };
+    emit(ctx, t.tw, t.expires, TW_CANCEL, extra)
+}
+
+/// The flags of a cancel that tell why it ended without a stack
+/// ([`F_TW_UNHASHED`], [`F_NET_DYING`]); 0 when the kernel's state does not
+/// tell, or this kernel lacks the field.
+#[inline(always)]
+fn end_facts(h: &Head) -> u32 {
+    let mut f = 0;
+    let pprev = off!(skc_nulls_pprev);
+    if pprev.present() && h.get(pprev) == 0 {
+        f |= F_TW_UNHASHED;
+    }
+    let ns_ref = off!(net_ns_ref);
+    if ns_ref.present() && h.then(h.get(off!(skc_net))).get(ns_ref) == 0 {
+        f |= F_NET_DYING;
+    }
+    f
 }
 
 /// Precise mode, at the entry of `__inet_twsk_schedule(tw, timeo, rearm)`,
@@ -125,45 +153,48 @@ pub fn on_schedule<C: EbpfContext>(ctx: &C, tw: u64, rearm: bool) -> Option<()> 
     if !rearm {
         return None;
     }
-    emit(ctx, tw, TW_SUBSTATE, substate(tw), 0)
+    emit(ctx, tw, expires(tw), TW_SUBSTATE, 0)
 }
 
 /// Precise mode, at the entry of `inet_twsk_deschedule_put(tw)`: an early
 /// end is under way, sent with the current process (userspace keeps it for
 /// the TW_CANCEL that follows).
 pub fn on_deschedule<C: EbpfContext>(ctx: &C, tw: u64) -> Option<()> {
-    emit(ctx, tw, TW_DESCHEDULE, substate(tw), 0)
+    emit(ctx, tw, expires(tw), TW_DESCHEDULE, 0)
 }
 
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Option<()> {
+fn emit<C: EbpfContext>(ctx: &C, tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
     let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
         count_lost(LOST_EVENTS);
         return None;
     };
     let e = entry.as_mut_ptr();
-    let family = sock::family::<Probe>(tw);
-    let cookie = sock::cookie::<Probe>(tw);
+    // One helper call for the sock_common and the substate: a call per
+    // field made these records cost ~15 helper calls each.
+    let h = Head::copy(tw);
+    let family = sock::family(&h);
+    let cookie = sock::cookie(&h);
     // SAFETY: plain helper call.
     let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_TW;
-        (*e).flags = sock::common_flags::<Probe>(tw) | extra;
+        (*e).flags = sock::common_flags(&h) | extra;
         (*e).ts_ns = ts_ns;
         (*e).cookie = cookie;
         (*e).tw = tw;
-        (*e).expires = expires(tw);
+        (*e).expires = expires;
         (*e).jiffies = bpf_jiffies64();
-        (*e).netns = sock::netns::<Probe>(tw);
+        (*e).netns = sock::netns(&h);
         (*e).family = family;
-        (*e).sport = sock::local_port::<Probe>(tw);
-        (*e).dport = sock::remote_port::<Probe>(tw);
+        (*e).sport = sock::local_port(&h);
+        (*e).dport = sock::remote_port(&h);
         (*e).what = what;
-        (*e).substate = sub;
+        (*e).substate = h.get(off!(tw_substate)) as u8;
         (*e)._pad = 0;
-        (*e).saddr = sock::local_addr::<Probe>(tw, family);
-        (*e).daddr = sock::remote_addr::<Probe>(tw, family);
+        (*e).saddr = sock::local_addr(&h, family);
+        (*e).daddr = sock::remote_addr(&h, family);
         (*e).owner_pid = 0;
         (*e).owner_comm = [0; 16];
         // A new sock's owner is joined in userspace by cookie (see
@@ -174,7 +205,13 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, what: u8, sub: u8, extra: u32) -> Opti
             (*e).flags |= F_HAVE_OWNER;
         }
         (*e).stack_len = 0;
-        if what != TW_CANCEL {
+        // Unwinding the stack costs ~2 us (kernel.bpf_stats_enabled, 8
+        // frames), the most of any record: taken only when neither a RST
+        // mark nor the kernel's state tells the end.
+        if what == TW_CANCEL {
+            (*e).flags |= end_facts(&h);
+        }
+        if what != TW_CANCEL || (*e).flags & (F_RESET_SENT | F_TW_UNHASHED | F_NET_DYING) != 0 {
             (*e).stack = [0; STACK_DEPTH];
         } else {
             // Zero-fills what it does not write.

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 
 use monitor_common::{
     ConflictsEvent, SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_REQUEST, F_IN_PROCESS,
-    F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY, NR_BIND, NR_CONNECT,
-    NR_LISTEN, PORT_FN_GET_PORT, PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT, TW_CANCEL,
-    TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
+    F_NET_DYING, F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_TW_UNHASHED, F_V6ONLY,
+    NR_BIND, NR_CONNECT, NR_LISTEN, PORT_FN_GET_PORT, PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT,
+    TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
 };
 
 use super::decode::{cstr, Raw};
@@ -512,7 +512,16 @@ impl Enricher {
                         .collect(),
                     None => Vec::new(),
                 };
-                let meaning = match classify_cancel(&funcs) {
+                // What the kernel's state told, where it did (and no stack
+                // was taken); the stack otherwise.
+                let told = if r.flags & F_NET_DYING != 0 {
+                    Some(CancelMeaning::Ended(TimewaitEnd::NetnsExit))
+                } else if r.flags & F_TW_UNHASHED != 0 {
+                    Some(CancelMeaning::Ended(TimewaitEnd::ReusedByConnect))
+                } else {
+                    None
+                };
+                let meaning = match told.unwrap_or_else(|| classify_cancel(&funcs)) {
                     // The kernel sent a RST for it just before: TCP_TW_RST,
                     // which tcp_v4_rcv also kills (no SYN involved).
                     CancelMeaning::Ended(_) if r.flags & F_RESET_SENT != 0 => {
@@ -779,6 +788,36 @@ mod tests {
         };
         assert_eq!((c.reason, c.ended_by), (ReusedBySyn, None));
         assert!(c.end_mismatch.is_some());
+    }
+
+    /// A cancel without a stack: the kernel's state said why (the sock out
+    /// of the hash before its cancel: a connect() took it over; its
+    /// namespace without references: a netns exit), or a RST mark did, or
+    /// nothing did.
+    #[test]
+    fn cancels_told_by_the_kernels_state_need_no_stack() {
+        use TimewaitEnd::*;
+        let syms = "ffffffff81000200 T tcp_v4_rcv\nffffffff81000300 T x\n";
+        for (flags, want) in [
+            (F_TW_UNHASHED, ReusedByConnect),
+            (F_NET_DYING, NetnsExit),
+            (F_NET_DYING | F_TW_UNHASHED, NetnsExit),
+            (F_RESET_SENT, Reset),
+            (0, Unknown),
+        ] {
+            let mut e = Enricher::new(0, 250, Some(Kallsyms::parse(syms)));
+            let mut r: TwEvent = zeroed();
+            r.kind = KIND_TW;
+            r.tw = 9;
+            r.family = 2;
+            r.substate = 6;
+            r.what = TW_CANCEL;
+            r.flags = flags;
+            let Kind::TimewaitClose(c) = e.enrich(&Raw::Tw(r)).unwrap().kind else {
+                panic!("flags {flags:#x}: not a close")
+            };
+            assert_eq!(c.reason, want, "flags {flags:#x}");
+        }
     }
 
     #[test]

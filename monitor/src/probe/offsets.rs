@@ -282,6 +282,7 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
         skc_v6_rcv_saddr: k.opt_field("sock_common", "skc_v6_rcv_saddr")?,
         skc_v6_daddr: k.opt_field("sock_common", "skc_v6_daddr")?,
         skc_cookie: k.field("sock_common", "skc_cookie")?,
+        skc_nulls_pprev: k.opt_field("sock_common", "skc_nulls_node.pprev")?,
         sk_protocol: k.field("sock", "sk_protocol")?,
         sk_type: k.field("sock", "sk_type")?,
         sk_uid: k.field("sock", "sk_uid")?,
@@ -292,6 +293,10 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
         inet_transparent: k.inet_bit("INET_FLAGS_TRANSPARENT", "transparent")?,
         inet_bind_no_port: k.inet_bit("INET_FLAGS_BIND_ADDRESS_NO_PORT", "bind_address_no_port")?,
         net_inum: k.field("net", "ns.inum")?,
+        net_ns_ref: match k.opt_field("net", "ns.__ns_ref")? {
+            f if f.present() => f,
+            _ => k.opt_field("net", "ns.count")?,
+        },
         tw_substate: k.field("inet_timewait_sock", "tw_substate")?,
         tw_timer,
         timer_function: k.field("timer_list", "function")?,
@@ -339,5 +344,12 @@ mod tests {
         assert_eq!(o.socket_file.width, 64);
         assert_eq!(o.file_inode.width, 64);
         assert!(o.net_inum.off > 0);
+        // What tells a connect()'s takeover and a netns exit without a stack.
+        assert_eq!(o.skc_nulls_pprev.width, 64);
+        assert!(
+            o.skc_nulls_pprev.off > o.skc_cookie.off && o.skc_nulls_pprev.off < o.tw_substate.off
+        );
+        assert_eq!(o.net_ns_ref.width, 32);
+        assert!(o.net_ns_ref.off > 0);
     }
 }
