@@ -656,3 +656,31 @@ fn a_carry_over_larger_than_the_limit_is_at_most_as_large_as_the_new_events() {
         "carried {carried} bytes for {fresh} of events"
     );
 }
+
+/// `-o /dev/null --force` (or a pipe) writes there but leaves its mode
+/// alone: once, this turned the machine's /dev/null into 0600. A FIFO
+/// stands in for the device.
+#[test]
+fn forcing_a_trace_onto_a_non_regular_file_keeps_its_mode() {
+    let dir = TempDir::new("fifo");
+    let p = dir.join("pipe");
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let rp = p.clone();
+    let reader = std::thread::spawn(move || std::fs::read(rp).unwrap().len());
+    let w = TraceWriter::create(
+        &p,
+        synth::header(),
+        WriterOptions {
+            overwrite: true,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    w.finish().unwrap();
+    assert!(reader.join().unwrap() > 0, "the header reached the pipe");
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+}

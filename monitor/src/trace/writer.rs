@@ -375,7 +375,7 @@ impl TraceWriter {
     /// header and `carry` (the sockets known now, as `socket` events).
     pub fn rotate(&mut self, carry: &[Event]) -> Result<(), WriteError> {
         self.flush()?;
-        if let Err(e) = self.file.sync_all() {
+        if let Err(e) = sync(&self.file) {
             return Err(self.fail(WriteError::io("sync", &self.path, e)));
         }
         let part = self.header.part + 1;
@@ -431,7 +431,7 @@ impl TraceWriter {
     /// Flush, fsync and close.
     pub fn finish(mut self) -> Result<Written, WriteError> {
         self.flush()?;
-        if let Err(e) = self.file.sync_all() {
+        if let Err(e) = sync(&self.file) {
             return Err(self.fail(WriteError::io("sync", &self.path, e)));
         }
         Ok(std::mem::take(&mut self.written))
@@ -465,6 +465,15 @@ pub(crate) fn chunk_end(data: &[u8], start: usize, max: usize) -> usize {
 
 fn lines(b: &[u8]) -> u64 {
     b.iter().filter(|&&c| c == b'\n').count() as u64
+}
+
+/// fsync, where the file can be synced: a pipe or /dev/null (EINVAL) has
+/// nothing to sync.
+fn sync(f: &File) -> io::Result<()> {
+    match f.sync_all() {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        r => r,
+    }
 }
 
 /// write_all that says how much was written before an error.
@@ -501,9 +510,17 @@ fn open_new(path: &Path, overwrite: bool) -> Result<File, WriteError> {
             WriteError::io("create", path, e)
         }
     })?;
-    // An overwritten file keeps its old mode; a trace is always 0600.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| WriteError::io("set the mode of", path, e))?;
+    // An overwritten file keeps its old mode; a trace is always 0600. Only
+    // a regular file: `-o /dev/null --force` must not take everyone's
+    // /dev/null away (it did).
+    let regular = file
+        .metadata()
+        .map_err(|e| WriteError::io("look at", path, e))?
+        .is_file();
+    if regular {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| WriteError::io("set the mode of", path, e))?;
+    }
     Ok(file)
 }
 
