@@ -19,7 +19,7 @@ use crate::event::{
     BindFailed, DiagnosisCode, Endpoint, Event, Holder, KernelHolder, Kind, Process, Proto,
     SocketSeen, Syscall,
 };
-use crate::model::{Model, Tracked};
+use crate::model::Model;
 use crate::rules::{self, ExistingSocket, NetEnv, NewSocket};
 use crate::snapshot::{self, Snapshot};
 
@@ -377,15 +377,12 @@ pub fn explain(
     b: &BindFailed,
     unseen: Option<String>,
 ) -> (Vec<crate::event::Holder>, crate::event::Diagnosis) {
-    // The failing socket itself is in the model (a listen() on a bound
-    // socket): it does not block itself.
-    let is_self = |t: &Tracked| {
-        (b.cookie != 0 && t.sock.cookie == b.cookie) || (b.inode != 0 && t.sock.inode == b.inode)
-    };
     let default_env = NetEnv::default();
     let env = env.unwrap_or(&default_env);
     let range = env.local_port_range;
-    let look = model.look_at_port(netns, proto, b.requested.port(), range, is_self);
+    // The failing socket itself may be in the model (a listen() on a bound
+    // socket): it does not block itself.
+    let look = model.look_at_port(netns, proto, b.requested.port(), range, (b.cookie, b.inode));
     let (tracked, existing): (Vec<_>, Vec<ExistingSocket>) = look.on_port.into_iter().unzip();
     let (sockets_seen, timewait_in_range) = (look.sockets, look.timewait_in_range);
     let owner_of = |s: &ExistingSocket| {

@@ -16,6 +16,9 @@ use crate::event::{
 };
 use crate::rules::{ExistingSocket, Family};
 
+mod table;
+use table::Table;
+
 /// How many failures the model keeps for views and reports.
 pub const MAX_FAILURES: usize = 1000;
 /// Sockets that no event retires (bound-only TCP, UDP) are capped at this
@@ -87,7 +90,7 @@ impl Tracked {
 
 #[derive(Default, Debug)]
 pub struct Namespace {
-    socks: HashMap<SockId, Tracked>,
+    socks: Table,
     /// Light mode: timewait socks per local port as the last census counted
     /// them (not tracked one by one); None when events track them.
     counted_tw: Option<HashMap<u16, u32>>,
@@ -106,10 +109,7 @@ impl Namespace {
     /// most of it): a hash table keeps its largest size otherwise, and the
     /// model's is the bulk of twmon's memory.
     fn shrink(&mut self) {
-        let len = self.socks.len();
-        if self.socks.capacity() > 4 * len.max(1024) {
-            self.socks.shrink_to(2 * len);
-        }
+        self.socks.shrink();
     }
 
     pub fn sockets(&self) -> impl Iterator<Item = &Tracked> {
@@ -125,9 +125,7 @@ impl Namespace {
 
     /// Sockets on `port` of `proto`.
     pub fn on_port(&self, proto: Proto, port: u16) -> impl Iterator<Item = &Tracked> {
-        self.socks
-            .values()
-            .filter(move |t| t.sock.proto == proto && t.sock.port == port)
+        self.socks.on_port(proto, port).map(|(_, t)| t)
     }
 }
 
@@ -199,10 +197,7 @@ impl Model {
                 let ns = self.ns.entry(netns).or_default();
                 let ids = SockId::tw(Proto::Tcp, t.cookie, t.local, t.remote);
                 if let Some(id) = ids.iter().find(|id| ns.socks.contains_key(id)) {
-                    if let Some(tr) = ns.socks.get_mut(id) {
-                        tr.sock.state = t.substate;
-                        tr.expires_at_ns = Some(expires_at);
-                    }
+                    ns.socks.set_timewait(id, t.substate, expires_at);
                 }
             }
             Kind::TimewaitClose(t) => {
@@ -528,40 +523,53 @@ impl Model {
         }
     }
 
-    /// What explaining a failure on `port` of `netns` needs, in one pass
-    /// over the namespace's sockets: a crash-looping server fails many
-    /// times a second, and each pass is the whole table (three passes per
-    /// failure were a fifth of `record`'s CPU beside 100 failures/s, perf).
-    /// Only the sockets on that port are copied, as the rules see them with
-    /// the remaining timewait time at the model's clock: a bind conflicts
-    /// with nothing else, and a copy of every socket per failure cost a
-    /// churning host's `watch` tens of MiB at its peak (heaptrack). Sockets
-    /// `skip` names (the failing socket itself) are left out.
+    /// What explaining a failure on `port` of `netns` needs, from the
+    /// table's indexes (see `table.rs`): a crash-looping server fails many
+    /// times a second, and a walk of the whole table per failure was a
+    /// fifth of `record`'s CPU beside 100 failures/s (perf). Only the
+    /// sockets on that port are copied, as the rules see them with the
+    /// remaining timewait time at the model's clock: a bind conflicts with
+    /// nothing else, and a copy of every socket per failure cost a churning
+    /// host's `watch` tens of MiB at its peak (heaptrack). The failing
+    /// socket itself (by its cookie or inode, `me`) is left out.
     pub fn look_at_port(
         &self,
         netns: u32,
         proto: Proto,
         port: u16,
         range: (u16, u16),
-        skip: impl Fn(&Tracked) -> bool,
+        me: (u64, u64),
     ) -> PortLook<'_> {
         let mut look = PortLook::default();
         let Some(ns) = self.ns.get(&netns) else {
             return look;
         };
-        for t in ns.socks.values() {
-            if t.sock.timewait && (range.0..=range.1).contains(&t.sock.port) {
-                look.timewait_in_range += 1;
-            }
-            if t.sock.proto != proto || skip(t) {
+        let (cookie, inode) = me;
+        let is_me = |t: &Tracked| {
+            (cookie != 0 && t.sock.cookie == cookie) || (inode != 0 && t.sock.inode == inode)
+        };
+        look.timewait_in_range = ns.socks.timewait_in(range.0, range.1);
+        // The failing socket, wherever it sits, under any key it may have.
+        let mine: Vec<SockId> = [
+            SockId::Cookie(cookie),
+            SockId::Tw(cookie),
+            SockId::Inode(inode),
+        ]
+        .into_iter()
+        .filter(|id| {
+            ns.socks
+                .get(id)
+                .is_some_and(|t| t.sock.proto == proto && is_me(t))
+        })
+        .collect();
+        look.sockets = ns.socks.count(proto) - mine.len();
+        for (_, t) in ns.socks.on_port(proto, port) {
+            if is_me(t) {
                 continue;
             }
-            look.sockets += 1;
-            if t.sock.port == port {
-                let mut s = t.sock.clone();
-                s.expires_in_ms = t.expires_in_ms(self.now_ns);
-                look.on_port.push((t, s));
-            }
+            let mut s = t.sock.clone();
+            s.expires_in_ms = t.expires_in_ms(self.now_ns);
+            look.on_port.push((t, s));
         }
         look
     }

@@ -1,0 +1,274 @@
+//! One namespace's socket table, with what explaining a failure needs kept
+//! beside it so that a failure costs no walk of the table: the keys of the
+//! sockets on each port, the timewait socks per local port, and the
+//! sockets per protocol. A crash-looping server fails many times a second;
+//! each walk was the whole table (a sixth of `record`'s CPU beside 100
+//! failures/s and 30,000 timewait socks, perf), and a host with a million
+//! sockets would have spent a core on it.
+//!
+//! Every change goes through here, so the indexes cannot drift from the
+//! table: the fields they key on (protocol, port, timewait) are only ever
+//! set by [`Table::insert`].
+
+use std::collections::BTreeMap;
+
+/// foldhash instead of SipHash: the table is hashed a few times per
+/// transition, a quarter of a million times a second under churn, and the
+/// keys are the kernel's socket cookies and ports (randomly seeded, so
+/// still no predictable collisions).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+use super::{SockId, Tracked};
+use crate::event::{Proto, TcpState};
+
+#[derive(Default, Debug)]
+pub(super) struct Table {
+    socks: HashMap<SockId, Tracked>,
+    /// The keys of the sockets on each (protocol, local port).
+    on_port: HashMap<(Proto, u16), HashSet<SockId>>,
+    /// Timewait socks per local port: ordered, for a sum over the
+    /// ephemeral range.
+    timewait: BTreeMap<u16, u32>,
+    tcp: usize,
+    udp: usize,
+}
+
+impl Table {
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.socks.capacity()
+    }
+
+    pub fn get(&self, id: &SockId) -> Option<&Tracked> {
+        self.socks.get(id)
+    }
+
+    pub fn contains_key(&self, id: &SockId) -> bool {
+        self.socks.contains_key(id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Tracked> {
+        self.socks.values()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&SockId, &Tracked)> {
+        self.socks.iter()
+    }
+
+    /// Sockets of `proto`.
+    pub fn count(&self, proto: Proto) -> usize {
+        match proto {
+            Proto::Tcp => self.tcp,
+            Proto::Udp => self.udp,
+        }
+    }
+
+    /// The sockets on `port` of `proto`, in no order.
+    pub fn on_port(&self, proto: Proto, port: u16) -> impl Iterator<Item = (&SockId, &Tracked)> {
+        self.on_port
+            .get(&(proto, port))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.socks.get(id).map(|t| (id, t)))
+    }
+
+    /// Timewait socks whose local port is in `lo..=hi`.
+    pub fn timewait_in(&self, lo: u16, hi: u16) -> usize {
+        if lo > hi {
+            return 0;
+        }
+        self.timewait.range(lo..=hi).map(|(_, n)| *n as usize).sum()
+    }
+
+    pub fn insert(&mut self, id: SockId, t: Tracked) -> Option<Tracked> {
+        // The old entry's keys out before the new one's go in: both may
+        // be the same (protocol, port).
+        let (proto, port, timewait) = (t.sock.proto, t.sock.port, t.sock.timewait);
+        let old = self.socks.insert(id, t);
+        if let Some(o) = &old {
+            self.unindex(id, o.sock.proto, o.sock.port, o.sock.timewait);
+        }
+        self.on_port.entry((proto, port)).or_default().insert(id);
+        if timewait {
+            *self.timewait.entry(port).or_default() += 1;
+        }
+        *self.count_mut(proto) += 1;
+        old
+    }
+
+    pub fn remove(&mut self, id: &SockId) -> Option<Tracked> {
+        let t = self.socks.remove(id)?;
+        self.unindex(*id, t.sock.proto, t.sock.port, t.sock.timewait);
+        Some(t)
+    }
+
+    /// Keep the sockets `keep` says to keep.
+    pub fn retain(&mut self, mut keep: impl FnMut(&SockId, &Tracked) -> bool) {
+        let mut gone = Vec::new();
+        self.socks.retain(|id, t| {
+            let k = keep(id, t);
+            if !k {
+                gone.push((*id, t.sock.proto, t.sock.port, t.sock.timewait));
+            }
+            k
+        });
+        for (id, proto, port, timewait) in gone {
+            self.unindex(id, proto, port, timewait);
+        }
+    }
+
+    /// A timewait sock's new substate and expiry (which the indexes do not
+    /// key on).
+    pub fn set_timewait(&mut self, id: &SockId, state: TcpState, expires_at_ns: u64) {
+        if let Some(t) = self.socks.get_mut(id) {
+            t.sock.state = state;
+            t.expires_at_ns = Some(expires_at_ns);
+        }
+    }
+
+    /// Give back room a table left mostly empty would keep (hash tables
+    /// keep their largest size).
+    pub fn shrink(&mut self) {
+        let len = self.socks.len();
+        if self.socks.capacity() > 4 * len.max(1024) {
+            self.socks.shrink_to(2 * len);
+        }
+        if self.on_port.capacity() > 4 * self.on_port.len().max(1024) {
+            self.on_port.shrink_to(2 * self.on_port.len());
+        }
+        for ids in self.on_port.values_mut() {
+            if ids.capacity() > 4 * ids.len().max(64) {
+                ids.shrink_to(2 * ids.len());
+            }
+        }
+    }
+
+    fn unindex(&mut self, id: SockId, proto: Proto, port: u16, timewait: bool) {
+        if let Some(ids) = self.on_port.get_mut(&(proto, port)) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.on_port.remove(&(proto, port));
+            }
+        }
+        if timewait {
+            if let Some(n) = self.timewait.get_mut(&port) {
+                *n -= 1;
+                if *n == 0 {
+                    self.timewait.remove(&port);
+                }
+            }
+        }
+        *self.count_mut(proto) -= 1;
+    }
+
+    fn count_mut(&mut self, proto: Proto) -> &mut usize {
+        match proto {
+            Proto::Tcp => &mut self.tcp,
+            Proto::Udp => &mut self.udp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::ExistingSocket;
+
+    fn tracked(proto: Proto, port: u16, timewait: bool) -> Tracked {
+        let mut sock = ExistingSocket::new(
+            proto,
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            if timewait {
+                TcpState::TimeWait
+            } else {
+                TcpState::Established
+            },
+        );
+        sock.timewait = timewait;
+        Tracked {
+            sock,
+            owner: None,
+            left_by: None,
+            since_ns: 0,
+            expires_at_ns: None,
+            unretired: false,
+            seq: 0,
+        }
+    }
+
+    /// What the indexes must say, by walking the table.
+    fn walked(t: &Table, proto: Proto, port: u16, lo: u16, hi: u16) -> (Vec<SockId>, usize, usize) {
+        let mut on: Vec<SockId> = t
+            .iter()
+            .filter(|(_, s)| s.sock.proto == proto && s.sock.port == port)
+            .map(|(id, _)| *id)
+            .collect();
+        on.sort_by_key(|id| format!("{id:?}"));
+        let tw = t
+            .values()
+            .filter(|s| s.sock.timewait && (lo..=hi).contains(&s.sock.port))
+            .count();
+        let n = t.values().filter(|s| s.sock.proto == proto).count();
+        (on, tw, n)
+    }
+
+    /// Inserts (new keys and replacements that move a socket to another
+    /// port or protocol, or make it a timewait sock), removals and retains,
+    /// in a fixed pseudo-random order: after each, the indexes agree with a
+    /// walk of the table.
+    #[test]
+    fn the_indexes_agree_with_a_walk_after_any_change() {
+        let mut t = Table::default();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for step in 0..5000 {
+            let id = match next(3) {
+                0 => SockId::Cookie(next(40)),
+                1 => SockId::Tw(next(40)),
+                _ => SockId::Inode(next(40)),
+            };
+            match next(10) {
+                0..=5 => {
+                    let proto = if next(4) == 0 { Proto::Udp } else { Proto::Tcp };
+                    let port = 1000 + next(6) as u16;
+                    t.insert(id, tracked(proto, port, next(2) == 0));
+                }
+                6..=8 => {
+                    t.remove(&id);
+                }
+                _ => {
+                    let cut = 1000 + next(6) as u16;
+                    t.retain(|_, s| s.sock.port != cut);
+                }
+            }
+            if step % 97 == 0 {
+                t.shrink();
+            }
+            for proto in [Proto::Tcp, Proto::Udp] {
+                for port in 1000..1006 {
+                    let (lo, hi) = (1000 + next(6) as u16, 1000 + next(6) as u16);
+                    let (on, tw, n) = walked(&t, proto, port, lo, hi);
+                    let mut got: Vec<SockId> = t.on_port(proto, port).map(|(id, _)| *id).collect();
+                    got.sort_by_key(|id| format!("{id:?}"));
+                    assert_eq!(got, on, "step {step}: {proto:?} port {port}");
+                    assert_eq!(t.timewait_in(lo, hi), tw, "step {step}: {lo}..={hi}");
+                    assert_eq!(t.count(proto), n, "step {step}: {proto:?}");
+                }
+            }
+        }
+        assert!(!t.is_empty(), "the sequence left sockets to check against");
+    }
+}
