@@ -9,8 +9,11 @@
 //! - `timer_expire_entry`: normal expiry.
 //! - `timer_cancel`: fires on expiry and on re-arm too. Expiry is recognised
 //!   by jiffies having reached the timer; what is left is an early kill or a
-//!   re-arm, sent with the kernel stack so userspace can tell which, and why
-//!   (reused by connect, by a SYN, reset, netns exit).
+//!   re-arm. Where the kernel's state says why (a RST just sent for it, the
+//!   sock already out of the hash: reused by connect, its namespace without
+//!   references: netns exit) that goes as flags; otherwise (a SYN's
+//!   takeover, a received RST, a re-arm) with the kernel stack, from which
+//!   userspace tells which.
 //!
 //! A re-arm whose new expiry falls in the same timer-wheel bucket only
 //! rewrites `expires` and fires no tracepoint at all: a FIN_WAIT2 -> TIME_WAIT
