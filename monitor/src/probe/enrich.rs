@@ -620,6 +620,18 @@ mod tests {
         unsafe { std::mem::zeroed() }
     }
 
+    /// A timewait record of an IPv4 TIME_WAIT sock (substate 6) known by
+    /// `tw`, saying `what`.
+    fn tw_record(tw: u64, what: u8) -> TwEvent {
+        let mut r: TwEvent = zeroed();
+        r.kind = KIND_TW;
+        r.tw = tw;
+        r.family = 2;
+        r.substate = 6;
+        r.what = what;
+        r
+    }
+
     #[test]
     fn cancel_stacks_tell_why_a_timewait_ended() {
         use CancelMeaning::*;
@@ -757,12 +769,7 @@ mod tests {
         );
         let mut e = Enricher::new(0, 250, Some(syms));
         e.set_deschedule_live(true);
-        let mut r: TwEvent = zeroed();
-        r.kind = KIND_TW;
-        r.tw = 9;
-        r.family = 2;
-        r.substate = 6;
-        r.what = TW_DESCHEDULE;
+        let mut r = tw_record(9, TW_DESCHEDULE);
         r.owner_pid = 4242;
         r.owner_comm[..4].copy_from_slice(b"curl");
         assert_eq!(e.enrich(&Raw::Tw(r)), None);
@@ -806,12 +813,7 @@ mod tests {
             (0, Unknown),
         ] {
             let mut e = Enricher::new(0, 250, Some(Kallsyms::parse(syms)));
-            let mut r: TwEvent = zeroed();
-            r.kind = KIND_TW;
-            r.tw = 9;
-            r.family = 2;
-            r.substate = 6;
-            r.what = TW_CANCEL;
+            let mut r = tw_record(9, TW_CANCEL);
             r.flags = flags;
             let Kind::TimewaitClose(c) = e.enrich(&Raw::Tw(r)).unwrap().kind else {
                 panic!("flags {flags:#x}: not a close")
@@ -963,12 +965,7 @@ mod tests {
     fn rearm_after_cancel_is_not_a_new_socket() {
         let syms = Kallsyms::parse("ffffffff81000100 T __mod_timer\nffffffff81000200 T x\n");
         let mut e = Enricher::new(0, 250, Some(syms));
-        let mut r: TwEvent = zeroed();
-        r.kind = KIND_TW;
-        r.tw = 1;
-        r.family = 2;
-        r.substate = 6;
-        r.what = TW_OPEN;
+        let mut r = tw_record(1, TW_OPEN);
         assert!(matches!(
             e.enrich(&Raw::Tw(r)).unwrap().kind,
             Kind::TimewaitOpen(_)

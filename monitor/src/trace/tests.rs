@@ -107,16 +107,7 @@ fn a_trace_is_created_0600_and_never_overwritten_by_accident() {
     }
     // --force on a 0644 file: overwritten, and 0600 again.
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let w = TraceWriter::create(
-        &p,
-        synth::header(),
-        WriterOptions {
-            overwrite: true,
-            ..WriterOptions::default()
-        },
-    )
-    .unwrap();
-    w.finish().unwrap();
+    write_forced(&p);
     let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let (evs, err) = read_all(TraceReader::open(&p).unwrap());
@@ -657,6 +648,20 @@ fn a_carry_over_larger_than_the_limit_is_at_most_as_large_as_the_new_events() {
     );
 }
 
+/// `--force`: a trace of only its header over whatever is at `p`.
+fn write_forced(p: &std::path::Path) {
+    let w = TraceWriter::create(
+        p,
+        synth::header(),
+        WriterOptions {
+            overwrite: true,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    w.finish().unwrap();
+}
+
 /// `-o /dev/null --force` (or a pipe) writes there but leaves its mode
 /// alone: once, this turned the machine's /dev/null into 0600. A FIFO
 /// stands in for the device.
@@ -670,16 +675,7 @@ fn forcing_a_trace_onto_a_non_regular_file_keeps_its_mode() {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
     let rp = p.clone();
     let reader = std::thread::spawn(move || std::fs::read(rp).unwrap().len());
-    let w = TraceWriter::create(
-        &p,
-        synth::header(),
-        WriterOptions {
-            overwrite: true,
-            ..WriterOptions::default()
-        },
-    )
-    .unwrap();
-    w.finish().unwrap();
+    write_forced(&p);
     assert!(reader.join().unwrap() > 0, "the header reached the pipe");
     let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
