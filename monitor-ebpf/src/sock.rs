@@ -15,11 +15,16 @@ pub fn family(sk: &impl Read) -> u16 {
     sk.get(off!(skc_family)) as u16
 }
 
+/// A socket's `struct net`, to read with the reader its pointer allows.
+#[inline(always)]
+pub fn net<R: Read>(sk: &R) -> R::Then {
+    sk.then(sk.get(off!(skc_net)))
+}
+
 /// The network namespace inode of a socket.
 #[inline(always)]
 pub fn netns<R: Read>(sk: &R) -> u32 {
-    let net = sk.get(off!(skc_net));
-    sk.then(net).get(off!(net_inum)) as u32
+    net(sk).get(off!(net_inum)) as u32
 }
 
 /// SO_REUSEADDR / SO_REUSEPORT / IPV6_V6ONLY of any sock_common.

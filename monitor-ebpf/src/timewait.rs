@@ -140,7 +140,7 @@ fn end_facts(h: &Head) -> u32 {
         f |= F_TW_UNHASHED;
     }
     let ns_ref = off!(net_ns_ref);
-    if ns_ref.present() && h.then(h.get(off!(skc_net))).get(ns_ref) == 0 {
+    if ns_ref.present() && sock::net(h).get(ns_ref) == 0 {
         f |= F_NET_DYING;
     }
     f
