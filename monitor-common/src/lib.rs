@@ -63,17 +63,22 @@ pub const MAX_CONFLICTS: usize = 4;
 pub const TW_OPEN: u8 = 1;
 pub const TW_SUBSTATE: u8 = 2;
 pub const TW_EXPIRED: u8 = 3;
-/// The timer was cancelled while not expiring and with the same substate:
-/// an early kill (or a rare re-arm in TIME_WAIT); userspace decides from the
-/// kernel stack which one, and why.
+/// The timer was cancelled early (not expiring): a kill, or a re-arm
+/// (mod_timer detaches first). The flags say why where the kernel's state
+/// tells (F_RESET_SENT, F_TW_UNHASHED, F_NET_DYING); otherwise what follows
+/// on the same CPU does: a TW_OPEN of the same sock (a re-arm), or a
+/// TW_TAKEOVER (a SYN took it over), and userspace waits a moment for them.
 pub const TW_CANCEL: u8 = 4;
 /// Precise mode: `inet_twsk_deschedule_put` was entered for this timewait
 /// sock (an early end; the TW_CANCEL of its timer follows on the same CPU).
 /// `owner_pid`/`owner_comm` are the current process (F_HAVE_OWNER), which
 /// is the one that ended it only where the end runs in process context.
 pub const TW_DESCHEDULE: u8 = 5;
-
-pub const STACK_DEPTH: usize = 8;
+/// A connection request for the same 4-tuple was queued right after an
+/// unexplained TW_CANCEL on the same CPU: the SYN that took the timewait
+/// sock over (tcp_v4_rcv / tcp_v6_rcv, TCP_TW_SYN). Only `tw`, `cookie`
+/// and `ts_ns` are set.
+pub const TW_TAKEOVER: u8 = 6;
 
 /// Ring buffer indexes of the per-CPU `LOST` counters.
 pub const LOST_BINDS: u32 = 0;
@@ -208,12 +213,9 @@ pub struct TwEvent {
     pub dport: u16,
     pub what: u8,
     pub substate: u8,
-    pub stack_len: u32,
-    pub _pad: u32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub owner_comm: [u8; 16],
-    pub stack: [u64; STACK_DEPTH],
 }
 
 /// Where a field lives inside a kernel struct: a byte offset, and for
@@ -293,17 +295,22 @@ pub struct Offsets {
     pub tw_timer: Field,
     pub timer_function: Field,
     pub timer_expires: Field,
-    pub _pad: Field,
-    /// Address of `tw_timer_handler` (from /proc/kallsyms).
+    /// `request_sock.rsk_timer`: a SYN's queued request, whose sock_common
+    /// holds its 4-tuple.
+    pub rsk_timer: Field,
+    /// Addresses of `tw_timer_handler` and `reqsk_timer_handler` (from
+    /// /proc/kallsyms).
     pub tw_timer_handler: u64,
+    pub reqsk_timer_handler: u64,
 }
 
 // No implicit padding (the struct is copied as bytes into the programs'
-// read-only data): the Fields, `_pad` included, fill a multiple of 8.
+// read-only data): the Fields fill a multiple of 8 (add a pad Field when
+// their count turns odd).
 const _: () = assert!(
-    core::mem::size_of::<Offsets>() == core::mem::offset_of!(Offsets, tw_timer_handler) + 8
+    core::mem::size_of::<Offsets>() == core::mem::offset_of!(Offsets, reqsk_timer_handler) + 8
         && core::mem::offset_of!(Offsets, tw_timer_handler)
-            == core::mem::offset_of!(Offsets, _pad) + 4
+            == core::mem::offset_of!(Offsets, rsk_timer) + 4
 );
 
 #[cfg(feature = "user")]
@@ -322,6 +329,6 @@ const _: () = assert!(core::mem::size_of::<SockCallEvent>() == 152);
 const _: () = assert!(core::mem::size_of::<ConflictsEvent>() == 32 + MAX_CONFLICTS * 64);
 const _: () = assert!(core::mem::size_of::<ConflictSock>() == 64);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 112);
-const _: () = assert!(core::mem::size_of::<TwEvent>() == 184);
+const _: () = assert!(core::mem::size_of::<TwEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<Field>() == 4);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 40 * 4 + 8);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 40 * 4 + 16);

@@ -40,6 +40,12 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 static RST_TW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// The last unexplained timewait cancel on this CPU (see
+/// `timewait::on_timer_cancel`), for the connection request a SYN's
+/// takeover queues right after it in the same softirq.
+#[map]
+static SYN_TW: PerCpuArray<timewait::Unexplained> = PerCpuArray::with_max_entries(1, 0);
+
 /// Unread bytes in EVENTS at which a submit wakes the reader at once.
 /// Below it nothing wakes the reader: it comes by itself every few
 /// milliseconds (monitor/src/probe/mod.rs) and takes what piled up. A wakeup

@@ -96,14 +96,14 @@ pub fn twmon_kretprobe_bind_conflict(ctx: RetProbeContext) -> u32 {
 pub fn twmon_fentry_twsk_schedule(ctx: FEntryContext) -> i32 {
     let tw: u64 = ctx.arg(0);
     let rearm: u64 = ctx.arg(2);
-    let _ = crate::timewait::on_schedule(&ctx, tw, rearm & 0xff != 0);
+    let _ = crate::timewait::on_schedule(tw, rearm & 0xff != 0);
     0
 }
 
 #[kprobe]
 pub fn twmon_kprobe_twsk_schedule(ctx: ProbeContext) -> u32 {
     if let (Some(tw), Some(rearm)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(2)) {
-        let _ = crate::timewait::on_schedule(&ctx, tw, rearm & 0xff != 0);
+        let _ = crate::timewait::on_schedule(tw, rearm & 0xff != 0);
     }
     0
 }
@@ -193,14 +193,14 @@ pub fn twmon_kretprobe_hash_connect(ctx: RetProbeContext) -> u32 {
 /// exit): see timewait::on_deschedule.
 #[fentry(function = "inet_twsk_deschedule_put")]
 pub fn twmon_fentry_twsk_deschedule(ctx: FEntryContext) -> i32 {
-    let _ = crate::timewait::on_deschedule(&ctx, ctx.arg(0));
+    let _ = crate::timewait::on_deschedule(ctx.arg(0));
     0
 }
 
 #[kprobe]
 pub fn twmon_kprobe_twsk_deschedule(ctx: ProbeContext) -> u32 {
     if let Some(tw) = ctx.arg::<u64>(0) {
-        let _ = crate::timewait::on_deschedule(&ctx, tw);
+        let _ = crate::timewait::on_deschedule(tw);
     }
     0
 }

@@ -11,9 +11,15 @@
 //!   by jiffies having reached the timer; what is left is an early kill or a
 //!   re-arm. Where the kernel's state says why (a RST just sent for it, the
 //!   sock already out of the hash: reused by connect, its namespace without
-//!   references: netns exit) that goes as flags; otherwise (a SYN's
-//!   takeover, a received RST, a re-arm) with the kernel stack, from which
-//!   userspace tells which.
+//!   references: netns exit) that goes as flags. Otherwise it is a SYN's
+//!   takeover, a received RST or a re-arm, and what follows on this CPU
+//!   tells: a re-arm's timer_start for the same sock (inside the same
+//!   mod_timer call), or, for a SYN, the timer of the connection request
+//!   the listener queues for the same 4-tuple in the same softirq
+//!   (`reqsk_timer_handler`), which `timer_start` reports as TW_TAKEOVER.
+//!   The kernel stack told these apart before, at ~2 us per cancel
+//!   (kernel.bpf_stats_enabled), the costliest record of a server-first
+//!   connection.
 //!
 //! A re-arm whose new expiry falls in the same timer-wheel bucket only
 //! rewrites `expires` and fires no tracepoint at all: a FIN_WAIT2 -> TIME_WAIT
@@ -21,20 +27,85 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_jiffies64,
-        bpf_ktime_get_boot_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_boot_ns,
     },
     programs::BtfTracePointContext,
-    EbpfContext,
 };
 use monitor_common::{
     TwEvent, F_HAVE_OWNER, F_NET_DYING, F_RESET_SENT, F_TW_UNHASHED, KIND_TW, LOST_EVENTS,
-    STACK_DEPTH, TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE,
+    TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE, TW_TAKEOVER,
 };
 
 use crate::kread::{field, off, Direct, Head, Read};
-use crate::sock;
-use crate::{count_lost, EVENTS, RST_TW};
+use crate::sock::{self, AF_INET6};
+use crate::{count_lost, EVENTS, RST_TW, SYN_TW};
+
+/// A timewait sock whose cancel nothing explained, and its 4-tuple.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Unexplained {
+    tw: u64,
+    cookie: u64,
+    ts_ns: u64,
+    /// Compare IPv6 addresses (a pure IPv6 sock); IPv4 ones otherwise,
+    /// also for an IPv6 sock talking to a v4-mapped peer, whose connection
+    /// request (tcp_v4_init_req) fills only those.
+    v6: u64,
+    tuple: Tuple,
+}
+
+/// What identifies a connection in the sock_common of a timewait sock and
+/// of a connection request alike.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Tuple {
+    net: u64,
+    /// IPv4: daddr, rcv_saddr, 0, 0; IPv6: the halves of v6_daddr, then
+    /// of v6_rcv_saddr.
+    addrs: [u64; 4],
+    /// skc_dport (network order) and skc_num, as one word.
+    ports: u64,
+}
+
+#[inline(always)]
+fn tuple_of(h: &Head, v6: bool) -> Tuple {
+    let addrs = if v6 {
+        let (d, s) = (
+            off!(skc_v6_daddr).off as u64,
+            off!(skc_v6_rcv_saddr).off as u64,
+        );
+        [
+            h.raw(d, 64),
+            h.raw(d + 8, 64),
+            h.raw(s, 64),
+            h.raw(s + 8, 64),
+        ]
+    } else {
+        [h.get(off!(skc_daddr)), h.get(off!(skc_rcv_saddr)), 0, 0]
+    };
+    Tuple {
+        net: h.get(off!(skc_net)),
+        addrs,
+        ports: h.get(off!(skc_dport)) << 16 | h.get(off!(skc_num)),
+    }
+}
+
+/// Whether a timewait sock's addresses are compared as IPv6 ones: an IPv6
+/// sock whose peer is not v4-mapped (::ffff:a.b.c.d).
+#[inline(always)]
+fn pure_v6(h: &Head) -> bool {
+    if sock::family(h) != AF_INET6 {
+        return false;
+    }
+    let d = off!(skc_v6_daddr).off as u64;
+    // Bytes 8..12 of a v4-mapped address are 00 00 ff ff.
+    !(h.raw(d, 64) == 0 && h.raw(d + 8, 32) == 0xffff_0000)
+}
+
+/// How long after an unexplained cancel a connection request still counts
+/// as the SYN that caused it. The two happen in one softirq, microseconds
+/// apart; userspace waits longer than this (monitor/src/probe/enrich.rs).
+const TAKEOVER_WINDOW_NS: u64 = 500_000;
 
 const TCP_TIME_WAIT: u64 = 6;
 
@@ -66,13 +137,74 @@ fn expires(tw: u64) -> u64 {
 }
 
 pub fn on_timer_start(ctx: &BtfTracePointContext) -> Option<()> {
-    let t = tw_of_timer(ctx)?;
-    emit(ctx, t.tw, t.expires, TW_OPEN, 0)
+    match tw_of_timer(ctx) {
+        Some(t) => {
+            // A re-arm of the sock whose cancel waits for a SYN's request:
+            // it lives on, and no request is coming.
+            if let Some(slot) = SYN_TW.get_ptr_mut(0) {
+                // SAFETY: per-CPU slot; only this CPU touches it.
+                unsafe {
+                    if (*slot).tw == t.tw {
+                        (*slot).tw = 0;
+                    }
+                }
+            }
+            emit(t.tw, t.expires, TW_OPEN, 0)
+        }
+        None => takeover(ctx),
+    }
+}
+
+/// A connection request's timer starting right after an unexplained
+/// timewait cancel on this CPU, for the same 4-tuple: the SYN that took the
+/// timewait sock over. Costs a per-CPU lookup for other timers only while
+/// such a cancel waits.
+#[inline(always)]
+fn takeover(ctx: &BtfTracePointContext) -> Option<()> {
+    let slot = SYN_TW.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot; only this CPU touches it.
+    let u = unsafe { &mut *slot };
+    if u.tw == 0 {
+        return None;
+    }
+    let timer = Direct(ctx.arg(0));
+    let handler = unsafe { core::ptr::read_volatile(&crate::kread::OFFSETS.reqsk_timer_handler) };
+    if handler == 0 || timer.get(off!(timer_function)) != handler {
+        return None;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if now.wrapping_sub(u.ts_ns) > TAKEOVER_WINDOW_NS {
+        u.tw = 0;
+        return None;
+    }
+    let req = Head::copy(timer.0 - off!(rsk_timer).off as u64);
+    if tuple_of(&req, u.v6 != 0) != u.tuple {
+        return None;
+    }
+    let (tw, cookie) = (u.tw, u.cookie);
+    u.tw = 0;
+    let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
+        count_lost(LOST_EVENTS);
+        return None;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` is a reserved record of the right size, filled before submit.
+    unsafe {
+        core::ptr::write_bytes(e, 0, 1);
+        (*e).kind = KIND_TW;
+        (*e).what = TW_TAKEOVER;
+        (*e).ts_ns = now;
+        (*e).tw = tw;
+        (*e).cookie = cookie;
+    }
+    entry.submit(crate::events_wakeup(now));
+    Some(())
 }
 
 pub fn on_timer_expire(ctx: &BtfTracePointContext) -> Option<()> {
     let t = tw_of_timer(ctx)?;
-    emit(ctx, t.tw, t.expires, TW_EXPIRED, 0)
+    emit(t.tw, t.expires, TW_EXPIRED, 0)
 }
 
 /// `tcp_send_reset(sk, skb, reason)`: remember a RST sent on behalf of a
@@ -119,14 +251,14 @@ pub fn on_timer_cancel(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     // A kill or a re-arm (mod_timer detaches first). What the kernel's own
-    // state says is sent as flags; when it says nothing, the stack tells,
-    // in userspace (a re-arm's timer_start follows).
+    // state says is sent as flags; when it says nothing, what follows tells
+    // (see the module's comment).
     let extra = if reset_sent_for(t.tw) {
         F_RESET_SENT
     } else {
         0
     };
-    emit(ctx, t.tw, t.expires, TW_CANCEL, extra)
+    emit(t.tw, t.expires, TW_CANCEL, extra)
 }
 
 /// The flags of a cancel that tell why it ended without a stack
@@ -152,22 +284,22 @@ fn end_facts(h: &Head) -> u32 {
 /// when it lands in the same timer-wheel bucket and fires no timer
 /// tracepoint. New socks (`rearm` false) are left to `timer_start`, which
 /// announces them with their owner.
-pub fn on_schedule<C: EbpfContext>(ctx: &C, tw: u64, rearm: bool) -> Option<()> {
+pub fn on_schedule(tw: u64, rearm: bool) -> Option<()> {
     if !rearm {
         return None;
     }
-    emit(ctx, tw, expires(tw), TW_SUBSTATE, 0)
+    emit(tw, expires(tw), TW_SUBSTATE, 0)
 }
 
 /// Precise mode, at the entry of `inet_twsk_deschedule_put(tw)`: an early
 /// end is under way, sent with the current process (userspace keeps it for
 /// the TW_CANCEL that follows).
-pub fn on_deschedule<C: EbpfContext>(ctx: &C, tw: u64) -> Option<()> {
-    emit(ctx, tw, expires(tw), TW_DESCHEDULE, 0)
+pub fn on_deschedule(tw: u64) -> Option<()> {
+    emit(tw, expires(tw), TW_DESCHEDULE, 0)
 }
 
 #[inline(always)]
-fn emit<C: EbpfContext>(ctx: &C, tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
+fn emit(tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
     let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
         count_lost(LOST_EVENTS);
         return None;
@@ -195,7 +327,6 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, expires: u64, what: u8, extra: u32) ->
         (*e).dport = sock::remote_port(&h);
         (*e).what = what;
         (*e).substate = h.get(off!(tw_substate)) as u8;
-        (*e)._pad = 0;
         (*e).saddr = sock::local_addr(&h, family);
         (*e).daddr = sock::remote_addr(&h, family);
         (*e).owner_pid = 0;
@@ -207,25 +338,20 @@ fn emit<C: EbpfContext>(ctx: &C, tw: u64, expires: u64, what: u8, extra: u32) ->
             (*e).owner_comm = bpf_get_current_comm().unwrap_or([0; 16]);
             (*e).flags |= F_HAVE_OWNER;
         }
-        (*e).stack_len = 0;
-        // Unwinding the stack costs ~2 us (kernel.bpf_stats_enabled, 8
-        // frames), the most of any record: taken only when neither a RST
-        // mark nor the kernel's state tells the end.
         if what == TW_CANCEL {
             (*e).flags |= end_facts(&h);
-        }
-        if what != TW_CANCEL || (*e).flags & (F_RESET_SENT | F_TW_UNHASHED | F_NET_DYING) != 0 {
-            (*e).stack = [0; STACK_DEPTH];
-        } else {
-            // Zero-fills what it does not write.
-            let n = bpf_get_stack(
-                ctx.as_ptr(),
-                (*e).stack.as_mut_ptr() as *mut core::ffi::c_void,
-                (STACK_DEPTH * 8) as u32,
-                0,
-            );
-            if n > 0 {
-                (*e).stack_len = (n / 8) as u32;
+            if (*e).flags & (F_RESET_SENT | F_TW_UNHASHED | F_NET_DYING) == 0 {
+                if let Some(slot) = SYN_TW.get_ptr_mut(0) {
+                    // Per-CPU slot; only this CPU touches it.
+                    let v6 = pure_v6(&h);
+                    *slot = Unexplained {
+                        tw,
+                        cookie,
+                        ts_ns,
+                        v6: v6 as u64,
+                        tuple: tuple_of(&h, v6),
+                    };
+                }
             }
         }
     }

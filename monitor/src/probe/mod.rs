@@ -113,7 +113,7 @@ impl Probe {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let (mut offsets, facts) = offsets::from_vmlinux().map_err(|e| match e {
+        let mut offsets = offsets::from_vmlinux().map_err(|e| match e {
             offsets::OffsetError::NoBtf { path, .. } => ProbeError::NoBtf(path),
             other => ProbeError::Other(format!("reading kernel struct layouts from BTF: {other}")),
         })?;
@@ -124,6 +124,13 @@ impl Probe {
             None => notes.push(
                 "timewait life unavailable: /proc/kallsyms does not show tw_timer_handler (needs CAP_SYSLOG, or kernel.kptr_restrict=0)".into(),
             ),
+        }
+        match syms.as_ref().and_then(|k| k.address_of("reqsk_timer_handler")) {
+            Some(a) => offsets.reqsk_timer_handler = a,
+            None if offsets.tw_timer_handler != 0 => notes.push(
+                "/proc/kallsyms does not show reqsk_timer_handler: a timewait sock taken over by a SYN ends as \"unknown\"".into(),
+            ),
+            None => {}
         }
         let hz = sys::kernel_hz().unwrap_or_else(|| {
             notes.push("kernel HZ unknown (/proc/timer_list unreadable): assuming 250 for timewait countdowns".into());
@@ -172,7 +179,7 @@ impl Probe {
                 }
             }
         }
-        let mut enricher = Enricher::new(sys::boot_to_unix_offset_ns(), hz, syms);
+        let mut enricher = Enricher::new(sys::boot_to_unix_offset_ns(), hz);
         let mut live: Vec<&str> = Vec::new();
         let (mode_name, why) = match mode {
             _ if light => (
@@ -215,17 +222,6 @@ impl Probe {
         enricher.set_kernel_conflicts(live.contains(&"inet_bind_conflict"));
         enricher.set_port_hooks(&live);
         enricher.set_deschedule_live(live.contains(&"inet_twsk_deschedule_put"));
-        // A RST sent for a timewait sock is marked by the tracepoint from
-        // 6.10 on, before that by precise mode's send_reset hooks.
-        let reset_seen = (facts.reset_tracepoint_sees_timewait
-            && hooks.iter().any(|h| h == "tp_btf/tcp_send_reset"))
-            || (live.contains(&"tcp_v4_send_reset") && live.contains(&"tcp_v6_send_reset"));
-        enricher.set_resets_marked(reset_seen);
-        if !reset_seen && offsets.tw_timer_handler != 0 && !light {
-            notes.push(
-                "this kernel's tcp_send_reset tracepoint skips timewait socks (before 6.10) and no hook on tcp_v4/v6_send_reset is live: a timewait killed after a RST it sent and one taken over by a SYN look alike, and both end as \"unknown\"".into(),
-            );
-        }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| ProbeError::Other(format!("map {name} missing from the object")))
@@ -323,10 +319,25 @@ impl Probe {
             // flood drain() hands over waiting bind results every 64
             // transitions, so they never wait long.
             if !stalled {
-                match self.drain(Which::Events, 4096, out) {
+                let started = sys::boottime_ns();
+                let read_up_to = match self.drain(Which::Events, 4096, out) {
                     Drained::ReceiverGone => return,
-                    Drained::Empty => events_left = false,
-                    Drained::BudgetSpent => events_left = true,
+                    Drained::Empty => {
+                        events_left = false;
+                        started.max(self.enricher.newest_event_ns())
+                    }
+                    Drained::BudgetSpent => {
+                        events_left = true;
+                        self.enricher.newest_event_ns()
+                    }
+                };
+                // A held timewait cancel older than that by HOLD_NS had its
+                // follow-up read too, if it has one.
+                let due = self
+                    .enricher
+                    .settle(read_up_to.saturating_sub(enrich::HOLD_NS));
+                if !self.hand_over(due, out) {
+                    return;
                 }
             }
             if !self.drain(Which::Binds, usize::MAX, out).ok() {
@@ -347,7 +358,11 @@ impl Probe {
             }
             if stopping {
                 let _ = self.drain(Which::Binds, usize::MAX, out).ok()
-                    && self.drain(Which::Events, usize::MAX, out).ok();
+                    && self.drain(Which::Events, usize::MAX, out).ok()
+                    && {
+                        let held = self.enricher.settle(u64::MAX);
+                        self.hand_over(held, out)
+                    };
                 return;
             }
         }
@@ -373,16 +388,7 @@ impl Probe {
             if let Some(ev) = ev {
                 let sent = match which {
                     Which::Binds => out.binds.blocking_send(ev).is_ok(),
-                    // The event queue full: bind results must not wait
-                    // behind it, so hand them over before blocking.
-                    Which::Events => match out.events.try_send(ev) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                        Err(mpsc::error::TrySendError::Full(ev)) => {
-                            self.drain(Which::Binds, usize::MAX, out).ok()
-                                && out.events.blocking_send(ev).is_ok()
-                        }
-                    },
+                    Which::Events => self.send_event(ev, out),
                 };
                 if !sent {
                     return Drained::ReceiverGone;
@@ -397,6 +403,24 @@ impl Probe {
             }
         }
         Drained::BudgetSpent
+    }
+
+    /// Send one event of the EVENTS ring; false when the receiver is gone.
+    fn send_event(&mut self, ev: Event, out: &Outlets) -> bool {
+        match out.events.try_send(ev) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // The event queue full: bind results must not wait behind it,
+            // so hand them over before blocking.
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                self.drain(Which::Binds, usize::MAX, out).ok()
+                    && out.events.blocking_send(ev).is_ok()
+            }
+        }
+    }
+
+    fn hand_over(&mut self, evs: Vec<Event>, out: &Outlets) -> bool {
+        evs.into_iter().all(|ev| self.send_event(ev, out))
     }
 
     fn lost_total(&self, index: u32) -> u64 {

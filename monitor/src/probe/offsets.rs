@@ -28,20 +28,8 @@ pub enum OffsetError {
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn from_vmlinux() -> Result<(Offsets, Facts), OffsetError> {
+pub fn from_vmlinux() -> Result<Offsets, OffsetError> {
     from_file(Path::new(VMLINUX_BTF))
-}
-
-/// What else the running kernel's BTF tells about its hooks.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Facts {
-    /// The `tcp_send_reset` tracepoint fires for timewait socks too. Before
-    /// 6.10 it fired for full sockets only, so a timewait sock killed after
-    /// its kernel answered with a RST (TCP_TW_RST) was not marked, and that
-    /// kill looks like a SYN taking the 4-tuple over (both come from
-    /// tcp_v4_rcv). The change came with the RST reasons: `enum
-    /// sk_rst_reason` in BTF is the sign.
-    pub reset_tracepoint_sees_timewait: bool,
 }
 
 /// Parse a BTF file, read whole first: btf-rs's file reader seeks before
@@ -52,19 +40,13 @@ pub fn read_btf(path: &Path) -> Result<Btf, String> {
     Btf::from_bytes(&bytes).map_err(|e| e.to_string())
 }
 
-pub fn from_file(path: &Path) -> Result<(Offsets, Facts), OffsetError> {
+pub fn from_file(path: &Path) -> Result<Offsets, OffsetError> {
     let no_btf = |e: String| OffsetError::NoBtf {
         path: path.display().to_string(),
         source: anyhow::anyhow!("{e}"),
     };
     let btf = read_btf(path).map_err(no_btf)?;
-    let facts = Facts {
-        reset_tracepoint_sees_timewait: btf.resolve_types_by_name("sk_rst_reason").is_ok_and(|t| {
-            t.iter()
-                .any(|t| matches!(t, Type::Enum(_) | Type::Enum64(_)))
-        }),
-    };
-    Ok((compute(&Kbtf { btf })?, facts))
+    compute(&Kbtf { btf })
 }
 
 struct Kbtf {
@@ -301,8 +283,9 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
         tw_timer,
         timer_function: k.field("timer_list", "function")?,
         timer_expires: k.field("timer_list", "expires")?,
-        _pad: Field::default(),
+        rsk_timer: k.field("request_sock", "rsk_timer")?,
         tw_timer_handler: 0,
+        reqsk_timer_handler: 0,
     })
 }
 
@@ -323,9 +306,7 @@ mod tests {
             );
             return;
         }
-        let (o, facts) = from_vmlinux().expect("offsets");
-        // 6.18: tcp_send_reset has its reason argument and sees timewait socks.
-        assert!(facts.reset_tracepoint_sees_timewait);
+        let o = from_vmlinux().expect("offsets");
         // sock_common bitfields share a byte.
         assert_eq!(o.skc_reuse.width, 4);
         assert_eq!(o.skc_reuseport.width, 1);
@@ -351,5 +332,7 @@ mod tests {
         );
         assert_eq!(o.net_ns_ref.width, 32);
         assert!(o.net_ns_ref.off > 0);
+        // A SYN's takeover, told by its request's timer.
+        assert!(o.rsk_timer.off > 0);
     }
 }

@@ -95,31 +95,14 @@ pub fn hz_from_timer_list(text: &str) -> Option<u32> {
         .map(|(hz, _)| hz)
 }
 
-/// Text symbols of the kernel, enough to name the function a stack frame is
-/// in. Only the functions twmon cares about are kept, each with where it
-/// ends (the next text symbol): naming a frame is a scan of a dozen ranges
-/// that stay in cache, where a binary search of all ~200,000 symbols
-/// missed the cache at every step, for every frame of every timewait end.
-pub struct Kallsyms {
-    /// (start, end, name) of the interesting functions, sorted by start.
-    ranges: Vec<(u64, u64, &'static str)>,
-}
+/// The kernel functions whose addresses the programs compare timers with:
+/// a timewait sock's timer, and a queued connection request's.
+pub const TIMER_HANDLERS: &[&str] = &["tw_timer_handler", "reqsk_timer_handler"];
 
-/// The functions whose presence on a timer-cancel stack tells why a timewait
-/// sock ended, or that it did not end at all.
-pub const TW_STACK_FUNCS: &[&str] = &[
-    "__mod_timer",
-    "mod_timer",
-    "mod_timer_pending",
-    "__run_timers",
-    "run_timer_softirq",
-    "tcp_timewait_state_process",
-    "tcp_v4_rcv",
-    "tcp_v6_rcv",
-    "__inet_hash_connect",
-    "tcp_twsk_unique",
-    "inet_twsk_purge",
-];
+/// Addresses of [`TIMER_HANDLERS`], from /proc/kallsyms.
+pub struct Kallsyms {
+    found: Vec<(&'static str, u64)>,
+}
 
 impl Kallsyms {
     pub fn load() -> std::io::Result<Kallsyms> {
@@ -127,8 +110,7 @@ impl Kallsyms {
     }
 
     pub fn parse(text: &str) -> Kallsyms {
-        let mut starts = Vec::with_capacity(200_000);
-        let mut names = Vec::new();
+        let mut found = Vec::new();
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
@@ -137,52 +119,24 @@ impl Kallsyms {
             if !matches!(kind, "t" | "T") {
                 continue;
             }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            let Some(known) = TIMER_HANDLERS.iter().find(|f| **f == name) else {
                 continue;
             };
-            if addr == 0 {
-                continue;
-            }
-            starts.push(addr);
-            // Names may carry a ".cold"/".isra" suffix; match on the stem.
-            let stem = name.split('.').next().unwrap_or(name);
-            if let Some(known) = TW_STACK_FUNCS.iter().find(|f| **f == stem) {
-                names.push((addr, *known));
-            }
-            if name == "tw_timer_handler" {
-                names.push((addr, "tw_timer_handler"));
+            // Zero when kptr_restrict hides addresses: as good as absent.
+            match u64::from_str_radix(addr, 16) {
+                Ok(a) if a != 0 => found.push((*known, a)),
+                _ => {}
             }
         }
-        starts.sort_unstable();
-        let mut ranges: Vec<(u64, u64, &'static str)> = names
-            .into_iter()
-            .map(|(start, name)| {
-                let next = starts.partition_point(|s| *s <= start);
-                (start, starts.get(next).copied().unwrap_or(u64::MAX), name)
-            })
-            .collect();
-        ranges.sort_unstable();
-        Kallsyms { ranges }
+        Kallsyms { found }
     }
 
-    /// Address of a named function (one of the interesting ones).
     pub fn address_of(&self, name: &str) -> Option<u64> {
-        self.ranges
-            .iter()
-            .find(|(_, _, n)| *n == name)
-            .map(|(a, _, _)| *a)
-    }
-
-    /// The interesting function containing `addr`, if it is one.
-    pub fn function_of(&self, addr: u64) -> Option<&'static str> {
-        self.ranges
-            .iter()
-            .find(|(start, end, _)| (*start..*end).contains(&addr))
-            .map(|(_, _, name)| *name)
+        self.found.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.found.is_empty()
     }
 }
 
@@ -226,20 +180,20 @@ mod tests {
     }
 
     #[test]
-    fn stack_frames_are_named_by_their_function() {
+    fn timer_handlers_are_found_by_name() {
         let text = "ffffffff81000000 T _stext\n\
-                    ffffffff81000100 T __mod_timer\n\
-                    ffffffff81000200 t other\n\
-                    ffffffff81000300 T tcp_v4_rcv\n\
-                    ffffffff81000400 t tcp_twsk_unique.isra.0\n\
-                    ffffffff81000500 d some_data\n\
+                    ffffffff81000100 t reqsk_timer_handler\n\
+                    ffffffff81000200 d tw_timer_handler_data\n\
                     ffffffff82006070 t tw_timer_handler\n";
         let k = Kallsyms::parse(text);
-        assert_eq!(k.function_of(0xffffffff81000150), Some("__mod_timer"));
-        assert_eq!(k.function_of(0xffffffff81000250), None);
-        assert_eq!(k.function_of(0xffffffff81000310), Some("tcp_v4_rcv"));
-        assert_eq!(k.function_of(0xffffffff81000410), Some("tcp_twsk_unique"));
-        assert_eq!(k.function_of(0xffffffff80000000), None);
         assert_eq!(k.address_of("tw_timer_handler"), Some(0xffffffff82006070));
+        assert_eq!(
+            k.address_of("reqsk_timer_handler"),
+            Some(0xffffffff81000100)
+        );
+        // kptr_restrict: every address reads 0.
+        let hidden = Kallsyms::parse("0000000000000000 t tw_timer_handler\n");
+        assert!(hidden.is_empty());
+        assert_eq!(hidden.address_of("tw_timer_handler"), None);
     }
 }
