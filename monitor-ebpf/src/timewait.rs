@@ -115,18 +115,47 @@ struct TwTimer {
     expires: u64,
 }
 
+/// What a timer is for, by its function: a timewait sock's, a queued
+/// connection request's, or another (every TCP timer fires these
+/// tracepoints; one load tells them apart).
+enum Timer {
+    Tw(TwTimer),
+    Request(u64),
+    Other,
+}
+
+#[inline(always)]
+fn timer_of(ctx: &BtfTracePointContext) -> Timer {
+    let timer = Direct(ctx.arg(0));
+    let function = timer.get(off!(timer_function));
+    // SAFETY: reading fields of an initialised static.
+    let (tw_handler, req_handler) = unsafe {
+        (
+            core::ptr::read_volatile(&crate::kread::OFFSETS.tw_timer_handler),
+            core::ptr::read_volatile(&crate::kread::OFFSETS.reqsk_timer_handler),
+        )
+    };
+    if function == 0 {
+        Timer::Other
+    } else if function == tw_handler {
+        Timer::Tw(TwTimer {
+            tw: timer.0 - off!(tw_timer).off as u64,
+            expires: timer.get(off!(timer_expires)),
+        })
+    } else if function == req_handler {
+        Timer::Request(timer.0 - off!(rsk_timer).off as u64)
+    } else {
+        Timer::Other
+    }
+}
+
 /// The timewait sock behind a timer, if the timer is a timewait timer.
 #[inline(always)]
 fn tw_of_timer(ctx: &BtfTracePointContext) -> Option<TwTimer> {
-    let timer = Direct(ctx.arg(0));
-    let handler = unsafe { core::ptr::read_volatile(&crate::kread::OFFSETS.tw_timer_handler) };
-    if handler == 0 || timer.get(off!(timer_function)) != handler {
-        return None;
+    match timer_of(ctx) {
+        Timer::Tw(t) => Some(t),
+        _ => None,
     }
-    Some(TwTimer {
-        tw: timer.0 - off!(tw_timer).off as u64,
-        expires: timer.get(off!(timer_expires)),
-    })
 }
 
 /// The expiry of a timewait sock's timer, from the sock (precise mode's
@@ -137,39 +166,24 @@ fn expires(tw: u64) -> u64 {
 }
 
 pub fn on_timer_start(ctx: &BtfTracePointContext) -> Option<()> {
-    match tw_of_timer(ctx) {
-        Some(t) => {
-            // A re-arm of the sock whose cancel waits for a SYN's request:
-            // it lives on, and no request is coming.
-            if let Some(slot) = SYN_TW.get_ptr_mut(0) {
-                // SAFETY: per-CPU slot; only this CPU touches it.
-                unsafe {
-                    if (*slot).tw == t.tw {
-                        (*slot).tw = 0;
-                    }
-                }
-            }
-            emit(t.tw, t.expires, TW_OPEN, 0)
-        }
-        None => takeover(ctx),
+    match timer_of(ctx) {
+        Timer::Tw(t) => emit(t.tw, t.expires, TW_OPEN, 0),
+        Timer::Request(req) => takeover(req),
+        Timer::Other => None,
     }
 }
 
-/// A connection request's timer starting right after an unexplained
-/// timewait cancel on this CPU, for the same 4-tuple: the SYN that took the
-/// timewait sock over. Costs a per-CPU lookup for other timers only while
-/// such a cancel waits.
+/// The timer of connection request `req` starting: when an unexplained
+/// timewait cancel on this CPU just before was for the same 4-tuple, that
+/// was the SYN taking the timewait sock over. (A re-arm leaves its sock in
+/// the slot too; no request for its 4-tuple comes, and userspace drops a
+/// TW_TAKEOVER of a sock it knows lives on.)
 #[inline(always)]
-fn takeover(ctx: &BtfTracePointContext) -> Option<()> {
+fn takeover(req: u64) -> Option<()> {
     let slot = SYN_TW.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot; only this CPU touches it.
     let u = unsafe { &mut *slot };
     if u.tw == 0 {
-        return None;
-    }
-    let timer = Direct(ctx.arg(0));
-    let handler = unsafe { core::ptr::read_volatile(&crate::kread::OFFSETS.reqsk_timer_handler) };
-    if handler == 0 || timer.get(off!(timer_function)) != handler {
         return None;
     }
     // SAFETY: plain helper call.
@@ -178,8 +192,7 @@ fn takeover(ctx: &BtfTracePointContext) -> Option<()> {
         u.tw = 0;
         return None;
     }
-    let req = Head::copy(timer.0 - off!(rsk_timer).off as u64);
-    if tuple_of(&req, u.v6 != 0) != u.tuple {
+    if tuple_of(&Head::copy(req), u.v6 != 0) != u.tuple {
         return None;
     }
     let (tw, cookie) = (u.tw, u.cookie);
