@@ -96,9 +96,9 @@ const MAX_DESCHEDULED: usize = 4096;
 
 /// How long an unexplained timewait cancel waits for what follows it: longer
 /// than the kernel's own window for a SYN's takeover (TAKEOVER_WINDOW_NS in
-/// monitor-ebpf/src/timewait.rs, 0.5 ms), with room for the record that
-/// tells to be submitted.
-pub const HOLD_NS: u64 = 2_000_000;
+/// monitor-ebpf/src/timewait.rs, 10 ms), with room for the record that
+/// tells to be submitted. Only ends that nothing follows wait this long.
+pub const HOLD_NS: u64 = 20_000_000;
 
 /// At most this many unexplained cancels wait at once (a flood of RSTs);
 /// past it one is decided at once, as if nothing had followed.

@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(o.socket_file.width, 64);
         assert_eq!(o.file_inode.width, 64);
         assert!(o.net_inum.off > 0);
-        // What tells a connect()'s takeover and a netns exit without a stack.
+        // What tells a connect()'s takeover and a netns exit at the cancel itself.
         assert_eq!(o.skc_nulls_pprev.width, 64);
         assert!(
             o.skc_nulls_pprev.off > o.skc_cookie.off && o.skc_nulls_pprev.off < o.tw_substate.off
