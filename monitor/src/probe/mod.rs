@@ -419,6 +419,8 @@ impl Probe {
         }
     }
 
+    /// Send events decided outside a drain (held timewait cancels, see
+    /// `Enricher::settle`) the way EVENTS records go.
     fn hand_over(&mut self, evs: Vec<Event>, out: &Outlets) -> bool {
         evs.into_iter().all(|ev| self.send_event(ev, out))
     }
