@@ -17,7 +17,8 @@
 //!   mod_timer call), or, for a SYN, the timer of the connection request
 //!   the listener queues for the same 4-tuple in the same softirq
 //!   (`reqsk_timer_handler`), which `timer_start` reports as TW_TAKEOVER.
-//!   The kernel stack told these apart before, at ~2 us per cancel
+//!   When nothing follows, userspace decides by the substate
+//!   (monitor/src/probe/enrich.rs). The kernel stack told these apart before, at ~2 us per cancel
 //!   (kernel.bpf_stats_enabled), the costliest record of a server-first
 //!   connection.
 //!
