@@ -4,7 +4,8 @@
 //! Every load is `twmon-load` (monitor/src/bin/twmon-load.rs) in a private
 //! network namespace of its own (`unshare -n`), loopback only, bounded in
 //! time. Configurations alternate inside each round (the starting one
-//! rotates), several rounds, medians reported. Results and the machine go to
+//! rotates), several rounds, medians reported; a ratio to the baseline is
+//! taken within each round first. Results and the machine go to
 //! `bench/results.md`.
 
 use std::collections::BTreeMap;
@@ -1036,7 +1037,8 @@ fn render(
         "{} rounds, configurations alternating (the first one rotates each round), {} s of \
          single-threaded loopback churn per run in a private network namespace, with 100 \
          failing binds/s beside it; the bind storm is {} failing binds as fast as one thread \
-         goes. Medians over the rounds; CPU is the tool's utime+stime during the load \
+         goes. Medians over the rounds; \"vs baseline\" is the median of each round's \
+         ratio to that round's baseline run; CPU is the tool's utime+stime during the load \
          (% of one core), RSS its peak (VmHWM). Events = lines the tool printed (for record: \
          events written to the trace).",
         a.rounds, a.secs, a.storm
@@ -1060,16 +1062,25 @@ fn render(
             "| config | {unit} | vs baseline | events | lost | CPU % | peak RSS MiB | binds reported / failed | bind→line p50 / p99 ms |"
         ));
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|".into());
-        let base = runs
+        let base: &[Run] = runs
             .get(&(*load, Config::Baseline))
-            .map(|r| median(r.iter().map(|x| x.rate).collect()))
-            .unwrap_or(0.0);
+            .map(|r| r.as_slice())
+            .unwrap_or(&[]);
         for c in configs {
             let Some(rs) = runs.get(&(*load, *c)) else {
                 continue;
             };
             let rate = median(rs.iter().map(|x| x.rate).collect());
-            let ratio = rate / base.max(1e-9);
+            // Each round's run over the same round's baseline, seconds
+            // apart; then the median. Rounds are minutes apart, and this
+            // machine's baseline moved 23,600-26,800 conn/s within one run:
+            // a ratio of medians mixes rounds run at different speeds.
+            let ratio = median(
+                rs.iter()
+                    .zip(base)
+                    .map(|(r, b)| r.rate / b.rate.max(1e-9))
+                    .collect(),
+            );
             let lines = median(rs.iter().map(|x| x.lines as f64).collect());
             let lost_total: u64 = rs.iter().map(|x| x.lost).sum();
             let lost = median(rs.iter().map(|x| x.lost as f64).collect());
