@@ -18,9 +18,9 @@
 //!   the listener queues for the same 4-tuple in the same softirq
 //!   (`reqsk_timer_handler`), which `timer_start` reports as TW_TAKEOVER.
 //!   When nothing follows, userspace decides by the substate
-//!   (monitor/src/probe/enrich.rs). The kernel stack told these apart before, at ~2 us per cancel
-//!   (kernel.bpf_stats_enabled), the costliest record of a server-first
-//!   connection.
+//!   (monitor/src/probe/enrich.rs). The kernel stack told these apart
+//!   before, at ~2 us per cancel (kernel.bpf_stats_enabled), the costliest
+//!   record of a server-first connection.
 //!
 //! A re-arm whose new expiry falls in the same timer-wheel bucket only
 //! rewrites `expires` and fires no tracepoint at all: a FIN_WAIT2 -> TIME_WAIT

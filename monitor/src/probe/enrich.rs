@@ -438,6 +438,15 @@ impl Enricher {
         let local = endpoint(r.family, &r.saddr, r.sport);
         let remote = endpoint(r.family, &r.daddr, r.dport);
         let substate = TcpState::from_kernel(r.substate).unwrap_or(TcpState::TimeWait);
+        // The end of this record's sock, as close() takes it.
+        let held = || Held {
+            ts_ns: r.ts_ns,
+            netns: r.netns,
+            cookie: r.cookie,
+            local,
+            remote,
+            substate,
+        };
         let kind = match r.what {
             TW_OPEN | TW_SUBSTATE => {
                 // The re-arm of a cancel held just before: it lives on.
@@ -498,28 +507,13 @@ impl Enricher {
             }
             TW_EXPIRED => {
                 self.held.remove(&(r.tw, r.cookie));
-                self.forget_tw(r.tw, r.cookie);
                 // Descheduled while its timer was already running: the
-                // timer ends it.
-                self.descheduled.remove(&r.tw);
-                Kind::TimewaitClose(TimewaitClose {
-                    local,
-                    remote,
-                    reason: TimewaitEnd::Expired,
-                    cookie: r.cookie,
-                    ended_by: None,
-                    end_mismatch: None,
-                })
+                // timer ends it (close() drops the deschedule, and never
+                // compares an expiry with it).
+                return Some(self.close(r.tw, held(), TimewaitEnd::Expired));
             }
             TW_CANCEL => {
-                let held = Held {
-                    ts_ns: r.ts_ns,
-                    netns: r.netns,
-                    cookie: r.cookie,
-                    local,
-                    remote,
-                    substate,
-                };
+                let held = held();
                 // What the kernel's state told, where it did. A RST it sent
                 // for the sock (TCP_TW_RST) is a reset whatever else holds.
                 let told = if r.flags & F_RESET_SENT != 0 {
@@ -562,7 +556,7 @@ impl Enricher {
         }
     }
 
-    /// The end of a timewait sock whose cancel came at `h.ts_ns`.
+    /// The end of timewait sock `tw`, at `h.ts_ns`.
     fn close(&mut self, tw: u64, h: Held, reason: TimewaitEnd) -> Event {
         self.forget_tw(tw, h.cookie);
         let descheduled = self.descheduled.remove(&tw);
