@@ -509,10 +509,21 @@ fn is_tw(s: &ObservedSocket, local: Endpoint, remote: Endpoint) -> bool {
 /// in TIME_WAIT (substate TIME_WAIT, not FIN_WAIT2): (listener, server
 /// endpoint, client endpoint). Runs on a thread inside the namespace.
 fn server_time_wait(addr: Endpoint, opts: SockOpts) -> io::Result<(Sock, Endpoint, Endpoint)> {
-    let l = Sock::tcp4(opts)?;
+    server_time_wait_on(false, addr, opts)
+}
+
+/// [`server_time_wait`] with sockets of the given family: `v6` with an
+/// IPv4 `addr` makes dual-stack sockets that talk through v4-mapped
+/// addresses.
+fn server_time_wait_on(
+    v6: bool,
+    addr: Endpoint,
+    opts: SockOpts,
+) -> io::Result<(Sock, Endpoint, Endpoint)> {
+    let l = Sock::new(v6, Proto::Tcp, opts)?;
     l.bind(addr)?;
     l.listen(16)?;
-    let c = Sock::tcp4(SockOpts::PLAIN)?;
+    let c = Sock::new(v6, Proto::Tcp, SockOpts::PLAIN)?;
     c.connect(addr)?;
     let cli = c.local()?;
     let (srv, _) = l.accept()?;
@@ -653,29 +664,21 @@ fn missing_event_context(w: &Watch, ns: &Netns, local: Endpoint) -> String {
     )
 }
 
-#[test]
-fn timewait_ends_with_the_right_reason() {
-    const TEST: &str = "timewait_ends_with_the_right_reason";
-    if !kernel_or_skip(TEST) {
-        return;
-    }
-    let t = Instant::now();
-    // No --netns filter: (c) watches a namespace as it goes away.
-    let w = Watch::start_or_panic(&["--json"]);
-
-    // (a) The server closed first; the same client port connects again: the
-    // SYN takes over the server's TIME_WAIT.
-    let part = "(a) reused_by_syn";
+/// A server on `addr` in a new namespace closes a connection first; the
+/// client binds its old port and connects again, and its SYN takes the
+/// server's TIME_WAIT over: twmon must say `reused_by_syn`. `v6` as in
+/// [`server_time_wait_on`]. Returns the namespace (kept until the test's
+/// end, so that its exit does not end socks of a later part).
+fn syn_takes_over(w: &Watch, part: &str, v6: bool, addr: Endpoint) -> Netns {
     let ns = Netns::new().unwrap();
-    let addr = lo(9101);
-    let (server, cli, listener_a) = ns
+    let (server, cli, listener) = ns
         .run(|| -> io::Result<_> {
-            let (l, server, cli) = server_time_wait(addr, SockOpts::REUSEADDR)?;
+            let (l, server, cli) = server_time_wait_on(v6, addr, SockOpts::REUSEADDR)?;
             Ok((server, cli, l))
         })
         .unwrap()
         .unwrap_or_else(|e| panic!("{part}: {e}"));
-    expect_tw_open(&w, part, &ns, server, cli);
+    expect_tw_open(w, part, &ns, server, cli);
     let reconnected = ns
         .run(|| -> io::Result<Endpoint> {
             // The client's own socket (LAST_ACK until the timewait's ACK)
@@ -690,16 +693,16 @@ fn timewait_ends_with_the_right_reason() {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let c = Sock::tcp4(SockOpts::REUSEADDR)?;
+            let c = Sock::new(v6, Proto::Tcp, SockOpts::REUSEADDR)?;
             c.bind(cli)?;
             c.connect(addr)?;
             c.local()
         })
         .unwrap()
         .unwrap_or_else(|e| panic!("{part}: reconnecting from {cli}: {e}"));
-    assert_eq!(reconnected, cli);
+    assert_eq!(reconnected, cli, "{part}");
     expect_tw_end(
-        &w,
+        w,
         part,
         ns.inode(),
         server,
@@ -707,8 +710,32 @@ fn timewait_ends_with_the_right_reason() {
         Duration::from_secs(5),
         TimewaitEnd::ReusedBySyn,
     );
-    drop(listener_a);
-    let ns_a = ns;
+    drop(listener);
+    ns
+}
+
+#[test]
+fn timewait_ends_with_the_right_reason() {
+    const TEST: &str = "timewait_ends_with_the_right_reason";
+    if !kernel_or_skip(TEST) {
+        return;
+    }
+    let t = Instant::now();
+    // No --netns filter: (c) watches a namespace as it goes away.
+    let w = Watch::start_or_panic(&["--json"]);
+
+    // (a) The server closed first; the same client port connects again: the
+    // SYN takes over the server's TIME_WAIT. IPv4, IPv6, and dual-stack
+    // sockets over v4-mapped addresses: the kernel program compares the
+    // request's 4-tuple with the timewait sock's, by family.
+    let ns_a = syn_takes_over(&w, "(a) reused_by_syn, IPv4", false, lo(9101));
+    let ns_a6 = syn_takes_over(
+        &w,
+        "(a) reused_by_syn, IPv6",
+        true,
+        Endpoint::v6(std::net::Ipv6Addr::LOCALHOST.octets(), 9104),
+    );
+    let ns_a4in6 = syn_takes_over(&w, "(a) reused_by_syn, v4-mapped", true, lo(9105));
 
     // (b) One ephemeral port, tcp_tw_reuse=1: the client closed first; a
     // second connect() to the same destination takes over its TIME_WAIT.
@@ -800,7 +827,7 @@ fn timewait_ends_with_the_right_reason() {
         "(c) the namespace's TIME_WAIT ended {} ms after its last handle closed",
         ev.common.ts_ns.saturating_sub(gone_at) / 1_000_000
     );
-    drop(ns_a);
+    drop((ns_a, ns_a6, ns_a4in6));
     drop(ns_b);
 
     let fin = w.stop(libc::SIGTERM);
