@@ -250,6 +250,13 @@ impl Field {
 pub struct Offsets {
     // fd -> struct sock
     pub task_files: Field,
+    // struct task_struct: who is acting, read by plain loads from the
+    // typed `current` (cheaper than the pid and comm helpers)
+    pub task_pid: Field,
+    pub task_tgid: Field,
+    pub task_comm: Field,
+    /// Keeps the Fields a multiple of 8 bytes (see below).
+    pub _pad: Field,
     pub files_fdt: Field,
     pub fdt_max_fds: Field,
     pub fdt_fd: Field,
@@ -331,4 +338,4 @@ const _: () = assert!(core::mem::size_of::<ConflictSock>() == 64);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<TwEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<Field>() == 4);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 40 * 4 + 16);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 44 * 4 + 16);

@@ -242,6 +242,10 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
     let tw_timer = k.field("inet_timewait_sock", "tw_timer")?;
     Ok(Offsets {
         task_files: k.field("task_struct", "files")?,
+        task_pid: k.field("task_struct", "pid")?,
+        task_tgid: k.field("task_struct", "tgid")?,
+        task_comm: k.field("task_struct", "comm")?,
+        _pad: Field::default(),
         files_fdt: k.field("files_struct", "fdt")?,
         fdt_max_fds: k.field("fdtable", "max_fds")?,
         fdt_fd: k.field("fdtable", "fd")?,
