@@ -10,6 +10,7 @@ mod precise;
 mod sock;
 mod sockcall;
 mod state;
+mod task;
 mod timewait;
 
 use aya_ebpf::{

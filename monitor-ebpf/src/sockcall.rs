@@ -5,9 +5,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     programs::BtfTracePointContext,
 };
@@ -93,7 +92,7 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     };
     let e = entry.as_mut_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tid, comm) = crate::task::current();
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` points at a reserved record of the right size, written
@@ -105,8 +104,8 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).cookie = sock::cookie(&sk);
         (*e).cgroup_id = bpf_get_current_cgroup_id();
         (*e).inode = inode;
-        (*e).pid = (pid_tgid >> 32) as u32;
-        (*e).tid = pid_tgid as u32;
+        (*e).pid = pid;
+        (*e).tid = tid;
         (*e).uid = bpf_get_current_uid_gid() as u32;
         (*e).sk_uid = sk.get(off!(sk_uid)) as u32;
         (*e).netns = sock::netns(&sk);
@@ -119,7 +118,7 @@ pub fn on_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).local_addr = sock::local_addr(&sk, family);
         (*e).remote_port = sock::remote_port(&sk);
         (*e).remote_addr = sock::remote_addr(&sk, family);
-        (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*e).comm = comm;
         (*e).req_family = 0;
         (*e).req_port = 0;
         (*e).req_addr = [0; 16];

@@ -5,16 +5,14 @@
 //! socket lock is owned, i.e. the owning process itself is acting.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_ktime_get_boot_ns,
-        generated::{bpf_get_current_task_btf, bpf_get_socket_cookie},
-    },
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
     programs::BtfTracePointContext,
 };
 use monitor_common::{StateEvent, F_IN_PROCESS, KIND_STATE, LOST_EVENTS};
 
 use crate::kread::{field, off, Direct, Read};
 use crate::sock::{self, AF_INET6};
+use crate::task;
 use crate::{count_lost, EVENTS};
 
 pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
@@ -41,7 +39,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     // Only the owning process's own transitions name it (the module's
     // comment); nothing about `current` is read for the others.
     let (pid, tid, comm) = if in_process {
-        current_task()
+        task::current()
     } else {
         (0, 0, [0; 16])
     };
@@ -87,23 +85,6 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     }
     entry.submit(crate::events_wakeup(ts_ns));
     Some(())
-}
-
-/// The acting task's process id, thread id and command name, by plain loads
-/// from the typed `current`: the pid and comm helpers (a string copy with
-/// padding, behind function calls whose returns are costly here) took ~47 ns
-/// per transition on average (kernel.bpf_stats_enabled); one helper call
-/// and four loads take much less.
-#[inline(always)]
-fn current_task() -> (u32, u32, [u8; 16]) {
-    // SAFETY: plain helper call; it returns the running task with its BTF
-    // type, whose fields the verifier lets plain loads read.
-    let task = Direct(unsafe { bpf_get_current_task_btf() } as u64);
-    (
-        task.get(off!(task_tgid)) as u32,
-        task.get(off!(task_pid)) as u32,
-        task.bytes16(off!(task_comm)),
-    )
 }
 
 /// The local port: skc_num (a plain load), or at ->CLOSE, where the port
