@@ -15,9 +15,9 @@ mod timewait;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 /// bind/listen/connect results: a ring of their own, so that a flood of state
@@ -120,6 +120,14 @@ fn count_lost(ring: u32) {
 #[btf_tracepoint(function = "sys_exit")]
 pub fn twmon_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let _ = sockcall::on_sys_exit(&ctx);
+    0
+}
+
+/// Attached to `syscalls/sys_exit_bind`, `sys_exit_listen` and
+/// `sys_exit_connect` (see `sockcall::on_syscall_tp_exit`).
+#[tracepoint]
+pub fn twmon_call_exit(ctx: TracePointContext) -> u32 {
+    let _ = sockcall::on_syscall_tp_exit(&ctx);
     0
 }
 

@@ -23,36 +23,37 @@ use crate::ui::run::{run as run_ui, CrosstermInput, RunOptions, RunStats};
 use crate::ui::source::{EventSource, Poll, Recording, SourceStatus};
 use crate::ui::terminal::TerminalGuard;
 
-/// "tracepoint: sys_exit, inet_sock_set_state, ..." (hook names without
-/// their program type).
+/// "tracepoint: sys_exit_{bind,listen,connect}, inet_sock_set_state, ..."
+/// (hook names without their program type; neighbours that share words
+/// are folded).
 pub fn hooks_label(mode: &ModeInfo) -> String {
     let hooks: Vec<&str> = mode
         .hooks
         .iter()
         .map(|h| h.rsplit('/').next().unwrap_or(h))
         .collect();
-    // timer_start, timer_expire_entry, timer_cancel -> timer_{start,expire_entry,cancel}
+    let first_word = |h: &str| h.split_once('_').map(|(w, _)| w.to_string());
     let mut out: Vec<String> = Vec::new();
     let mut i = 0;
     while i < hooks.len() {
-        let prefix = hooks[i].split_once('_').map(|(p, _)| p);
+        let word = first_word(hooks[i]);
         let mut j = i + 1;
-        while let Some(p) = prefix {
-            if j < hooks.len() && hooks[j].split_once('_').map(|(q, _)| q) == Some(p) {
-                j += 1;
-            } else {
-                break;
-            }
+        while word.is_some() && j < hooks.len() && first_word(hooks[j]) == word {
+            j += 1;
         }
-        match prefix {
-            Some(p) if j - i > 1 => {
-                let rest: Vec<&str> = hooks[i..j]
-                    .iter()
-                    .map(|h| h.split_once('_').map_or(*h, |(_, r)| r))
-                    .collect();
-                out.push(format!("{p}_{{{}}}", rest.join(",")));
+        if j - i > 1 {
+            // The words all of them start with: timer_start, timer_cancel
+            // -> "timer_"; sys_exit_bind, sys_exit_listen -> "sys_exit_".
+            let mut prefix = hooks[i];
+            for h in &hooks[i + 1..j] {
+                while !h.starts_with(prefix) || !prefix.ends_with('_') {
+                    prefix = &prefix[..prefix.len() - 1];
+                }
             }
-            _ => out.push(hooks[i].to_string()),
+            let rest: Vec<&str> = hooks[i..j].iter().map(|h| &h[prefix.len()..]).collect();
+            out.push(format!("{prefix}{{{}}}", rest.join(",")));
+        } else {
+            out.push(hooks[i].to_string());
         }
         i = j;
     }
@@ -458,5 +459,41 @@ impl crate::ui::run::Input for NoKeys {
     fn next(&mut self, wait: Duration) -> std::io::Result<Option<crossterm::event::Event>> {
         std::thread::sleep(wait);
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hooks_label;
+    use crate::probe::ModeInfo;
+
+    #[test]
+    fn hooks_that_share_words_are_folded() {
+        let label = |hooks: &[&str]| {
+            hooks_label(&ModeInfo {
+                mode: "tracepoint".into(),
+                hooks: hooks.iter().map(|h| h.to_string()).collect(),
+                notes: Vec::new(),
+            })
+        };
+        assert_eq!(
+            label(&[
+                "tp/sys_exit_bind",
+                "tp/sys_exit_listen",
+                "tp/sys_exit_connect",
+                "tp_btf/inet_sock_set_state",
+                "tp_btf/timer_start",
+                "tp_btf/timer_expire_entry",
+                "tp_btf/timer_cancel",
+                "tp_btf/tcp_send_reset",
+            ]),
+            "tracepoint: sys_exit_{bind,listen,connect}, inet_sock_set_state, \
+             timer_{start,expire_entry,cancel}, tcp_send_reset"
+        );
+        assert_eq!(
+            label(&["tp_btf/sys_exit", "kprobe/sys_exit_x", "fexit/inet_bind"]),
+            "tracepoint: sys_{exit,exit_x}, inet_bind"
+        );
+        assert_eq!(label(&["tp_btf/sys_exit"]), "tracepoint: sys_exit");
     }
 }

@@ -50,11 +50,44 @@ struct Played {
     took: Duration,
 }
 
-fn play_watched(sc: Scenario) -> Result<Played, String> {
+/// How twmon hears of bind, listen and connect results.
+#[derive(Clone, Copy, PartialEq)]
+enum CallHook {
+    /// Its default: `syscalls/sys_exit_{bind,listen,connect}`.
+    PerCall,
+    /// The fallback where those cannot be attached: `tp_btf/sys_exit`.
+    RawSysExit,
+}
+
+impl CallHook {
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            CallHook::PerCall => &[],
+            CallHook::RawSysExit => &[("TWMON_RAW_SYS_EXIT", "1")],
+        }
+    }
+    /// What twmon's readiness line names when it took this hook.
+    fn named(self) -> &'static str {
+        match self {
+            CallHook::PerCall => "tp/sys_exit_bind, tp/sys_exit_listen, tp/sys_exit_connect",
+            CallHook::RawSysExit => "tp_btf/sys_exit",
+        }
+    }
+}
+
+fn play_watched(sc: Scenario, hook: CallHook) -> Result<Played, String> {
     let t = Instant::now();
     let ns = Netns::new().map_err(|e| format!("cannot create a network namespace: {e}"))?;
     let inode = ns.inode().to_string();
-    let watch = Watch::start(&["--json", "--netns", &inode]).map_err(|e| e.to_string())?;
+    let watch =
+        Watch::start_env(&["--json", "--netns", &inode], hook.env()).map_err(|e| e.to_string())?;
+    let said = watch.stderr().join("\n");
+    if !said.contains(hook.named()) {
+        return Err(format!(
+            "twmon did not take {}; it said:\n{said}",
+            hook.named()
+        ));
+    }
     let outcome = sc
         .run(&ns, Recorder::new(&ns, Options::default()))
         .map_err(|e| {
@@ -431,12 +464,28 @@ fn field_scenarios_report_every_failed_bind() {
     if !kernel_or_skip(TEST) {
         return;
     }
+    play_all_scenarios(CallHook::PerCall);
+}
+
+/// The same with bind, listen and connect results taken from
+/// `raw_syscalls/sys_exit`, where the per-call tracepoints cannot be
+/// attached (no tracefs).
+#[test]
+fn field_scenarios_report_every_failed_bind_through_raw_sys_exit() {
+    const TEST: &str = "field_scenarios_report_every_failed_bind_through_raw_sys_exit";
+    if !kernel_or_skip(TEST) {
+        return;
+    }
+    play_all_scenarios(CallHook::RawSysExit);
+}
+
+fn play_all_scenarios(hook: CallHook) {
     let t = Instant::now();
     // Each scenario in its own namespace with its own twmon, all at once.
     let results: Vec<(Scenario, Result<Played, String>)> = std::thread::scope(|s| {
         let hs: Vec<_> = scenario::all()
             .into_iter()
-            .map(|sc| (sc, s.spawn(move || play_watched(sc))))
+            .map(|sc| (sc, s.spawn(move || play_watched(sc, hook))))
             .collect();
         hs.into_iter()
             .map(|(sc, h)| {
@@ -1147,8 +1196,13 @@ fn one_watch_leaves_nothing(signal: libc::c_int, sig_name: &str) {
         }
         names.insert(name.clone());
     }
+    // bind/listen/connect results come through one of two programs
+    // (monitor/src/probe/call_exits.rs).
+    assert!(
+        names.contains("twmon_call_exit") != names.contains("twmon_sys_exit"),
+        "{sig_name}: not exactly one of twmon_call_exit and twmon_sys_exit is attached ({names:?})"
+    );
     for want in [
-        "twmon_sys_exit",
         "twmon_set_state",
         "twmon_timer_start",
         "twmon_timer_expire",

@@ -68,6 +68,9 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             // Every field scenario: each expected failure with its errno,
             // requested endpoint, options, process; nothing else reported.
             "field_scenarios_report_every_failed_bind",
+            // The same through tp_btf/sys_exit, the fallback where the
+            // per-call syscall tracepoints cannot be attached.
+            "field_scenarios_report_every_failed_bind_through_raw_sys_exit",
             "timewait_ends_with_the_right_reason",
             "timewait_killed_by_a_reset_ends_as_reset",
         ],

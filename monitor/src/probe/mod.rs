@@ -1,12 +1,14 @@
 //! The kernel side as userspace sees it: load the programs with the running
 //! kernel's offsets, attach them, and turn ring buffer records into events.
 //!
-//! Modes: `tracepoint` (tp_btf on sys_exit, inet_sock_set_state and the timer
+//! Modes: `tracepoint` (the bind, listen and connect exit tracepoints, else
+//! tp_btf on sys_exit; tp_btf on inet_sock_set_state and the timer
 //! tracepoints) works wherever BTF exists. `precise` adds function hooks
 //! (fexit, else kprobe/kretprobe; `precise.rs`) on top of it where the kernel
 //! allows them (`mode.rs` finds out), feeding the same records; `auto` takes
 //! each function hook that works and says in one line why the others did not.
 
+pub mod call_exits;
 pub mod decode;
 pub mod enrich;
 pub mod mode;
@@ -92,6 +94,12 @@ const PROGRAMS: &[(&str, &str)] = &[
 /// Hooks whose absence only degrades one answer (named in the notes).
 const OPTIONAL: &[&str] = &["tcp_send_reset"];
 
+/// `TWMON_RAW_SYS_EXIT=1`: take `tp_btf/sys_exit` even where the per-call
+/// tracepoints work (`call_exits.rs`), so that tests cover the fallback.
+fn force_raw_sys_exit() -> bool {
+    std::env::var_os("TWMON_RAW_SYS_EXIT").is_some_and(|v| v == "1")
+}
+
 /// What the kernel streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Streams {
@@ -156,6 +164,18 @@ impl Probe {
             }
             if light && *tp != "sys_exit" {
                 continue;
+            }
+            if *tp == "sys_exit" && !force_raw_sys_exit() {
+                match call_exits::attach(&mut ebpf) {
+                    Ok(a) => {
+                        hooks.extend(a.hooks);
+                        notes.extend(a.note);
+                        continue;
+                    }
+                    Err(e) => notes.push(format!(
+                        "bind, listen and connect tracepoints unavailable ({e}): tp_btf/sys_exit instead, which runs at the exit of every system call"
+                    )),
+                }
             }
             let p: &mut BtfTracePoint = ebpf
                 .program_mut(prog)

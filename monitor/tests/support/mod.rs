@@ -346,6 +346,11 @@ fn reader(
 impl Watch {
     /// Start `twmon watch ARGS` (no readiness wait).
     pub fn spawn(args: &[&str]) -> std::io::Result<Watch> {
+        Watch::spawn_env(args, &[])
+    }
+
+    /// Start `twmon watch ARGS` with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> std::io::Result<Watch> {
         // Scenarios may be playing on other threads: the new process must
         // not hold copies of their sockets when they close them.
         let mut child = monitor::scenario::spawn_clean(
@@ -353,6 +358,7 @@ impl Watch {
                 .arg("watch")
                 .args(mode_args())
                 .args(args)
+                .envs(env.iter().copied())
                 .env("RUST_BACKTRACE", "1")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -378,7 +384,12 @@ impl Watch {
     /// Start `twmon watch ARGS` and wait until it says its programs are
     /// attached.
     pub fn start(args: &[&str]) -> Result<Watch, NotReady> {
-        let mut w = Watch::spawn(args).map_err(|e| NotReady {
+        Watch::start_env(args, &[])
+    }
+
+    /// [`Watch::start`] with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Result<Watch, NotReady> {
+        let mut w = Watch::spawn_env(args, env).map_err(|e| NotReady {
             status: None,
             stderr: format!("cannot run {TWMON}: {e}"),
             stdout: String::new(),
