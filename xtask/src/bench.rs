@@ -61,6 +61,9 @@ enum Load {
     ChurnServerFirst,
     ChurnClientFirst,
     BindStorm,
+    /// 1-byte reads and writes, no socket at all: what every other system
+    /// call of the host pays for the bind/listen/connect hook.
+    SyscallLoop,
 }
 
 impl Load {
@@ -69,6 +72,7 @@ impl Load {
             Load::ChurnServerFirst => "churn, server closes first",
             Load::ChurnClientFirst => "churn, client closes first",
             Load::BindStorm => "bind-failure storm",
+            Load::SyscallLoop => "system-call loop (1-byte reads and writes, no sockets)",
         }
     }
     fn args(self, secs: f64, storm: u64) -> Vec<String> {
@@ -91,6 +95,10 @@ impl Load {
                     s("--bind-interval-us"),
                     s("10000"),
                 ]);
+            }
+            Load::SyscallLoop => {
+                a.extend([s("--churn"), s("none"), s("--syscalls")]);
+                a.extend([s("--secs"), secs.to_string()]);
             }
             Load::BindStorm => {
                 a.extend([s("--churn"), s("none"), s("--secs"), s("60")]);
@@ -478,6 +486,9 @@ fn one_run(
             let first = load_json_num(&line, "bind_first_ns");
             let last = load_json_num(&line, "bind_last_ns");
             run.binds_failed as f64 / ((last - first) / 1e9).max(1e-9)
+        }
+        Load::SyscallLoop => {
+            load_json_num(&line, "syscalls") / load_json_num(&line, "churn_secs").max(1e-9)
         }
         _ => load_json_num(&line, "conns") / load_json_num(&line, "churn_secs").max(1e-9),
     };
@@ -937,6 +948,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         Load::ChurnServerFirst,
         Load::ChurnClientFirst,
         Load::BindStorm,
+        Load::SyscallLoop,
     ];
     let mut runs: BTreeMap<(Load, Config), Vec<Run>> = BTreeMap::new();
     for round in 0..a.rounds {
@@ -1037,11 +1049,12 @@ fn render(
         "{} rounds, configurations alternating (the first one rotates each round), {} s of \
          single-threaded loopback churn per run in a private network namespace, with 100 \
          failing binds/s beside it; the bind storm is {} failing binds as fast as one thread \
-         goes. Medians over the rounds; \"vs baseline\" is the median of each round's \
+         goes; the system-call loop is {} s of 1-byte reads of /dev/zero and writes to \
+         /dev/null (dd bs=1), no sockets. Medians over the rounds; \"vs baseline\" is the median of each round's \
          ratio to that round's baseline run; CPU is the tool's utime+stime during the load \
          (% of one core), RSS its peak (VmHWM). Events = lines the tool printed (for record: \
          events written to the trace).",
-        a.rounds, a.secs, a.storm
+        a.rounds, a.secs, a.storm, a.secs
     ));
     w(String::new());
     for c in configs {
@@ -1053,10 +1066,10 @@ fn render(
     for load in loads {
         w(format!("## {}", load.name()));
         w(String::new());
-        let unit = if *load == Load::BindStorm {
-            "binds/s"
-        } else {
-            "conn/s"
+        let unit = match load {
+            Load::BindStorm => "binds/s",
+            Load::SyscallLoop => "calls/s",
+            _ => "conn/s",
         };
         w(format!(
             "| config | {unit} | vs baseline | events | lost | CPU % | peak RSS MiB | binds reported / failed | bind→line p50 / p99 ms |"
@@ -1125,6 +1138,11 @@ fn render(
                 c.name(),
                 ratio * 100.0
             ));
+            // The targets are the churn's and the storm's; the system-call
+            // loop is there to be read, not judged.
+            if *load == Load::SyscallLoop {
+                continue;
+            }
             if *c == Config::Dashboard {
                 let ok = ratio >= 0.97 && lost_total == 0;
                 verdicts.push(format!(
@@ -1177,7 +1195,7 @@ fn render(
             .get(&(*load, Config::Baseline))
             .map(|r| r.iter().map(|x| x.tw_at_end as f64).collect())
             .unwrap_or_default();
-        if *load != Load::BindStorm {
+        if matches!(load, Load::ChurnServerFirst | Load::ChurnClientFirst) {
             w(String::new());
             w(format!(
                 "TIME_WAIT sockets in the namespace at the end of a run (baseline, median): {:.0}",

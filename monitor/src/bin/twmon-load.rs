@@ -7,6 +7,8 @@
 //! TIME_WAIT on the server side; or the client first: TIME_WAIT on the client
 //! side), optionally with failing binds beside it on a second thread (a
 //! listener holds `--bind-port`; each bind() on it fails with EADDRINUSE).
+//! `--syscalls` instead loops 1-byte reads of /dev/zero and writes to
+//! /dev/null for `--secs`: what a monitor costs every other system call.
 //! At the end one JSON line on stdout says what was done:
 //! `{"conns":N,"secs":S,"binds_failed":M,"tw_at_end":T,...}`.
 
@@ -21,7 +23,7 @@ use socket2::{Domain, Socket, Type};
 
 const USAGE: &str =
     "usage: twmon-load [--lo-up] [--churn server|client|rst|none] [--secs S] [--conns N] \
-[--port P] [--binds N] [--bind-interval-us U] [--bind-port P] [--tw-buckets N]";
+[--port P] [--binds N] [--bind-interval-us U] [--bind-port P] [--tw-buckets N] [--syscalls]";
 
 /// Who closes first; `Rst`: the client aborts (SO_LINGER 0), no TIME_WAIT
 /// anywhere, so every connection gives the same state transitions.
@@ -42,6 +44,7 @@ struct Opts {
     bind_interval_us: u64,
     bind_port: u16,
     tw_buckets: Option<u64>,
+    syscalls: bool,
 }
 
 fn parse() -> Result<Opts, String> {
@@ -55,12 +58,14 @@ fn parse() -> Result<Opts, String> {
         bind_interval_us: 10_000,
         bind_port: 9200,
         tw_buckets: None,
+        syscalls: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
             "--lo-up" => o.lo_up = true,
+            "--syscalls" => o.syscalls = true,
             "--churn" => {
                 o.churn = match val()?.as_str() {
                     "server" => Some(Close::Server),
@@ -237,6 +242,24 @@ fn bind_storm(port: u16, count: u64, interval_us: u64, stop: &AtomicBool) -> (u6
     (failed, other, first, last)
 }
 
+/// 1-byte reads of /dev/zero and writes to /dev/null until the deadline
+/// (dd bs=1); returns how many system calls.
+fn syscall_loop(until: Instant) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut zero = std::fs::File::open("/dev/zero")?;
+    let mut null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    let mut byte = [0u8; 1];
+    let mut calls = 0;
+    while Instant::now() < until {
+        for _ in 0..4096 {
+            zero.read_exact(&mut byte)?;
+            null.write_all(&byte)?;
+        }
+        calls += 2 * 4096;
+    }
+    Ok(calls)
+}
+
 fn main() {
     let o = match parse() {
         Ok(o) => o,
@@ -264,6 +287,18 @@ fn main() {
         let (port, count, iv) = (o.bind_port, o.binds, o.bind_interval_us);
         std::thread::spawn(move || bind_storm(port, count, iv, &stop))
     });
+    let syscalls = if o.syscalls {
+        match syscall_loop(until) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("twmon-load: system-call loop: {e}");
+                stop.store(true, Ordering::Relaxed);
+                std::process::exit(1);
+            }
+        }
+    } else {
+        0
+    };
     let (conns, errors) = match o.churn {
         Some(close) => match churn(o.port, close, until, o.conns.unwrap_or(u64::MAX)) {
             Ok(r) => r,
@@ -287,7 +322,7 @@ fn main() {
     let line = format!(
         "{{\"conns\":{conns},\"connect_errors\":{errors},\"churn_secs\":{churn_secs:.4},\
 \"secs\":{secs:.4},\"binds_failed\":{bf},\"binds_other\":{bo},\"bind_first_ns\":{bfirst},\
-\"bind_last_ns\":{blast},\"tw_at_end\":{},\"netns\":{}}}",
+\"bind_last_ns\":{blast},\"syscalls\":{syscalls},\"tw_at_end\":{},\"netns\":{}}}",
         tw_count(),
         netns()
     );
