@@ -1,4 +1,5 @@
-//! bind(), listen() and connect() as they return (`sys_exit`): the endpoint
+//! bind(), listen() and connect() as they return (their `sys_exit_*`
+//! tracepoints, else `raw_syscalls/sys_exit`): the endpoint
 //! the caller asked for comes from its sockaddr argument (after a failed bind
 //! the kernel has already reset the socket's own address and port to 0), the
 //! options and owner from the socket behind the file descriptor.

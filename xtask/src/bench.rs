@@ -1108,11 +1108,15 @@ fn render(
                 }
                 (
                     format!("{seen} / {failed}"),
-                    format!(
-                        "{:.1} / {:.1}",
-                        percentile(&lat, 50.0),
-                        percentile(&lat, 99.0)
-                    ),
+                    if lat.is_empty() {
+                        "–".into()
+                    } else {
+                        format!(
+                            "{:.1} / {:.1}",
+                            percentile(&lat, 50.0),
+                            percentile(&lat, 99.0)
+                        )
+                    },
                 )
             } else if *c == Config::Baseline {
                 (format!("– / {failed}"), "–".into())

@@ -8,7 +8,9 @@
 //! program stays as the fallback where these cannot be attached.
 //!
 //! These tracepoints are found through tracefs: when it is not mounted, it
-//! is mounted at its usual place, as perf and trace-cmd do.
+//! is mounted at its usual place for as long as attaching takes (perf and
+//! trace-cmd mount it too), then unmounted: attached tracepoints do not need
+//! it, and the host keeps its mounts as they were.
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +33,7 @@ const FIELDS: [&str; 2] = [
 ];
 
 /// What attaching did: the hooks, and a note when tracefs had to be
-/// mounted.
+/// mounted for it.
 pub struct Attached {
     pub hooks: Vec<String>,
     pub note: Option<String>,
@@ -41,9 +43,26 @@ pub struct Attached {
 /// the program is unloaded (detaching what was attached) and the reason
 /// returned, for the caller to fall back to `raw_syscalls/sys_exit`.
 pub fn attach(ebpf: &mut Ebpf) -> Result<Attached, String> {
-    let (tracefs, note) = tracefs()?;
+    let (tracefs, mounted) = tracefs()?;
+    let attached = attach_through(ebpf, &tracefs);
+    if mounted {
+        unmount(&tracefs);
+    }
+    let note = mounted.then(|| {
+        format!(
+            "tracefs was not mounted: mounted it at {} to attach the bind, listen and connect tracepoints, then unmounted it",
+            tracefs.display()
+        )
+    });
+    Ok(Attached {
+        hooks: attached?,
+        note,
+    })
+}
+
+fn attach_through(ebpf: &mut Ebpf, tracefs: &Path) -> Result<Vec<String>, String> {
     for event in EVENTS {
-        check_format(&tracefs, event)?;
+        check_format(tracefs, event)?;
     }
     let p: &mut TracePoint = ebpf
         .program_mut(PROGRAM)
@@ -59,13 +78,13 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Attached, String> {
         }
         hooks.push(format!("tp/{event}"));
     }
-    Ok(Attached { hooks, note })
+    Ok(hooks)
 }
 
-/// A mounted tracefs with the syscall events, mounting it when none is.
-fn tracefs() -> Result<(PathBuf, Option<String>), String> {
+/// A mounted tracefs, mounting it when none is; true when this mounted it.
+fn tracefs() -> Result<(PathBuf, bool), String> {
     if let Some(p) = TRACEFS.iter().map(Path::new).find(|p| has_entries(p)) {
-        return Ok((p.to_path_buf(), None));
+        return Ok((p.to_path_buf(), false));
     }
     let target = Path::new(TRACEFS[0]);
     mount_tracefs(target).map_err(|e| {
@@ -74,13 +93,24 @@ fn tracefs() -> Result<(PathBuf, Option<String>), String> {
             target.display()
         )
     })?;
-    Ok((
-        target.to_path_buf(),
-        Some(format!(
-            "mounted tracefs at {} for the bind, listen and connect tracepoints",
-            target.display()
-        )),
-    ))
+    Ok((target.to_path_buf(), true))
+}
+
+/// Take back the mount [`tracefs`] made. MNT_DETACH: the kernel lets go
+/// of it once nothing uses it; attached tracepoints never did.
+fn unmount(target: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(t) = std::ffi::CString::new(target.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } != 0 {
+        log::warn!(
+            "could not unmount the tracefs mounted at {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 fn has_entries(p: &Path) -> bool {

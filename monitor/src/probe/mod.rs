@@ -105,11 +105,11 @@ fn force_raw_sys_exit() -> bool {
 pub enum Streams {
     /// Every hook: bind results, every TCP transition, the timewait life.
     All,
-    /// Only bind/listen/connect results (`sys_exit`): the light mode of the
-    /// dashboard, which counts sockets from sock_diag instead. The state
-    /// and timer tracepoints fire some 25 times per connection on a busy
-    /// host; this one once per system call, and returns at once for all
-    /// but three of them.
+    /// Only bind/listen/connect results: the light mode of the dashboard,
+    /// which counts sockets from sock_diag instead. The state and timer
+    /// tracepoints fire some 25 times per connection on a busy host; these
+    /// once per bind, listen or connect (`call_exits.rs`; the fallback,
+    /// tp_btf/sys_exit, once per system call).
     BindsOnly,
 }
 
