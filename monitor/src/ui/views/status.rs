@@ -161,13 +161,45 @@ fn counters<'a>(app: &App, model: &Model, theme: &Theme, compact: bool) -> Vec<S
     right
 }
 
-/// "tracepoint: a, b, c" -> "tracepoint (3 hooks)".
+/// "tracepoint: a, b, c" -> "tracepoint (3 hooks)"; what follows the
+/// hooks after " · " (the light mode's remark) is left out, and not
+/// counted. Hooks folded as "x_{a,b}" count one per name inside.
 fn short_detail(d: &str) -> String {
-    match d.split_once(": ") {
-        Some((mode, hooks)) if hooks.contains(',') => {
-            format!("{mode} ({} hooks)", hooks.split(',').count())
+    let Some((mode, rest)) = d.split_once(": ") else {
+        return d.to_string();
+    };
+    let hooks = rest.split(" · ").next().unwrap_or(rest);
+    if !hooks.contains(',') && hooks.len() == rest.len() {
+        return d.to_string();
+    }
+    let n = hooks.split(',').count();
+    format!("{mode} ({n} hook{})", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_detail;
+
+    #[test]
+    fn the_short_detail_counts_hooks_not_remarks() {
+        for (detail, short) in [
+            (
+                "tracepoint: sys_exit_{bind,listen,connect}, inet_sock_set_state, timer_{start,expire_entry,cancel}",
+                "tracepoint (7 hooks)",
+            ),
+            (
+                "tracepoint: sys_exit_{bind,listen,connect} · light: sockets listed every 1 s, no transitions (--full)",
+                "tracepoint (3 hooks)",
+            ),
+            (
+                "tracepoint: sys_exit · light: sockets listed every 1 s, no transitions (--full)",
+                "tracepoint (1 hook)",
+            ),
+            ("replay of a.trace", "replay of a.trace"),
+            ("trace: a.trace", "trace: a.trace"),
+        ] {
+            assert_eq!(short_detail(detail), short, "{detail}");
         }
-        _ => d.to_string(),
     }
 }
 
