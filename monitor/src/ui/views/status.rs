@@ -176,33 +176,6 @@ fn short_detail(d: &str) -> String {
     format!("{mode} ({n} hook{})", if n == 1 { "" } else { "s" })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::short_detail;
-
-    #[test]
-    fn the_short_detail_counts_hooks_not_remarks() {
-        for (detail, short) in [
-            (
-                "tracepoint: sys_exit_{bind,listen,connect}, inet_sock_set_state, timer_{start,expire_entry,cancel}",
-                "tracepoint (7 hooks)",
-            ),
-            (
-                "tracepoint: sys_exit_{bind,listen,connect} · light: sockets listed every 1 s, no transitions (--full)",
-                "tracepoint (3 hooks)",
-            ),
-            (
-                "tracepoint: sys_exit · light: sockets listed every 1 s, no transitions (--full)",
-                "tracepoint (1 hook)",
-            ),
-            ("replay of a.trace", "replay of a.trace"),
-            ("trace: a.trace", "trace: a.trace"),
-        ] {
-            assert_eq!(short_detail(detail), short, "{detail}");
-        }
-    }
-}
-
 pub(super) fn filter_line(f: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let line = match &app.editing {
         Some((text, _)) => Line::from(vec![
@@ -228,4 +201,31 @@ pub(super) fn filter_line(f: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         }
     };
     f.render_widget(Paragraph::new(line), area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_detail;
+
+    #[test]
+    fn the_short_detail_counts_hooks_not_remarks() {
+        for (detail, short) in [
+            (
+                "tracepoint: sys_exit_{bind,listen,connect}, inet_sock_set_state, timer_{start,expire_entry,cancel}",
+                "tracepoint (7 hooks)",
+            ),
+            (
+                "tracepoint: sys_exit_{bind,listen,connect} · light: sockets listed every 1 s, no transitions (--full)",
+                "tracepoint (3 hooks)",
+            ),
+            (
+                "tracepoint: sys_exit · light: sockets listed every 1 s, no transitions (--full)",
+                "tracepoint (1 hook)",
+            ),
+            ("replay of a.trace", "replay of a.trace"),
+            ("trace: a.trace", "trace: a.trace"),
+        ] {
+            assert_eq!(short_detail(detail), short, "{detail}");
+        }
+    }
 }
