@@ -544,3 +544,40 @@ fn netns_basics() {
     let l = std::fs::read_link(ns.path()).unwrap();
     assert_eq!(l.to_str().unwrap(), format!("net:[{}]", ns.inode()));
 }
+
+/// `scenario::is_fin_wait2_orphan` (which tests use to replay a set-up the
+/// kernel raced) tells a full FIN_WAIT2 orphan from a timewait sock: with
+/// tcp_fin_timeout above 60 s close() keeps the full socket, with the
+/// default it makes a FIN_WAIT2 timewait sock.
+#[test]
+fn a_full_fin_wait2_orphan_is_told_from_a_timewait_sock() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(ns) = netns_or_skip() else {
+        return;
+    };
+    for (fin_timeout, orphan) in [("120", true), ("60", false)] {
+        ns.set_sysctl("net.ipv4.tcp_fin_timeout", fin_timeout)
+            .unwrap();
+        let port = if orphan { 9401 } else { 9402 };
+        let seen = ns
+            .run(|| -> std::io::Result<bool> {
+                let addr = monitor::event::Endpoint::v4([127, 0, 0, 1], port);
+                let l = scenario::Sock::tcp4(scenario::SockOpts::PLAIN)?;
+                l.bind(addr)?;
+                l.listen(4)?;
+                let c = scenario::Sock::tcp4(scenario::SockOpts::PLAIN)?;
+                c.connect(addr)?;
+                let cli = c.local()?;
+                let (srv, _) = l.accept()?;
+                let server = srv.local()?;
+                drop(srv);
+                // The client's ACK of the FIN, on loopback, is a matter of
+                // microseconds.
+                std::thread::sleep(Duration::from_millis(100));
+                scenario::is_fin_wait2_orphan(server, cli)
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, orphan, "tcp_fin_timeout {fin_timeout}");
+    }
+}

@@ -43,7 +43,7 @@ use serde::Serialize;
 
 pub use child::spawn_clean;
 pub use netns::{set_sysctl, sysctl, Netns};
-pub use procnet::{snapshot, ss_text, ObservedSocket};
+pub use procnet::{is_fin_wait2_orphan, snapshot, ss_text, ObservedSocket};
 pub use sock::{boottime_ns, current_fsuid, Sock, SockOpts};
 pub use wait::wait_for_socket;
 

@@ -44,6 +44,22 @@ pub fn snapshot() -> io::Result<Vec<ObservedSocket>> {
     sockets(true)
 }
 
+/// Is `local -> remote` a full (not timewait) orphaned TCP socket in
+/// FIN_WAIT2, on its keepalive timer? close() leaves one when the peer's
+/// ACK of its FIN reaches the socket's backlog while close() still owns the
+/// socket (the peer's softirq on the other CPU): the kernel then keeps the
+/// full socket for tcp_fin_timeout instead of making it a timewait sock.
+/// Tests that need a timewait sock retry their set-up then.
+pub fn is_fin_wait2_orphan(local: Endpoint, remote: Endpoint) -> io::Result<bool> {
+    Ok(sockets_in_detail(false)?.iter().any(|(s, d)| {
+        s.proto == Proto::Tcp
+            && s.state == TcpState::FinWait2
+            && s.local == local
+            && s.remote == remote
+            && d.timer == 2
+    }))
+}
+
 /// [`snapshot`], optionally without the (slower) search for owners.
 pub(crate) fn sockets(with_owners: bool) -> io::Result<Vec<ObservedSocket>> {
     Ok(sockets_in_detail(with_owners)?
