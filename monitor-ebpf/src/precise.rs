@@ -325,10 +325,10 @@ fn fill(s: &mut ConflictSock, sk: u64) {
     // and a failing bind is not hot.
     let h = Probe(sk);
     let family = sock::family(&h);
-    let mut state = h.get(off!(skc_state)) as u8;
+    let mut state = h.u8(off!(skc_state));
     if state == TCP_TIME_WAIT {
         // A timewait sock: FIN_WAIT2 or TIME_WAIT, as twmon names them.
-        let sub = h.get(off!(tw_substate)) as u8;
+        let sub = h.u8(off!(tw_substate));
         if sub != 0 {
             state = sub;
         }

@@ -12,19 +12,19 @@ pub const AF_INET6: u16 = 10;
 
 #[inline(always)]
 pub fn family(sk: &impl Read) -> u16 {
-    sk.get(off!(skc_family)) as u16
+    sk.u16(off!(skc_family))
 }
 
 /// A socket's `struct net`, to read with the reader its pointer allows.
 #[inline(always)]
 pub fn net<R: Read>(sk: &R) -> R::Then {
-    sk.then(sk.get(off!(skc_net)))
+    sk.then(sk.u64(off!(skc_net)))
 }
 
 /// The network namespace inode of a socket.
 #[inline(always)]
 pub fn netns<R: Read>(sk: &R) -> u32 {
-    net(sk).get(off!(net_inum)) as u32
+    net(sk).u32(off!(net_inum))
 }
 
 /// SO_REUSEADDR / SO_REUSEPORT / IPV6_V6ONLY of any sock_common.
@@ -81,19 +81,19 @@ pub fn remote_addr(sk: &impl Read, family: u16) -> [u8; 16] {
 /// Local port in host order (skc_num). Reads 0 once the port was released.
 #[inline(always)]
 pub fn local_port(sk: &impl Read) -> u16 {
-    sk.get(off!(skc_num)) as u16
+    sk.u16(off!(skc_num))
 }
 
 /// Remote port in host order.
 #[inline(always)]
 pub fn remote_port(sk: &impl Read) -> u16 {
-    u16::from_be(sk.get(off!(skc_dport)) as u16)
+    u16::from_be(sk.u16(off!(skc_dport)))
 }
 
 /// The socket cookie as stored (0 if nobody asked for it yet).
 #[inline(always)]
 pub fn cookie(sk: &impl Read) -> u64 {
-    sk.get(off!(skc_cookie))
+    sk.u64(off!(skc_cookie))
 }
 
 /// Inode number of the file of a `struct socket` (0 if none, e.g. a
@@ -101,7 +101,7 @@ pub fn cookie(sk: &impl Read) -> u64 {
 /// struct, so that a typed `struct socket *` can take it with plain loads.
 #[inline(always)]
 pub fn socket_inode<R: Read<Then = R>>(socket: &R) -> u64 {
-    let file = socket.then(socket.get(off!(socket_file)));
-    let inode = file.then(file.get(off!(file_inode)));
-    inode.get(off!(inode_ino))
+    let file = socket.then(socket.u64(off!(socket_file)));
+    let inode = file.then(file.u64(off!(file_inode)));
+    inode.u64(off!(inode_ino))
 }

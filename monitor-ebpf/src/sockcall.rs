@@ -17,7 +17,7 @@ use monitor_common::{
     SockCallEvent, F_HAVE_REQUEST, KIND_SOCK_CALL, LOST_BINDS, NR_BIND, NR_CONNECT, NR_LISTEN,
 };
 
-use crate::kread::{field, off, ptr, Probe, Read};
+use crate::kread::{field, off, ptr, words16, Probe, Read};
 use crate::sock::{self, AF_INET, AF_INET6};
 use crate::{count_lost, BINDS};
 
@@ -126,7 +126,7 @@ fn on_call_exit(nr: u64, ret: i64, regs: impl Fn() -> Option<u64>) -> Option<()>
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let protocol = sk.get(off!(sk_protocol)) as u16;
+    let protocol = sk.u16(off!(sk_protocol));
     if protocol != 6 && protocol != 17 {
         return None;
     }
@@ -156,9 +156,9 @@ fn on_call_exit(nr: u64, ret: i64, regs: impl Fn() -> Option<u64>) -> Option<()>
         (*e).pid = pid;
         (*e).tid = tid;
         (*e).uid = bpf_get_current_uid_gid() as u32;
-        (*e).sk_uid = sk.get(off!(sk_uid)) as u32;
+        (*e).sk_uid = sk.u32(off!(sk_uid));
         (*e).netns = sock::netns(&sk);
-        (*e).bound_dev_if = sk.get(off!(skc_bound_dev_if)) as u32;
+        (*e).bound_dev_if = sk.u32(off!(skc_bound_dev_if));
         (*e).flags = sock::common_flags(&sk) | sock::inet_flags(&sk);
         (*e).syscall = nr as u16;
         (*e).sk_family = family;
@@ -170,7 +170,7 @@ fn on_call_exit(nr: u64, ret: i64, regs: impl Fn() -> Option<u64>) -> Option<()>
         (*e).comm = comm;
         (*e).req_family = 0;
         (*e).req_port = 0;
-        (*e).req_addr = [0; 16];
+        (*e).req_addr = words16(0, 0);
         (*e)._pad = 0;
         if nr != NR_LISTEN as u64 {
             let uaddr = reg(regs, REG_SI).unwrap_or(0);

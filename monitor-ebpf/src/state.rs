@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use monitor_common::{StateEvent, F_IN_PROCESS, KIND_STATE, LOST_EVENTS};
 
-use crate::kread::{field, off, Direct, Read};
+use crate::kread::{field, off, words16, Direct, Read};
 use crate::sock::{self, AF_INET6};
 use crate::task;
 use crate::{count_lost, EVENTS};
@@ -21,7 +21,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
     // MPTCP fires this tracepoint too; only plain TCP.
-    if sk.get(off!(sk_protocol)) != 6 {
+    if sk.u16(off!(sk_protocol)) != 6 {
         return None;
     }
     // The socket's cookie, assigned by the helper the first time (so that
@@ -35,13 +35,13 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         0 => unsafe { bpf_get_socket_cookie(skp) },
         c => c,
     };
-    let in_process = sk.get(off!(sk_lock_owned)) != 0;
+    let in_process = sk.u32(off!(sk_lock_owned)) != 0;
     // Only the owning process's own transitions name it (the module's
     // comment); nothing about `current` is read for the others.
     let (pid, tid, comm) = if in_process {
         task::current()
     } else {
-        (0, 0, [0; 16])
+        (0, 0, words16(0, 0))
     };
     // Who leaves a timewait sock behind is the process of the
     // ESTABLISHED -> FIN_WAIT1 record (in_process): userspace keeps it by
@@ -63,18 +63,19 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).flags = sock::common_flags(&sk) | if in_process { F_IN_PROCESS } else { 0 };
         (*e).ts_ns = ts_ns;
         (*e).cookie = cookie;
-        (*e).inode = sock::socket_inode(&Direct(sk.get(off!(sk_socket))));
+        (*e).inode = sock::socket_inode(&Direct(sk.u64(off!(sk_socket))));
         (*e).pid = pid;
         (*e).tid = tid;
         (*e).netns = sock::netns(&sk);
-        (*e).sk_uid = sk.get(off!(sk_uid)) as u32;
+        (*e).sk_uid = sk.u32(off!(sk_uid));
         (*e).family = family;
         (*e).protocol = 6;
         (*e).sport = local_port(&sk);
         (*e).dport = sock::remote_port(&sk);
         (*e).oldstate = oldstate as u8;
         (*e).newstate = newstate as u8;
-        (*e)._pad = [0; 6];
+        (*e)._pad = 0;
+        (*e)._pad2 = 0;
         (*e).saddr = sock::local_addr(&sk, family);
         (*e).daddr = if family == AF_INET6 {
             sock::remote_addr(&sk, AF_INET6)

@@ -17,8 +17,8 @@ pub fn current() -> (u32, u32, [u8; 16]) {
     // type, whose fields the verifier lets plain loads read.
     let task = Direct(unsafe { bpf_get_current_task_btf() } as u64);
     (
-        task.get(off!(task_tgid)) as u32,
-        task.get(off!(task_pid)) as u32,
+        task.u32(off!(task_tgid)),
+        task.u32(off!(task_pid)),
         task.bytes16(off!(task_comm)),
     )
 }

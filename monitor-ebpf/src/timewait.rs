@@ -37,7 +37,7 @@ use monitor_common::{
     TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE, TW_TAKEOVER,
 };
 
-use crate::kread::{field, off, Direct, Head, Read};
+use crate::kread::{field, off, zero_words, Direct, Head, Read};
 use crate::sock::{self, AF_INET6};
 use crate::{count_lost, EVENTS, RST_TW, SYN_TW};
 
@@ -82,12 +82,17 @@ fn tuple_of(h: &Head, v6: bool) -> Tuple {
             h.raw(s + 8, 64),
         ]
     } else {
-        [h.get(off!(skc_daddr)), h.get(off!(skc_rcv_saddr)), 0, 0]
+        [
+            h.u32(off!(skc_daddr)) as u64,
+            h.u32(off!(skc_rcv_saddr)) as u64,
+            0,
+            0,
+        ]
     };
     Tuple {
-        net: h.get(off!(skc_net)),
+        net: h.u64(off!(skc_net)),
         addrs,
-        ports: h.get(off!(skc_dport)) << 16 | h.get(off!(skc_num)),
+        ports: (h.u16(off!(skc_dport)) as u64) << 16 | h.u16(off!(skc_num)) as u64,
     }
 }
 
@@ -130,7 +135,7 @@ enum Timer {
 #[inline(always)]
 fn timer_of(ctx: &BtfTracePointContext) -> Timer {
     let timer = Direct(ctx.arg(0));
-    let function = timer.get(off!(timer_function));
+    let function = timer.u64(off!(timer_function));
     // SAFETY: reading fields of an initialised static.
     let (tw_handler, req_handler) = unsafe {
         (
@@ -143,7 +148,7 @@ fn timer_of(ctx: &BtfTracePointContext) -> Timer {
     } else if function == tw_handler {
         Timer::Tw(TwTimer {
             tw: timer.0 - off!(tw_timer).off as u64,
-            expires: timer.get(off!(timer_expires)),
+            expires: timer.u64(off!(timer_expires)),
         })
     } else if function == req_handler {
         Timer::Request(timer.0 - off!(rsk_timer).off as u64)
@@ -207,7 +212,7 @@ fn takeover(req: u64) -> Option<()> {
     let e = entry.as_mut_ptr();
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
-        core::ptr::write_bytes(e, 0, 1);
+        zero_words(e);
         (*e).kind = KIND_TW;
         (*e).what = TW_TAKEOVER;
         (*e).ts_ns = now;
@@ -342,11 +347,11 @@ fn emit(tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
         (*e).sport = sock::local_port(&h);
         (*e).dport = sock::remote_port(&h);
         (*e).what = what;
-        (*e).substate = h.get(off!(tw_substate)) as u8;
+        (*e).substate = h.u8(off!(tw_substate));
         (*e).saddr = sock::local_addr(&h, family);
         (*e).daddr = sock::remote_addr(&h, family);
         (*e).owner_pid = 0;
-        (*e).owner_comm = [0; 16];
+        zero_words(core::ptr::addr_of_mut!((*e).owner_comm));
         // A new sock's owner is joined in userspace by cookie (see
         // state.rs).
         if what == TW_DESCHEDULE {
