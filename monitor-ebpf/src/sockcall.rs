@@ -7,8 +7,8 @@
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
     programs::{BtfTracePointContext, TracePointContext},
     EbpfContext,
@@ -101,7 +101,7 @@ pub fn on_syscall_tp_exit(ctx: &TracePointContext) -> Option<()> {
 fn on_call_exit(nr: u64, ret: i64, regs: impl Fn() -> Option<u64>) -> Option<()> {
     // Precise mode's blocking sockets of this call: sent just before the
     // call's record, forgotten on every way out.
-    let conflicts = crate::precise::Taken::new(bpf_get_current_pid_tgid() as u32);
+    let conflicts = crate::precise::Taken::new();
     // No socket behind the fd, or a plain programming error: not ours.
     if ret == -EBADF || ret == -ENOTSOCK || ret == -EFAULT {
         return None;

@@ -94,6 +94,19 @@ const PROGRAMS: &[(&str, &str)] = &[
 /// Hooks whose absence only degrades one answer (named in the notes).
 const OPTIONAL: &[&str] = &["tcp_send_reset"];
 
+/// Tell the bind/listen/connect program whether precise mode's function
+/// hooks may be attached: only then does it look for the blocking sockets
+/// they keep per call.
+fn set_function_hooks(ebpf: &mut Ebpf, on: bool) -> Result<(), ProbeError> {
+    let map = ebpf
+        .map_mut("FUNCTION_HOOKS")
+        .ok_or_else(|| ProbeError::Other("map FUNCTION_HOOKS missing from the object".into()))?;
+    let mut flag: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map)
+        .map_err(|e| ProbeError::Other(format!("FUNCTION_HOOKS: {e}")))?;
+    flag.set(0, u32::from(on), 0)
+        .map_err(|e| ProbeError::Other(format!("FUNCTION_HOOKS: {e}")))
+}
+
 /// `TWMON_RAW_SYS_EXIT=1`: take `tp_btf/sys_exit` even where the per-call
 /// tracepoints work (`call_exits.rs`), so that tests cover the fallback.
 fn force_raw_sys_exit() -> bool {
@@ -209,8 +222,13 @@ impl Probe {
             ModeArg::Tracepoint => ("tracepoint", "tracepoint mode, as asked".to_string()),
             ModeArg::Auto | ModeArg::Precise => {
                 let facts = kernel_facts.expect("probed above unless tracepoint mode");
+                // Before attaching, so that no entry a hook makes is left
+                // behind by a call that did not look (precise.rs in the
+                // eBPF crate); cleared again when none attached.
+                set_function_hooks(&mut ebpf, true)?;
                 let out = precise::attach(&mut ebpf, &btf, &facts);
                 if out.live.is_empty() {
+                    set_function_hooks(&mut ebpf, false)?;
                     if mode == ModeArg::Precise {
                         return Err(ProbeError::PreciseUnavailable(out.why_none()));
                     }
