@@ -351,6 +351,7 @@ fn emit(tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
         (*e).saddr = sock::local_addr(&h, family);
         (*e).daddr = sock::remote_addr(&h, family);
         (*e).owner_pid = 0;
+        // 8-byte aligned (checked below the function).
         zero_words(core::ptr::addr_of_mut!((*e).owner_comm));
         // A new sock's owner is joined in userspace by cookie (see
         // state.rs).
@@ -379,3 +380,6 @@ fn emit(tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
     entry.submit(crate::events_wakeup(ts_ns));
     Some(())
 }
+
+// `emit` zeroes the owner name word by word (`zero_words`).
+const _: () = assert!(core::mem::offset_of!(TwEvent, owner_comm) % 8 == 0);
