@@ -101,8 +101,16 @@ fn a_failing_process_in_a_docker_cgroup_carries_its_container_id() {
     assert_eq!(v["container"], ID, "{line}");
     assert_eq!(v["comm"], "twmon-load", "{line}");
 
-    // The metric carries it too (rendered once a second).
+    // The metric carries it too (rendered once a second). Only the first
+    // failure's line was waited for: a render can come while the others
+    // are still being explained, so wait for the count to reach 3 (it
+    // failed once in CI reading 2).
     let want = format!(r#"port="7950",container="{ID}"}}"#);
+    let sample_in = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("twmon_bind_failures_total") && l.contains(&want))
+            .map(str::to_string)
+    };
     let t = Instant::now();
     let mut text = String::new();
     while t.elapsed() < Duration::from_secs(5) {
@@ -110,14 +118,12 @@ fn a_failing_process_in_a_docker_cgroup_carries_its_container_id() {
             .metrics(Duration::from_secs(3))
             .map(|r| r.1)
             .unwrap_or_default();
-        if text.contains(&want) {
+        if sample_in(&text).is_some_and(|s| s.ends_with(" 3")) {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let sample = text
-        .lines()
-        .find(|l| l.starts_with("twmon_bind_failures_total") && l.contains(&want))
+    let sample = sample_in(&text)
         .unwrap_or_else(|| panic!("no twmon_bind_failures_total with {want} in\n{text}"));
     assert!(sample.ends_with(" 3"), "three failed binds: {sample}");
     loud(&format!("\n{TEST}:\n  {sample}\n"));
