@@ -569,7 +569,7 @@ fn server_time_wait_on(
     addr: Endpoint,
     opts: SockOpts,
 ) -> io::Result<(Sock, Endpoint, Endpoint)> {
-    let (l, c, server, cli) = server_closes_first(v6, addr, opts)?;
+    let (l, c, server, cli) = scenario::server_closes_first(v6, addr, opts)?;
     if c.read_some()? != 0 {
         return Err(io::Error::other("the client expected EOF"));
     }
@@ -578,26 +578,6 @@ fn server_time_wait_on(
         is_tw(s, server, cli)
     })?;
     Ok((l, server, cli))
-}
-
-/// A listener on `addr` (`opts`) accepts a connection from a plain client
-/// and closes its side at once; the client has not read or closed yet.
-/// Returns (listener, client, server endpoint, client endpoint).
-fn server_closes_first(
-    v6: bool,
-    addr: Endpoint,
-    opts: SockOpts,
-) -> io::Result<(Sock, Sock, Endpoint, Endpoint)> {
-    let l = Sock::new(v6, Proto::Tcp, opts)?;
-    l.bind(addr)?;
-    l.listen(16)?;
-    let c = Sock::new(v6, Proto::Tcp, SockOpts::PLAIN)?;
-    c.connect(addr)?;
-    let cli = c.local()?;
-    let (srv, _) = l.accept()?;
-    let server = srv.local()?;
-    drop(srv);
-    Ok((l, c, server, cli))
 }
 
 fn tw_close_of(e: &Event, netns: u32, local: Endpoint, remote: Endpoint) -> Option<TimewaitClose> {
@@ -1397,7 +1377,7 @@ fn timewait_killed_by_a_reset_ends_as_reset() {
             attempt += 1;
             let addr = lo(9291 + 10 * attempt + k as u16);
             let (l, c, server, cli) = ns
-                .run(|| server_closes_first(false, addr, SockOpts::PLAIN))
+                .run(|| scenario::server_closes_first(false, addr, SockOpts::PLAIN))
                 .unwrap()
                 .unwrap_or_else(|e| panic!("{case}: {e}"));
             let opened = w.wait_for(Duration::from_secs(2), |e| {

@@ -562,15 +562,8 @@ fn a_full_fin_wait2_orphan_is_told_from_a_timewait_sock() {
         let seen = ns
             .run(|| -> std::io::Result<bool> {
                 let addr = monitor::event::Endpoint::v4([127, 0, 0, 1], port);
-                let l = scenario::Sock::tcp4(scenario::SockOpts::PLAIN)?;
-                l.bind(addr)?;
-                l.listen(4)?;
-                let c = scenario::Sock::tcp4(scenario::SockOpts::PLAIN)?;
-                c.connect(addr)?;
-                let cli = c.local()?;
-                let (srv, _) = l.accept()?;
-                let server = srv.local()?;
-                drop(srv);
+                let (_l, _c, server, cli) =
+                    scenario::server_closes_first(false, addr, scenario::SockOpts::PLAIN)?;
                 // The client's ACK of the FIN, on loopback, is a matter of
                 // microseconds.
                 std::thread::sleep(Duration::from_millis(100));

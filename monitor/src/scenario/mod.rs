@@ -44,7 +44,7 @@ use serde::Serialize;
 pub use child::spawn_clean;
 pub use netns::{set_sysctl, sysctl, Netns};
 pub use procnet::{is_fin_wait2_orphan, snapshot, ss_text, ObservedSocket};
-pub use sock::{boottime_ns, current_fsuid, Sock, SockOpts};
+pub use sock::{boottime_ns, current_fsuid, server_closes_first, Sock, SockOpts};
 pub use wait::wait_for_socket;
 
 use crate::event::{errno_name, DiagnosisCode, Endpoint, Overlap, Proto, Syscall, TcpState};

@@ -350,6 +350,28 @@ pub(crate) fn from_sockaddr(ss: &libc::sockaddr_storage) -> Endpoint {
     }
 }
 
+/// A listener on `addr` (`opts`) accepts a connection from a plain client
+/// and closes its side at once; the client has not read or closed yet, so
+/// the server's side is on its way to a FIN_WAIT2 timewait sock (see
+/// [`super::is_fin_wait2_orphan`] for when the kernel keeps a full socket
+/// instead). Returns (listener, client, server endpoint, client endpoint).
+pub fn server_closes_first(
+    v6: bool,
+    addr: Endpoint,
+    opts: SockOpts,
+) -> io::Result<(Sock, Sock, Endpoint, Endpoint)> {
+    let l = Sock::new(v6, Proto::Tcp, opts)?;
+    l.bind(addr)?;
+    l.listen(16)?;
+    let c = Sock::new(v6, Proto::Tcp, SockOpts::PLAIN)?;
+    c.connect(addr)?;
+    let cli = c.local()?;
+    let (srv, _) = l.accept()?;
+    let server = srv.local()?;
+    drop(srv);
+    Ok((l, c, server, cli))
+}
+
 /// CLOCK_BOOTTIME in nanoseconds: the clock of the events' `ts_ns`.
 pub fn boottime_ns() -> u64 {
     let mut ts: libc::timespec = unsafe { mem::zeroed() };
