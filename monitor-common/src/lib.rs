@@ -65,20 +65,27 @@ pub const TW_SUBSTATE: u8 = 2;
 pub const TW_EXPIRED: u8 = 3;
 /// The timer was cancelled early (not expiring): a kill, or a re-arm
 /// (mod_timer detaches first). The flags say why where the kernel's state
-/// tells (F_RESET_SENT, F_TW_UNHASHED, F_NET_DYING); otherwise what follows
-/// on the same CPU does: a TW_OPEN of the same sock (a re-arm), or a
-/// TW_TAKEOVER (a SYN took it over), and userspace waits a moment for them.
+/// tells (F_RESET_SENT, F_TW_UNHASHED, F_NET_DYING); otherwise the next
+/// program to run on the same CPU looks at the sock again and sends a
+/// TW_REARM (it lives on) or a TW_GONE, and userspace waits for it.
 pub const TW_CANCEL: u8 = 4;
 /// Precise mode: `inet_twsk_deschedule_put` was entered for this timewait
 /// sock (an early end; the TW_CANCEL of its timer follows on the same CPU).
 /// `owner_pid`/`owner_comm` are the current process (F_HAVE_OWNER), which
 /// is the one that ended it only where the end runs in process context.
 pub const TW_DESCHEDULE: u8 = 5;
-/// A connection request for the same 4-tuple was queued right after an
-/// unexplained TW_CANCEL on the same CPU: the SYN that took the timewait
-/// sock over (tcp_v4_rcv / tcp_v6_rcv, TCP_TW_SYN). Only `tw`, `cookie`
-/// and `ts_ns` are set.
-pub const TW_TAKEOVER: u8 = 6;
+/// The sock of an unexplained TW_CANCEL, looked at again once the code that
+/// cancelled its timer returned (by the next program to run on that CPU):
+/// its timer was shut down, or it left the connection hash, or its memory
+/// holds another sock: it ended. Why (a SYN that took its 4-tuple over, or a
+/// RST) userspace tells by what follows. Only `tw`, `cookie` and `ts_ns` are
+/// set.
+pub const TW_GONE: u8 = 6;
+/// The sock of an unexplained TW_CANCEL, looked at again as for TW_GONE:
+/// its timer is pending again, it was re-armed and lives on. `tw`,
+/// `cookie`, `ts_ns`, `substate`, `expires` and `jiffies` are set; the
+/// addresses are those of the cancel.
+pub const TW_REARM: u8 = 7;
 
 /// Ring buffer indexes of the per-CPU `LOST` counters.
 pub const LOST_BINDS: u32 = 0;
@@ -259,8 +266,6 @@ pub struct Offsets {
     pub task_pid: Field,
     pub task_tgid: Field,
     pub task_comm: Field,
-    /// Keeps the Fields a multiple of 8 bytes (see below).
-    pub _pad: Field,
     pub files_fdt: Field,
     pub fdt_max_fds: Field,
     pub fdt_fd: Field,
@@ -306,22 +311,29 @@ pub struct Offsets {
     pub tw_timer: Field,
     pub timer_function: Field,
     pub timer_expires: Field,
-    /// `request_sock.rsk_timer`: a SYN's queued request, whose sock_common
-    /// holds its 4-tuple.
-    pub rsk_timer: Field,
-    /// Addresses of `tw_timer_handler` and `reqsk_timer_handler` (from
-    /// /proc/kallsyms).
+    /// `timer_list.entry.pprev`: non-null while the timer is pending.
+    pub timer_pprev: Field,
+    // Where tcp_time_wait() puts a timewait sock: the connection hash of
+    // the socket's namespace (`net.ipv4.tcp_death_row.hashinfo`, 6.1 and
+    // later), bucket `skc_hash & ehash_mask` of `ehash`, a chain linked
+    // through `skc_nulls_node.next`. Absent on older kernels: `timer_start`
+    // announces timewait socks there instead.
+    pub net_tw_hashinfo: Field,
+    pub hashinfo_ehash: Field,
+    pub hashinfo_ehash_mask: Field,
+    pub skc_hash: Field,
+    pub skc_nulls_next: Field,
+    /// Address of `tw_timer_handler` (from /proc/kallsyms).
     pub tw_timer_handler: u64,
-    pub reqsk_timer_handler: u64,
 }
 
 // No implicit padding (the struct is copied as bytes into the programs'
 // read-only data): the Fields fill a multiple of 8 (add a pad Field when
 // their count turns odd).
 const _: () = assert!(
-    core::mem::size_of::<Offsets>() == core::mem::offset_of!(Offsets, reqsk_timer_handler) + 8
+    core::mem::size_of::<Offsets>() == core::mem::offset_of!(Offsets, tw_timer_handler) + 8
         && core::mem::offset_of!(Offsets, tw_timer_handler)
-            == core::mem::offset_of!(Offsets, rsk_timer) + 4
+            == core::mem::offset_of!(Offsets, skc_nulls_next) + 4
 );
 
 #[cfg(feature = "user")]
@@ -342,4 +354,4 @@ const _: () = assert!(core::mem::size_of::<ConflictSock>() == 64);
 const _: () = assert!(core::mem::size_of::<StateEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<TwEvent>() == 112);
 const _: () = assert!(core::mem::size_of::<Field>() == 4);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 44 * 4 + 16);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 48 * 4 + 8);

@@ -41,11 +41,10 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 static RST_TW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The last unexplained timewait cancel on this CPU (see
-/// `timewait::on_timer_cancel`), for the connection request a SYN's
-/// takeover queues right after it in the same softirq.
+/// The last unexplained timewait cancel on this CPU, until the next program
+/// to run there looks at its sock again (`timewait::resolve`).
 #[map]
-static SYN_TW: PerCpuArray<timewait::Unexplained> = PerCpuArray::with_max_entries(1, 0);
+static PENDING_TW: PerCpuArray<timewait::Unexplained> = PerCpuArray::with_max_entries(1, 0);
 
 /// Unread bytes in EVENTS at which a submit wakes the reader at once.
 /// Below it nothing wakes the reader: it comes by itself every few
@@ -119,6 +118,7 @@ fn count_lost(ring: u32) {
 
 #[btf_tracepoint(function = "sys_exit")]
 pub fn twmon_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    timewait::resolve();
     let _ = sockcall::on_sys_exit(&ctx);
     0
 }
@@ -127,12 +127,14 @@ pub fn twmon_sys_exit(ctx: BtfTracePointContext) -> i32 {
 /// `sys_exit_connect` (see `sockcall::on_syscall_tp_exit`).
 #[tracepoint]
 pub fn twmon_call_exit(ctx: TracePointContext) -> u32 {
+    timewait::resolve();
     let _ = sockcall::on_syscall_tp_exit(&ctx);
     0
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn twmon_set_state(ctx: BtfTracePointContext) -> i32 {
+    timewait::resolve();
     let _ = state::on_set_state(&ctx);
     0
 }
@@ -145,6 +147,7 @@ pub fn twmon_timer_start(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn twmon_timer_expire(ctx: BtfTracePointContext) -> i32 {
+    timewait::resolve();
     let _ = timewait::on_timer_expire(&ctx);
     0
 }
@@ -157,6 +160,7 @@ pub fn twmon_send_reset(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "timer_cancel")]
 pub fn twmon_timer_cancel(ctx: BtfTracePointContext) -> i32 {
+    timewait::resolve();
     let _ = timewait::on_timer_cancel(&ctx);
     0
 }

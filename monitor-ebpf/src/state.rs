@@ -29,12 +29,19 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     // then a plain load: the helper call cost ~28 ns per transition
     // (kernel.bpf_stats_enabled), every function return being costly on
     // this kernel (SRSO "safe RET").
-    let cookie = match sock::cookie(&sk) {
+    let had_cookie = sock::cookie(&sk);
+    let cookie = match had_cookie {
         // SAFETY: `skp` is the tracepoint's typed `struct sock *`, which
         // this helper accepts.
         0 => unsafe { bpf_get_socket_cookie(skp) },
         c => c,
     };
+    // The timewait sock this socket may have just left behind, announced
+    // before the transition (userspace gives it who closed the socket,
+    // which it forgets at ->CLOSE).
+    if newstate == TCP_CLOSE && (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) {
+        let _ = crate::timewait::on_close(&sk, had_cookie);
+    }
     let in_process = sk.u32(off!(sk_lock_owned)) != 0;
     // Only the owning process's own transitions name it (the module's
     // comment); nothing about `current` is read for the others.
@@ -87,6 +94,10 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
     entry.submit(crate::events_wakeup(ts_ns));
     Some(())
 }
+
+const TCP_FIN_WAIT2: i32 = 5;
+const TCP_CLOSE: i32 = 7;
+const TCP_CLOSING: i32 = 11;
 
 /// The local port: skc_num (a plain load), or at ->CLOSE, where the port
 /// was already released and skc_num reads 0, inet_sport (which lies past

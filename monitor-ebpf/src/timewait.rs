@@ -1,26 +1,33 @@
-//! The life of timewait sockets, which `inet_sock_set_state` never shows:
-//! the timer tracepoints filtered on `tw_timer_handler`.
+//! The life of timewait sockets, which `inet_sock_set_state` never shows.
 //!
-//! - `timer_start`: a new timewait sock, or a re-arm. Both are sent as
-//!   TW_OPEN: userspace, which keeps the timewait socks it was told about,
-//!   tells a new one from a re-arm and reports a changed substate
-//!   (FIN_WAIT2 -> TIME_WAIT). Keeping them in a kernel map as well cost an
-//!   LRU insert on every new timewait sock, in the churn's own softirq.
+//! - Birth: the socket's own FIN_WAIT2/CLOSING -> CLOSE, where
+//!   tcp_time_wait() has just put the timewait sock in its place in the
+//!   connection hash (`on_close`, called by the state program): TW_OPEN,
+//!   before the transition's record. Kernels without the fields for that
+//!   (before 6.1) announce it from `timer_start` instead, filtered on
+//!   `tw_timer_handler`. `timer_start` fires for every timer the host
+//!   starts (7 runs per connection of a loopback churn, 5 of them for
+//!   timers that are not a timewait sock's): each is a program call, which
+//!   on a VM with retpolines and SRSO's safe RET costs even when it does
+//!   nothing (bench/NOTES.md, section (7)).
 //! - `timer_expire_entry`: normal expiry.
 //! - `timer_cancel`: fires on expiry and on re-arm too. Expiry is recognised
 //!   by jiffies having reached the timer; what is left is an early kill or a
 //!   re-arm. Where the kernel's state says why (a RST just sent for it, the
 //!   sock already out of the hash: reused by connect, its namespace without
-//!   references: netns exit) that goes as flags. Otherwise it is a SYN's
-//!   takeover, a received RST or a re-arm, and what follows on this CPU
-//!   tells: a re-arm's timer_start for the same sock (inside the same
-//!   mod_timer call), or, for a SYN, the timer of the connection request
-//!   the listener queues for the same 4-tuple in the same softirq
-//!   (`reqsk_timer_handler`), which `timer_start` reports as TW_TAKEOVER.
-//!   When nothing follows, userspace decides by the substate
-//!   (monitor/src/probe/enrich.rs). The kernel stack told these apart
-//!   before, at ~2 us per cancel (kernel.bpf_stats_enabled), the costliest
-//!   record of a server-first connection.
+//!   references: netns exit) that goes as flags. Otherwise the sock is kept
+//!   in a per-CPU slot, and the next program to run on that CPU (`resolve`),
+//!   once the code that cancelled the timer has returned, looks at it again:
+//!   its timer pending again (mod_timer re-queues it in the same call) is a
+//!   re-arm, sent as TW_REARM with its new expiry and substate; shut down
+//!   (timer_shutdown clears the function) or holding another sock (another
+//!   cookie) is an end, TW_GONE. Userspace tells a SYN's takeover from a
+//!   RST by the new connection on the same 4-tuple that follows (its
+//!   SYN_RECV), and pokes every CPU (a listen(-1), which the
+//!   bind/listen/connect hook sees) when a cancel waits too long for its
+//!   second look. The kernel stack told these apart once, at ~2 us per
+//!   cancel (kernel.bpf_stats_enabled); the timer of the connection request
+//!   a SYN queues, seen by `timer_start`, after that.
 //!
 //! A re-arm whose new expiry falls in the same timer-wheel bucket only
 //! rewrites `expires` and fires no tracepoint at all: a FIN_WAIT2 -> TIME_WAIT
@@ -34,86 +41,21 @@ use aya_ebpf::{
 };
 use monitor_common::{
     TwEvent, F_HAVE_OWNER, F_NET_DYING, F_RESET_SENT, F_TW_UNHASHED, KIND_TW, LOST_EVENTS,
-    TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE, TW_TAKEOVER,
+    TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_GONE, TW_OPEN, TW_REARM, TW_SUBSTATE,
 };
 
-use crate::kread::{field, off, zero_words, Direct, Head, Read};
-use crate::sock::{self, AF_INET6};
-use crate::{count_lost, EVENTS, RST_TW, SYN_TW};
+use crate::kread::{field, off, zero_words, Direct, Head, Probe, Read};
+use crate::sock;
+use crate::{count_lost, EVENTS, PENDING_TW, RST_TW};
 
-/// A timewait sock whose cancel nothing explained, and its 4-tuple.
+/// A timewait sock whose cancel nothing explained, until the next program
+/// on its CPU looks at it again ([`resolve`]).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Unexplained {
     tw: u64,
     cookie: u64,
-    ts_ns: u64,
-    /// Compare IPv6 addresses (a pure IPv6 sock); IPv4 ones otherwise,
-    /// also for an IPv6 sock talking to a v4-mapped peer, whose connection
-    /// request (tcp_v4_init_req) fills only those.
-    v6: u64,
-    tuple: Tuple,
 }
-
-/// What identifies a connection in the sock_common of a timewait sock and
-/// of a connection request alike.
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Tuple {
-    net: u64,
-    /// IPv4: daddr, rcv_saddr, 0, 0; IPv6: the halves of v6_daddr, then
-    /// of v6_rcv_saddr.
-    addrs: [u64; 4],
-    /// skc_dport (network order) and skc_num, as one word.
-    ports: u64,
-}
-
-#[inline(always)]
-fn tuple_of(h: &Head, v6: bool) -> Tuple {
-    let addrs = if v6 {
-        let (d, s) = (
-            off!(skc_v6_daddr).off as u64,
-            off!(skc_v6_rcv_saddr).off as u64,
-        );
-        [
-            h.raw(d, 64),
-            h.raw(d + 8, 64),
-            h.raw(s, 64),
-            h.raw(s + 8, 64),
-        ]
-    } else {
-        [
-            h.u32(off!(skc_daddr)) as u64,
-            h.u32(off!(skc_rcv_saddr)) as u64,
-            0,
-            0,
-        ]
-    };
-    Tuple {
-        net: h.u64(off!(skc_net)),
-        addrs,
-        ports: (h.u16(off!(skc_dport)) as u64) << 16 | h.u16(off!(skc_num)) as u64,
-    }
-}
-
-/// Whether a timewait sock's addresses are compared as IPv6 ones: an IPv6
-/// sock whose peer is not v4-mapped (::ffff:a.b.c.d).
-#[inline(always)]
-fn pure_v6(h: &Head) -> bool {
-    if sock::family(h) != AF_INET6 {
-        return false;
-    }
-    let d = off!(skc_v6_daddr).off as u64;
-    // Bytes 8..12 of a v4-mapped address are 00 00 ff ff.
-    !(h.raw(d, 64) == 0 && h.raw(d + 8, 32) == 0xffff_0000)
-}
-
-/// How long after an unexplained cancel a connection request still counts
-/// as the SYN that caused it. The two happen in one softirq, microseconds
-/// apart natively; 0.6-1.1 ms apart in the kernel matrix's emulated guests,
-/// and a virtual CPU can be stolen for longer. Userspace waits longer than
-/// this (HOLD_NS in monitor/src/probe/enrich.rs).
-const TAKEOVER_WINDOW_NS: u64 = 10_000_000;
 
 const TCP_TIME_WAIT: u64 = 6;
 
@@ -123,47 +65,26 @@ struct TwTimer {
     expires: u64,
 }
 
-/// What a timer is for, by its function: a timewait sock's, a queued
-/// connection request's, or another (every TCP timer fires these
-/// tracepoints; one load tells them apart).
-enum Timer {
-    Tw(TwTimer),
-    Request(u64),
-    Other,
-}
-
+/// `tw_timer_handler`'s address: what a timewait sock's timer runs.
 #[inline(always)]
-fn timer_of(ctx: &BtfTracePointContext) -> Timer {
-    let timer = Direct(ctx.arg(0));
-    let function = timer.u64(off!(timer_function));
-    // SAFETY: reading fields of an initialised static.
-    let (tw_handler, req_handler) = unsafe {
-        (
-            core::ptr::read_volatile(&crate::kread::OFFSETS.tw_timer_handler),
-            core::ptr::read_volatile(&crate::kread::OFFSETS.reqsk_timer_handler),
-        )
-    };
-    if function == 0 {
-        Timer::Other
-    } else if function == tw_handler {
-        Timer::Tw(TwTimer {
-            tw: timer.0 - off!(tw_timer).off as u64,
-            expires: timer.u64(off!(timer_expires)),
-        })
-    } else if function == req_handler {
-        Timer::Request(timer.0 - off!(rsk_timer).off as u64)
-    } else {
-        Timer::Other
-    }
+fn tw_handler() -> u64 {
+    // SAFETY: reading a field of an initialised static.
+    unsafe { core::ptr::read_volatile(&crate::kread::OFFSETS.tw_timer_handler) }
 }
 
-/// The timewait sock behind a timer, if the timer is a timewait timer.
+/// The timewait sock behind a timer, if the timer is a timewait timer
+/// (every TCP timer fires these tracepoints; one load tells them apart).
 #[inline(always)]
 fn tw_of_timer(ctx: &BtfTracePointContext) -> Option<TwTimer> {
-    match timer_of(ctx) {
-        Timer::Tw(t) => Some(t),
-        _ => None,
+    let timer = Direct(ctx.arg(0));
+    let function = timer.u64(off!(timer_function));
+    if function == 0 || function != tw_handler() {
+        return None;
     }
+    Some(TwTimer {
+        tw: timer.0 - off!(tw_timer).off as u64,
+        expires: timer.u64(off!(timer_expires)),
+    })
 }
 
 /// The expiry of a timewait sock's timer, from the sock (precise mode's
@@ -173,51 +94,130 @@ fn expires(tw: u64) -> u64 {
     field(tw + off!(tw_timer).off as u64, off!(timer_expires))
 }
 
+/// Kernels where `on_close` cannot find a new timewait sock: its timer
+/// starting announces it (and a re-arm, which [`resolve`] would send too:
+/// the slot is cleared so that it is sent once).
 pub fn on_timer_start(ctx: &BtfTracePointContext) -> Option<()> {
-    match timer_of(ctx) {
-        Timer::Tw(t) => emit(t.tw, t.expires, TW_OPEN, 0),
-        Timer::Request(req) => takeover(req),
-        Timer::Other => None,
+    let t = tw_of_timer(ctx)?;
+    if let Some(slot) = PENDING_TW.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; only this CPU touches it.
+        unsafe {
+            if (*slot).tw == t.tw {
+                (*slot).tw = 0;
+            }
+        }
+    }
+    emit(t.tw, t.expires, TW_OPEN, 0)
+}
+
+/// How many socks of a connection-hash chain `on_close` looks at: the
+/// chain holds the socks whose 4-tuples hash alike, one or two on a table
+/// the kernel sizes to the host's memory.
+const CHAIN_LOOK: usize = 4;
+
+/// `sk` (whose cookie was `cookie` before this transition; 0 when nobody
+/// had asked for one) goes from FIN_WAIT2 or CLOSING to CLOSE:
+/// tcp_time_wait() may have just put a timewait sock, which inherits the
+/// cookie, in its place in the connection hash. Announce it (TW_OPEN). A
+/// socket without a cookie leaves a timewait sock without one: then the
+/// ports tell it from the others of its chain.
+pub fn on_close(sk: &Direct, cookie: u64) -> Option<()> {
+    let (hashinfo, next) = (off!(net_tw_hashinfo), off!(skc_nulls_next));
+    if !hashinfo.present() || !next.present() || tw_handler() == 0 {
+        return None;
+    }
+    let table = Direct(sock::net(sk).u64(hashinfo));
+    let (ehash, mask) = (
+        table.u64(off!(hashinfo_ehash)),
+        table.u32(off!(hashinfo_ehash_mask)),
+    );
+    if ehash == 0 {
+        return None;
+    }
+    let bucket = ehash + (sk.u32(off!(skc_hash)) & mask) as u64 * 8;
+    // At ->CLOSE the port is already released (skc_num reads 0); the
+    // timewait sock keeps it, and inet_sport still has it.
+    let ports = (
+        sk.u16(off!(skc_dport)),
+        u16::from_be(field(sk.0, off!(inet_sport)) as u16),
+    );
+    let mut node = Probe(bucket).raw(0, 64);
+    for _ in 0..CHAIN_LOOK {
+        // An odd pointer is the chain's end marker (hlist_nulls).
+        if node == 0 || node & 1 != 0 {
+            return None;
+        }
+        let cand = node - next.off as u64;
+        // One copy serves the test and the record.
+        let h = Head::copy(cand);
+        let found = sock::cookie(&h) == cookie
+            && (cookie != 0
+                || (h.u8(off!(skc_state)) as u64 == TCP_TIME_WAIT
+                    && (h.u16(off!(skc_dport)), sock::local_port(&h)) == ports));
+        if found {
+            return emit_with(&h, cand, expires(cand), TW_OPEN, 0);
+        }
+        node = h.raw(next.off as u64, 64);
+    }
+    None
+}
+
+/// The sock of the last unexplained cancel on this CPU, looked at again now
+/// that the code that cancelled its timer has returned (see the module's
+/// comment). Called first by every program that may run after such a
+/// cancel.
+#[inline(always)]
+pub fn resolve() {
+    let Some(slot) = PENDING_TW.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, read once.
+    if unsafe { (*slot).tw } != 0 {
+        let _ = look_again(slot);
     }
 }
 
-/// The timer of connection request `req` starting: when an unexplained
-/// timewait cancel on this CPU just before was for the same 4-tuple, that
-/// was the SYN taking the timewait sock over. (A re-arm leaves its sock in
-/// the slot too; no request for its 4-tuple comes, and userspace drops a
-/// TW_TAKEOVER of a sock it knows lives on.)
+/// [`resolve`] for a slot that holds a sock: TW_REARM or TW_GONE.
 #[inline(always)]
-fn takeover(req: u64) -> Option<()> {
-    let slot = SYN_TW.get_ptr_mut(0)?;
-    // SAFETY: per-CPU slot; only this CPU touches it.
-    let u = unsafe { &mut *slot };
-    if u.tw == 0 {
-        return None;
-    }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if now.wrapping_sub(u.ts_ns) > TAKEOVER_WINDOW_NS {
-        u.tw = 0;
-        return None;
-    }
-    if tuple_of(&Head::copy(req), u.v6 != 0) != u.tuple {
-        return None;
-    }
-    let (tw, cookie) = (u.tw, u.cookie);
-    u.tw = 0;
+fn look_again(slot: *mut Unexplained) -> Option<()> {
+    // SAFETY: per-CPU slot; a program that interrupts this one on the CPU
+    // finds it emptied first.
+    let Unexplained { tw, cookie } = unsafe {
+        let u = *slot;
+        (*slot).tw = 0;
+        u
+    };
+    // A few fields, and a record without the sock's addresses (userspace
+    // has them from the cancel): a copy of the sock's head would not fit
+    // on the stack of the programs that call this, beside theirs. A timer
+    // shut down has no function; the cookie tells a new timewait sock at
+    // a freed one's address.
+    let (sk, timer) = (Probe(tw), Probe(tw + off!(tw_timer).off as u64));
+    let alive = timer.u64(off!(timer_function)) == tw_handler()
+        && timer.u64(off!(timer_pprev)) != 0
+        && sock::cookie(&sk) == cookie;
     let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
         count_lost(LOST_EVENTS);
         return None;
     };
     let e = entry.as_mut_ptr();
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         zero_words(e);
         (*e).kind = KIND_TW;
-        (*e).what = TW_TAKEOVER;
         (*e).ts_ns = now;
         (*e).tw = tw;
         (*e).cookie = cookie;
+        if alive {
+            (*e).what = TW_REARM;
+            (*e).substate = sk.u8(off!(tw_substate));
+            (*e).expires = timer.u64(off!(timer_expires));
+            (*e).jiffies = bpf_jiffies64();
+        } else {
+            (*e).what = TW_GONE;
+        }
     }
     entry.submit(crate::events_wakeup(now));
     Some(())
@@ -321,35 +321,40 @@ pub fn on_deschedule(tw: u64) -> Option<()> {
 
 #[inline(always)]
 fn emit(tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
+    // One helper call for the sock_common and the substate: a call per
+    // field made these records cost ~15 helper calls each.
+    emit_with(&Head::copy(tw), tw, expires, what, extra)
+}
+
+/// [`emit`] with the head of `tw` already copied into `h`.
+#[inline(always)]
+fn emit_with(h: &Head, tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
     let Some(mut entry) = EVENTS.reserve::<TwEvent>(0) else {
         count_lost(LOST_EVENTS);
         return None;
     };
     let e = entry.as_mut_ptr();
-    // One helper call for the sock_common and the substate: a call per
-    // field made these records cost ~15 helper calls each.
-    let h = Head::copy(tw);
-    let family = sock::family(&h);
-    let cookie = sock::cookie(&h);
+    let family = sock::family(h);
+    let cookie = sock::cookie(h);
     // SAFETY: plain helper call.
     let ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
         (*e).kind = KIND_TW;
-        (*e).flags = sock::common_flags(&h) | extra;
+        (*e).flags = sock::common_flags(h) | extra;
         (*e).ts_ns = ts_ns;
         (*e).cookie = cookie;
         (*e).tw = tw;
         (*e).expires = expires;
         (*e).jiffies = bpf_jiffies64();
-        (*e).netns = sock::netns(&h);
+        (*e).netns = sock::netns(h);
         (*e).family = family;
-        (*e).sport = sock::local_port(&h);
-        (*e).dport = sock::remote_port(&h);
+        (*e).sport = sock::local_port(h);
+        (*e).dport = sock::remote_port(h);
         (*e).what = what;
         (*e).substate = h.u8(off!(tw_substate));
-        (*e).saddr = sock::local_addr(&h, family);
-        (*e).daddr = sock::remote_addr(&h, family);
+        (*e).saddr = sock::local_addr(h, family);
+        (*e).daddr = sock::remote_addr(h, family);
         (*e).owner_pid = 0;
         // 8-byte aligned (checked below the function).
         zero_words(core::ptr::addr_of_mut!((*e).owner_comm));
@@ -361,18 +366,11 @@ fn emit(tw: u64, expires: u64, what: u8, extra: u32) -> Option<()> {
             (*e).flags |= F_HAVE_OWNER;
         }
         if what == TW_CANCEL {
-            (*e).flags |= end_facts(&h);
+            (*e).flags |= end_facts(h);
             if (*e).flags & (F_RESET_SENT | F_TW_UNHASHED | F_NET_DYING) == 0 {
-                if let Some(slot) = SYN_TW.get_ptr_mut(0) {
+                if let Some(slot) = PENDING_TW.get_ptr_mut(0) {
                     // Per-CPU slot; only this CPU touches it.
-                    let v6 = pure_v6(&h);
-                    *slot = Unexplained {
-                        tw,
-                        cookie,
-                        ts_ns,
-                        v6: v6 as u64,
-                        tuple: tuple_of(&h, v6),
-                    };
+                    *slot = Unexplained { tw, cookie };
                 }
             }
         }

@@ -10,7 +10,7 @@ use monitor_common::{
     ConflictsEvent, SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_REQUEST, F_IN_PROCESS,
     F_NET_DYING, F_RESET_SENT, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_TW_UNHASHED, F_V6ONLY,
     NR_BIND, NR_CONNECT, NR_LISTEN, PORT_FN_GET_PORT, PORT_FN_HASH_CONNECT, PORT_FN_UDP_GET_PORT,
-    TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_OPEN, TW_SUBSTATE, TW_TAKEOVER,
+    TW_CANCEL, TW_DESCHEDULE, TW_EXPIRED, TW_GONE, TW_OPEN, TW_REARM, TW_SUBSTATE,
 };
 
 use super::decode::{cstr, Raw};
@@ -97,20 +97,28 @@ impl Closers {
 /// follows on the same CPU at once; only a lost record leaves one behind).
 const MAX_DESCHEDULED: usize = 4096;
 
-/// How long an unexplained timewait cancel waits for what follows it: longer
-/// than the kernel's own window for a SYN's takeover (TAKEOVER_WINDOW_NS in
-/// monitor-ebpf/src/timewait.rs, 10 ms), with room for the record that
-/// tells to be submitted. Only ends that nothing follows wait this long.
+/// How long an unexplained timewait cancel waits for the kernel's second
+/// look at its sock (TW_OPEN: re-armed, or TW_GONE: ended; see
+/// monitor-ebpf/src/timewait.rs) before the reader pokes every CPU for it.
+/// The next program to run on the cancel's CPU sends it, within
+/// microseconds on a busy host; an idle CPU may run none for a long time.
 pub const HOLD_NS: u64 = 20_000_000;
+
+/// How long an ended TIME_WAIT sock waits for the new connection on its
+/// 4-tuple that tells a SYN took it over (its child's SYN_RECV, one round
+/// trip after the SYN), and how long a cancel waits for its second look
+/// at most (lost, or never poked), before nothing followed it.
+pub const FOLLOW_NS: u64 = 1_000_000_000;
 
 /// At most this many unexplained cancels wait at once (a flood of RSTs);
 /// past it one is decided at once, as if nothing had followed.
 const MAX_HELD: usize = 4096;
 
 /// An early timewait cancel its record does not explain: a SYN's takeover,
-/// a received RST or a re-arm. A re-arm's TW_OPEN follows at once (same
-/// sock and cookie: a new timewait sock at a freed one's address has
-/// another cookie), a SYN's TW_TAKEOVER within the same softirq.
+/// a received RST or a re-arm. The kernel's second look tells a re-arm
+/// (TW_OPEN of the same sock and cookie: a new timewait sock at a freed
+/// one's address has another cookie) from an end (TW_GONE); a new
+/// connection on the same 4-tuple tells a SYN's takeover.
 #[derive(Debug)]
 struct Held {
     ts_ns: u64,
@@ -119,14 +127,18 @@ struct Held {
     local: Endpoint,
     remote: Endpoint,
     substate: TcpState,
+    /// The kernel's second look found it ended (TW_GONE).
+    gone: bool,
+    /// Why it ended, once known: handed over by the next `settle`.
+    end: Option<TimewaitEnd>,
 }
 
 /// Why a held cancel ended when nothing followed it. A FIN_WAIT2 timewait
 /// sock is neither taken over by a SYN (it answers one with a RST) nor
 /// re-armed without turning TIME_WAIT first: a RST ended it, received or
-/// sent. A TIME_WAIT one was ended by a received RST, or by a SYN the
-/// listener did not queue (SYN cookies, a full queue), which look alike
-/// from here.
+/// sent. A TIME_WAIT one was ended by a received RST, or by a SYN whose
+/// connection never came (SYN cookies, a full queue, a handshake that did
+/// not finish), which look alike from here.
 fn unfollowed(substate: TcpState) -> TimewaitEnd {
     match substate {
         TcpState::FinWait2 => TimewaitEnd::Reset,
@@ -403,6 +415,13 @@ impl Enricher {
             pid: r.pid,
             comm: cstr(&r.comm),
         });
+        let (local, remote) = (
+            endpoint(r.family, &r.saddr, r.sport),
+            endpoint(r.family, &r.daddr, r.dport),
+        );
+        if new == TcpState::SynRecv && !self.held.is_empty() {
+            self.taken_over_by(r.netns, local, remote);
+        }
         match (new, &proc_) {
             // Who leaves a timewait sock behind: the process whose close()
             // or shutdown() sent the first FIN.
@@ -417,8 +436,8 @@ impl Enricher {
         Some(Event {
             common: self.common(r.ts_ns, r.netns, Proto::Tcp, proc_),
             kind: Kind::State(StateChange {
-                local: endpoint(r.family, &r.saddr, r.sport),
-                remote: endpoint(r.family, &r.daddr, r.dport),
+                local,
+                remote,
                 old,
                 new,
                 cookie: r.cookie,
@@ -446,6 +465,8 @@ impl Enricher {
             local,
             remote,
             substate,
+            gone: false,
+            end: None,
         };
         let kind = match r.what {
             TW_OPEN | TW_SUBSTATE => {
@@ -535,10 +556,40 @@ impl Enricher {
                 };
                 return Some(self.close(r.tw, held, reason));
             }
-            TW_TAKEOVER => {
-                // Not held: decided already (it waited too long).
-                let held = self.held.remove(&(r.tw, r.cookie))?;
-                return Some(self.close(r.tw, held, TimewaitEnd::ReusedBySyn));
+            TW_REARM => {
+                // The kernel's second look: the timer is pending again, the
+                // sock lives on. The record has no addresses; its cancel had.
+                let h = self.held.remove(&(r.tw, r.cookie))?;
+                let known = match self.open_tw.get_mut(&r.tw) {
+                    Some((cookie, s)) if *cookie == r.cookie => {
+                        Some(std::mem::replace(s, substate))
+                    }
+                    _ => None,
+                };
+                if known == Some(substate) {
+                    return None;
+                }
+                return Some(Event {
+                    common: self.common(r.ts_ns, h.netns, Proto::Tcp, None),
+                    kind: Kind::TimewaitSubstate(TimewaitSubstate {
+                        local: h.local,
+                        remote: h.remote,
+                        substate,
+                        expires_in_ms: self.expires_in_ms(r),
+                        cookie: r.cookie,
+                    }),
+                });
+            }
+            TW_GONE => {
+                let h = self.held.get_mut(&(r.tw, r.cookie))?;
+                h.gone = true;
+                // A FIN_WAIT2 sock is never taken over by a SYN: nothing
+                // else can follow.
+                if h.substate == TcpState::FinWait2 && h.end.is_none() {
+                    let h = self.held.remove(&(r.tw, r.cookie))?;
+                    return Some(self.close(r.tw, h, TimewaitEnd::Reset));
+                }
+                return None;
             }
             _ => return None,
         };
@@ -587,26 +638,48 @@ impl Enricher {
         self.newest_event_ns
     }
 
-    /// Decide the held cancels made before `before_ns` (boot time): nothing
-    /// followed them (see [`unfollowed`]). The reader calls this with the
-    /// moment up to which it has read every EVENTS record, less
-    /// [`HOLD_NS`]; and with `u64::MAX` when it stops. Oldest first.
-    pub fn settle(&mut self, before_ns: u64) -> Vec<Event> {
+    /// Hand over the held cancels that are decided, and decide those that
+    /// waited [`FOLLOW_NS`] for what follows them (see [`unfollowed`]).
+    /// `read_up_to` (boot time) is the moment up to which the reader has
+    /// read every EVENTS record; `u64::MAX` when it stops. Oldest first.
+    pub fn settle(&mut self, read_up_to: u64) -> Vec<Event> {
+        let waited = read_up_to.saturating_sub(FOLLOW_NS);
         let mut due: Vec<(u64, (u64, u64))> = self
             .held
             .iter()
-            .filter(|(_, h)| h.ts_ns < before_ns)
+            .filter(|(_, h)| h.end.is_some() || h.ts_ns < waited)
             .map(|(key, h)| (h.ts_ns, *key))
             .collect();
         due.sort_unstable();
         due.into_iter()
             .filter_map(|(_, key)| {
                 let h = self.held.remove(&key)?;
-                let tw = key.0;
-                let reason = unfollowed(h.substate);
-                Some(self.close(tw, h, reason))
+                let reason = h.end.unwrap_or_else(|| unfollowed(h.substate));
+                Some(self.close(key.0, h, reason))
             })
             .collect()
+    }
+
+    /// Whether a held cancel made before `read_up_to` less [`HOLD_NS`]
+    /// still waits for the kernel's second look at its sock: then the
+    /// reader pokes every CPU, so that the one it was made on runs a
+    /// program that looks.
+    pub fn awaits_second_look(&self, read_up_to: u64) -> bool {
+        let due = read_up_to.saturating_sub(HOLD_NS);
+        self.held
+            .values()
+            .any(|h| !h.gone && h.end.is_none() && h.ts_ns < due)
+    }
+
+    /// A new connection on a held sock's 4-tuple (its SYN_RECV, in its
+    /// namespace): a SYN took the 4-tuple over, which only ends a
+    /// timewait sock.
+    fn taken_over_by(&mut self, netns: u32, local: Endpoint, remote: Endpoint) {
+        for h in self.held.values_mut() {
+            if h.netns == netns && h.local == local && h.remote == remote && h.end.is_none() {
+                h.end = Some(TimewaitEnd::ReusedBySyn);
+            }
+        }
     }
 }
 
@@ -685,59 +758,150 @@ mod tests {
         }
     }
 
-    /// A cancel its record does not explain waits for what follows it on
-    /// its CPU: a SYN's request (TW_TAKEOVER), a re-arm (TW_OPEN), or
-    /// nothing, decided by the substate once it waited long enough.
+    /// What may follow a cancel its record does not explain.
+    #[derive(Clone, Copy, Debug)]
+    enum Then {
+        /// The kernel's second look: timer pending again (cookie, substate).
+        Rearm(u64, u8),
+        /// The kernel's second look: ended (cookie).
+        Gone(u64),
+        /// Ended, then a new connection's SYN_RECV on this remote port.
+        GoneThenSynRecv(u16),
+    }
+
+    /// A SYN_RECV transition from 127.0.0.1:80 to 127.0.0.1:`rport`.
+    fn syn_recv(rport: u16, ts_ns: u64) -> StateEvent {
+        let mut s: StateEvent = zeroed();
+        s.kind = KIND_STATE;
+        s.family = 2;
+        s.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        s.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        s.sport = 80;
+        s.dport = rport;
+        s.oldstate = 10;
+        s.newstate = 3;
+        s.cookie = 99;
+        s.ts_ns = ts_ns;
+        s
+    }
+
+    /// A cancel its record does not explain waits for the kernel's second
+    /// look at its sock (a re-arm, or an end), then for the new connection
+    /// that tells a SYN took its 4-tuple over; what nothing explains is
+    /// decided by the substate after FOLLOW_NS.
     #[test]
     fn unexplained_cancels_wait_for_what_follows() {
+        use Then::*;
         use TimewaitEnd::*;
-        const T0: u64 = 1_000_000_000;
-        // (substate, what follows (0: nothing), its cookie, the end)
-        let cases: &[(u8, u8, u64, Option<TimewaitEnd>)] = &[
-            (6, TW_TAKEOVER, 7, Some(ReusedBySyn)),
-            (6, TW_OPEN, 7, None),
-            (6, 0, 0, Some(Unknown)),
-            (5, 0, 0, Some(Reset)),
-            // Another sock's request (a freed sock's address taken again):
-            // not this one's.
-            (6, TW_TAKEOVER, 8, Some(Unknown)),
+        const T0: u64 = 10_000_000_000;
+        // (substate, what follows, the end, decided at once)
+        let cases: &[(u8, &[Then], Option<TimewaitEnd>, bool)] = &[
+            (6, &[Rearm(7, 6)], None, false),
+            (6, &[Gone(7)], Some(Unknown), false),
+            (5, &[Gone(7)], Some(Reset), true),
+            (6, &[GoneThenSynRecv(5000)], Some(ReusedBySyn), true),
+            // A new connection from another port: not this sock's.
+            (6, &[GoneThenSynRecv(5001)], Some(Unknown), false),
+            // Another sock at the same address (another cookie): not this
+            // one's second look.
+            (6, &[Rearm(8, 6)], Some(Unknown), false),
+            (6, &[], Some(Unknown), false),
+            (5, &[], Some(Reset), false),
         ];
-        for &(substate, then, cookie, want) in cases {
-            let case = format!("substate {substate}, then {then} with cookie {cookie}");
+        for &(substate, thens, want, at_once) in cases {
+            let case = format!("substate {substate}, then {thens:?}");
             let mut e = Enricher::new(0, 250);
             let mut r = tw_record(9, TW_OPEN);
             r.substate = substate;
             r.cookie = 7;
+            r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            r.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+            r.sport = 80;
+            r.dport = 5000;
             r.ts_ns = T0 - 1000;
             assert!(e.enrich(&Raw::Tw(r)).is_some(), "{case}: the open");
             r.what = TW_CANCEL;
             r.ts_ns = T0;
             assert_eq!(e.enrich(&Raw::Tw(r)), None, "{case}: the cancel waits");
-            let mut got = None;
-            if then != 0 {
-                let mut f = tw_record(9, then);
-                f.cookie = cookie;
-                f.substate = substate;
-                f.ts_ns = T0 + 3000;
-                got = e.enrich(&Raw::Tw(f));
-                if then == TW_OPEN {
-                    assert_eq!(got, None, "{case}: a re-arm is not a new sock");
+            assert!(
+                !e.awaits_second_look(T0 + HOLD_NS - 1),
+                "{case}: poked too early"
+            );
+            assert!(e.awaits_second_look(T0 + HOLD_NS + 1), "{case}: poke");
+            let mut got = Vec::new();
+            for (i, then) in thens.iter().enumerate() {
+                let ts = T0 + 1000 * (i as u64 + 1);
+                let (what, cookie, sub) = match *then {
+                    Rearm(c, s) => (TW_REARM, c, s),
+                    Gone(c) => (TW_GONE, c, 0),
+                    GoneThenSynRecv(_) => (TW_GONE, 7, 0),
+                };
+                let mut f: TwEvent = zeroed();
+                (f.kind, f.what, f.tw, f.cookie, f.substate, f.ts_ns) =
+                    (KIND_TW, what, 9, cookie, sub, ts);
+                got.extend(e.enrich(&Raw::Tw(f)));
+                if let GoneThenSynRecv(port) = *then {
+                    let st = e.enrich(&Raw::State(syn_recv(port, ts + 500)));
+                    assert!(st.is_some(), "{case}: the transition itself");
                 }
             }
-            assert_eq!(e.settle(T0), vec![], "{case}: decided before it waited");
-            let settled = e.settle(T0 + HOLD_NS);
-            let end = match (got, settled.len()) {
-                (Some(ev), 0) => Some(close_of(Some(ev))),
-                (None, 1) => Some(close_of(settled.into_iter().next())),
-                (None, 0) => None,
-                other => panic!("{case}: {other:?}"),
+            let answered = thens
+                .iter()
+                .any(|t| matches!(t, Rearm(7, _) | Gone(7) | GoneThenSynRecv(_)));
+            assert_eq!(
+                e.awaits_second_look(T0 + HOLD_NS + 1),
+                !answered && !e.held.is_empty(),
+                "{case}: poke after what followed"
+            );
+            // Decided at once: by enrich, or by the next settle.
+            got.extend(e.settle(T0 + 10_000));
+            let end = match (got.len(), at_once) {
+                (1, true) => Some(close_of(got.pop())),
+                (0, false) => {
+                    let later = e.settle(T0 + FOLLOW_NS + 1);
+                    match later.len() {
+                        0 => None,
+                        1 => Some(close_of(later.into_iter().next())),
+                        n => panic!("{case}: {n} events"),
+                    }
+                }
+                (n, _) => panic!("{case}: {n} events at once: {got:?}"),
             };
             assert_eq!(end.as_ref().map(|c| c.reason), want, "{case}");
             if let Some(c) = end {
                 assert_eq!(c.cookie, 7, "{case}");
+                assert_eq!(c.remote.port(), 5000, "{case}");
             }
             assert!(e.held.is_empty(), "{case}: still held");
         }
+    }
+
+    /// A re-arm that turned a FIN_WAIT2 sock TIME_WAIT is told with the
+    /// cancel's addresses and the new expiry.
+    #[test]
+    fn a_rearm_that_changes_the_substate_is_told() {
+        let mut e = Enricher::new(0, 250);
+        let mut r = tw_record(9, TW_OPEN);
+        r.substate = 5;
+        r.cookie = 7;
+        r.sport = 80;
+        r.dport = 5000;
+        assert!(e.enrich(&Raw::Tw(r)).is_some());
+        r.what = TW_CANCEL;
+        assert_eq!(e.enrich(&Raw::Tw(r)), None);
+        let mut f: TwEvent = zeroed();
+        (f.kind, f.what, f.tw, f.cookie, f.substate) = (KIND_TW, TW_REARM, 9, 7, 6);
+        (f.expires, f.jiffies) = (1000 + 60 * 250, 1000);
+        match e.enrich(&Raw::Tw(f)).map(|ev| ev.kind) {
+            Some(Kind::TimewaitSubstate(t)) => {
+                assert_eq!(t.substate, TcpState::TimeWait);
+                assert_eq!(t.expires_in_ms, 60_000);
+                assert_eq!((t.local.port(), t.remote.port()), (80, 5000));
+            }
+            other => panic!("not a timewait_substate: {other:?}"),
+        }
+        assert!(e.held.is_empty());
+        assert_eq!(e.settle(u64::MAX), vec![]);
     }
 
     /// A new timewait sock may take the address of one whose end is still
@@ -903,7 +1067,11 @@ mod tests {
         // takeover the kernel did not deschedule is a finding.
         r.flags = 0;
         assert_eq!(e.enrich(&Raw::Tw(r)), None);
-        let c = close_of(e.enrich(&Raw::Tw(tw_record(9, TW_TAKEOVER))));
+        assert_eq!(e.enrich(&Raw::Tw(tw_record(9, TW_GONE))), None);
+        let mut child = syn_recv(0, 1);
+        (child.saddr, child.daddr, child.sport) = ([0; 16], [0; 16], 0);
+        assert!(e.enrich(&Raw::State(child)).is_some());
+        let c = close_of(e.settle(2).into_iter().next());
         assert_eq!((c.reason, c.ended_by), (ReusedBySyn, None));
         assert!(c.end_mismatch.is_some());
     }

@@ -146,13 +146,6 @@ impl Probe {
                 "timewait life unavailable: /proc/kallsyms does not show tw_timer_handler (needs CAP_SYSLOG, or kernel.kptr_restrict=0)".into(),
             ),
         }
-        match syms.as_ref().and_then(|k| k.address_of("reqsk_timer_handler")) {
-            Some(a) => offsets.reqsk_timer_handler = a,
-            None if offsets.tw_timer_handler != 0 => notes.push(
-                "/proc/kallsyms does not show reqsk_timer_handler: a timewait sock taken over by a SYN ends as \"unknown\"".into(),
-            ),
-            None => {}
-        }
         let hz = sys::kernel_hz().unwrap_or_else(|| {
             notes.push("kernel HZ unknown (/proc/timer_list unreadable): assuming 250 for timewait countdowns".into());
             250
@@ -171,11 +164,23 @@ impl Probe {
         let btf =
             Btf::from_sys_fs().map_err(|_| ProbeError::NoBtf(offsets::VMLINUX_BTF.to_string()))?;
         let mut hooks = Vec::new();
+        let tw_found_at_close =
+            offsets.net_tw_hashinfo.present() && offsets.skc_nulls_next.present();
+        if !tw_found_at_close && offsets.tw_timer_handler != 0 && !light {
+            notes.push("this kernel's connection hash is not per namespace (before 6.1): new timewait sockets are found through timer_start, which runs at every timer start of the host".into());
+        }
         for (prog, tp) in PROGRAMS {
             if tp.starts_with("timer_") && offsets.tw_timer_handler == 0 {
                 continue;
             }
             if light && *tp != "sys_exit" {
+                continue;
+            }
+            // New timewait socks are announced at their socket's ->CLOSE
+            // where the kernel has the fields to find them
+            // (monitor-ebpf/src/timewait.rs); timer_start, which runs for
+            // every timer of the host, only where it has not.
+            if *tp == "timer_start" && tw_found_at_close {
                 continue;
             }
             if *tp == "sys_exit" && !force_raw_sys_exit() {
@@ -333,6 +338,7 @@ impl Probe {
         let mut ready = [EpollEvent::empty(); 2];
         let mut lost_seen = [0u64; 2];
         let mut last_lost_check = Instant::now();
+        let mut last_poke = Instant::now();
         let stall_until = test_stall_events_until();
         let mut events_left = false;
         loop {
@@ -369,13 +375,17 @@ impl Probe {
                         self.enricher.newest_event_ns()
                     }
                 };
-                // A held timewait cancel older than that by HOLD_NS had its
-                // follow-up read too, if it has one.
-                let due = self
-                    .enricher
-                    .settle(read_up_to.saturating_sub(enrich::HOLD_NS));
+                let due = self.enricher.settle(read_up_to);
                 if !self.hand_over(due, out) {
                     return;
+                }
+                // A timewait cancel whose CPU ran no program since: make
+                // every CPU run one (see Enricher::awaits_second_look).
+                if self.enricher.awaits_second_look(read_up_to)
+                    && last_poke.elapsed() >= Duration::from_nanos(enrich::HOLD_NS)
+                {
+                    last_poke = Instant::now();
+                    sys::poke_cpus();
                 }
             }
             if !self.drain(Which::Binds, usize::MAX, out).ok() {

@@ -245,7 +245,6 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
         task_pid: k.field("task_struct", "pid")?,
         task_tgid: k.field("task_struct", "tgid")?,
         task_comm: k.field("task_struct", "comm")?,
-        _pad: Field::default(),
         files_fdt: k.field("files_struct", "fdt")?,
         fdt_max_fds: k.field("fdtable", "max_fds")?,
         fdt_fd: k.field("fdtable", "fd")?,
@@ -287,9 +286,13 @@ fn compute(k: &Kbtf) -> Result<Offsets, OffsetError> {
         tw_timer,
         timer_function: k.field("timer_list", "function")?,
         timer_expires: k.field("timer_list", "expires")?,
-        rsk_timer: k.field("request_sock", "rsk_timer")?,
+        timer_pprev: k.field("timer_list", "entry.pprev")?,
+        net_tw_hashinfo: k.opt_field("net", "ipv4.tcp_death_row.hashinfo")?,
+        hashinfo_ehash: k.opt_field("inet_hashinfo", "ehash")?,
+        hashinfo_ehash_mask: k.opt_field("inet_hashinfo", "ehash_mask")?,
+        skc_hash: k.opt_field("sock_common", "skc_hash")?,
+        skc_nulls_next: k.opt_field("sock_common", "skc_nulls_node.next")?,
         tw_timer_handler: 0,
-        reqsk_timer_handler: 0,
     })
 }
 
@@ -336,7 +339,13 @@ mod tests {
         );
         assert_eq!(o.net_ns_ref.width, 32);
         assert!(o.net_ns_ref.off > 0);
-        // A SYN's takeover, told by its request's timer.
-        assert!(o.rsk_timer.off > 0);
+        // A re-armed timer is pending again; a new timewait sock is found
+        // in its namespace's connection hash.
+        assert_eq!(o.timer_pprev.width, 64);
+        assert_eq!(o.net_tw_hashinfo.width, 64);
+        assert_eq!(o.hashinfo_ehash.width, 64);
+        assert_eq!(o.hashinfo_ehash_mask.width, 32);
+        assert_eq!(o.skc_hash.width, 32);
+        assert_eq!(o.skc_nulls_next.off + 8, o.skc_nulls_pprev.off);
     }
 }

@@ -95,9 +95,39 @@ pub fn hz_from_timer_list(text: &str) -> Option<u32> {
         .map(|(hz, _)| hz)
 }
 
-/// The kernel functions whose addresses the programs compare timers with:
-/// a timewait sock's timer, and a queued connection request's.
-pub const TIMER_HANDLERS: &[&str] = &["tw_timer_handler", "reqsk_timer_handler"];
+/// Make every CPU this thread may run on run the bind/listen/connect hook
+/// once: a listen() on fd -1 (EBADF, which the hook ignores) from this
+/// thread, moved to each CPU in turn. The first thing every program does is
+/// to look again at a timewait sock whose cancel on its CPU waits for that
+/// (monitor-ebpf/src/timewait.rs). A CPU outside this thread's affinity
+/// (a cpuset) is not reached: its cancel is decided after
+/// enrich::FOLLOW_NS as if nothing had followed it.
+pub fn poke_cpus() {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: plain system calls on this thread's own affinity mask, with
+    // masks of the size passed.
+    unsafe {
+        let mut was: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut was) != 0 {
+            return;
+        }
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            if !libc::CPU_ISSET(cpu, &was) {
+                continue;
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, size, &one) == 0 {
+                libc::listen(-1, 0);
+            }
+        }
+        libc::sched_setaffinity(0, size, &was);
+    }
+}
+
+/// The kernel function whose address the programs compare timers with: a
+/// timewait sock's timer's.
+pub const TIMER_HANDLERS: &[&str] = &["tw_timer_handler"];
 
 /// Addresses of [`TIMER_HANDLERS`], from /proc/kallsyms.
 pub struct Kallsyms {
@@ -187,10 +217,8 @@ mod tests {
                     ffffffff82006070 t tw_timer_handler\n";
         let k = Kallsyms::parse(text);
         assert_eq!(k.address_of("tw_timer_handler"), Some(0xffffffff82006070));
-        assert_eq!(
-            k.address_of("reqsk_timer_handler"),
-            Some(0xffffffff81000100)
-        );
+        // Only the names asked for are kept.
+        assert_eq!(k.address_of("reqsk_timer_handler"), None);
         // kptr_restrict: every address reads 0.
         let hidden = Kallsyms::parse("0000000000000000 t tw_timer_handler\n");
         assert!(hidden.is_empty());
