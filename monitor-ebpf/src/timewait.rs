@@ -23,7 +23,7 @@
 //!   (timer_shutdown clears the function) or holding another sock (another
 //!   cookie) is an end, TW_GONE. Userspace tells a SYN's takeover from a
 //!   RST by the new connection on the same 4-tuple that follows (its
-//!   SYN_RECV), and pokes every CPU (a listen(-1), which the
+//!   SYN_RECV or ESTABLISHED), and pokes every CPU (a listen(-1), which the
 //!   bind/listen/connect hook sees) when a cancel waits too long for its
 //!   second look. The kernel stack told these apart once, at ~2 us per
 //!   cancel (kernel.bpf_stats_enabled); the timer of the connection request

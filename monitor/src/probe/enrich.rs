@@ -105,8 +105,8 @@ const MAX_DESCHEDULED: usize = 4096;
 pub const HOLD_NS: u64 = 20_000_000;
 
 /// How long an ended TIME_WAIT sock waits for the new connection on its
-/// 4-tuple that tells a SYN took it over (its child's SYN_RECV, one round
-/// trip after the SYN), and how long a cancel waits for its second look
+/// 4-tuple that tells a SYN took it over (its child's SYN_RECV or
+/// ESTABLISHED, one round trip after the SYN), and how long a cancel waits for its second look
 /// at most (lost, or never poked), before nothing followed it.
 pub const FOLLOW_NS: u64 = 1_000_000_000;
 
@@ -419,7 +419,10 @@ impl Enricher {
             endpoint(r.family, &r.saddr, r.sport),
             endpoint(r.family, &r.daddr, r.dport),
         );
-        if new == TcpState::SynRecv && !self.held.is_empty() {
+        // A new connection's first transitions with its 4-tuple: 6.1's
+        // SYN_RECV record still has the listener's addresses (the child's
+        // are set after it), its SYN_RECV -> ESTABLISHED has them.
+        if matches!(new, TcpState::SynRecv | TcpState::Established) && !self.held.is_empty() {
             self.taken_over_by(r.netns, local, remote);
         }
         match (new, &proc_) {
@@ -671,9 +674,9 @@ impl Enricher {
             .any(|h| !h.gone && h.end.is_none() && h.ts_ns < due)
     }
 
-    /// A new connection on a held sock's 4-tuple (its SYN_RECV, in its
-    /// namespace): a SYN took the 4-tuple over, which only ends a
-    /// timewait sock.
+    /// A new connection on a held sock's 4-tuple (its SYN_RECV or
+    /// ESTABLISHED, in its namespace): a SYN took the 4-tuple over, which
+    /// only ends a timewait sock.
     fn taken_over_by(&mut self, netns: u32, local: Endpoint, remote: Endpoint) {
         for h in self.held.values_mut() {
             if h.netns == netns && h.local == local && h.remote == remote && h.end.is_none() {
@@ -767,6 +770,9 @@ mod tests {
         Gone(u64),
         /// Ended, then a new connection's SYN_RECV on this remote port.
         GoneThenSynRecv(u16),
+        /// Ended, then a SYN_RECV with the listener's addresses (6.1) and
+        /// the SYN_RECV -> ESTABLISHED of the connection.
+        GoneThenEstablished,
     }
 
     /// A SYN_RECV transition from 127.0.0.1:80 to 127.0.0.1:`rport`.
@@ -800,6 +806,7 @@ mod tests {
             (6, &[Gone(7)], Some(Unknown), false),
             (5, &[Gone(7)], Some(Reset), true),
             (6, &[GoneThenSynRecv(5000)], Some(ReusedBySyn), true),
+            (6, &[GoneThenEstablished], Some(ReusedBySyn), true),
             // A new connection from another port: not this sock's.
             (6, &[GoneThenSynRecv(5001)], Some(Unknown), false),
             // Another sock at the same address (another cookie): not this
@@ -834,7 +841,7 @@ mod tests {
                 let (what, cookie, sub) = match *then {
                     Rearm(c, s) => (TW_REARM, c, s),
                     Gone(c) => (TW_GONE, c, 0),
-                    GoneThenSynRecv(_) => (TW_GONE, 7, 0),
+                    GoneThenSynRecv(_) | GoneThenEstablished => (TW_GONE, 7, 0),
                 };
                 let mut f: TwEvent = zeroed();
                 (f.kind, f.what, f.tw, f.cookie, f.substate, f.ts_ns) =
@@ -844,10 +851,22 @@ mod tests {
                     let st = e.enrich(&Raw::State(syn_recv(port, ts + 500)));
                     assert!(st.is_some(), "{case}: the transition itself");
                 }
+                if let GoneThenEstablished = *then {
+                    let mut first = syn_recv(0, ts + 500);
+                    first.daddr = [0; 16];
+                    assert!(e.enrich(&Raw::State(first)).is_some(), "{case}");
+                    assert_eq!(e.settle(ts + 600), vec![], "{case}: not the listener's");
+                    let mut est = syn_recv(5000, ts + 700);
+                    (est.oldstate, est.newstate) = (3, 1);
+                    assert!(e.enrich(&Raw::State(est)).is_some(), "{case}");
+                }
             }
-            let answered = thens
-                .iter()
-                .any(|t| matches!(t, Rearm(7, _) | Gone(7) | GoneThenSynRecv(_)));
+            let answered = thens.iter().any(|t| {
+                matches!(
+                    t,
+                    Rearm(7, _) | Gone(7) | GoneThenSynRecv(_) | GoneThenEstablished
+                )
+            });
             assert_eq!(
                 e.awaits_second_look(T0 + HOLD_NS + 1),
                 !answered && !e.held.is_empty(),
