@@ -78,13 +78,13 @@ pub const TW_DESCHEDULE: u8 = 5;
 /// cancelled its timer returned (by the next program to run on that CPU):
 /// its timer was shut down, or it left the connection hash, or its memory
 /// holds another sock: it ended. Why (a SYN that took its 4-tuple over, or a
-/// RST) userspace tells by what follows. Only `tw`, `cookie` and `ts_ns` are
-/// set.
+/// RST) userspace tells by what follows. Only `tw` and `cookie` are set:
+/// the time is the cancel's.
 pub const TW_GONE: u8 = 6;
 /// The sock of an unexplained TW_CANCEL, looked at again as for TW_GONE:
 /// its timer is pending again, it was re-armed and lives on. `tw`,
-/// `cookie`, `ts_ns`, `substate`, `expires` and `jiffies` are set; the
-/// addresses are those of the cancel.
+/// `cookie`, `substate`, `expires` and `jiffies` are set; the time and the
+/// addresses are the cancel's.
 pub const TW_REARM: u8 = 7;
 
 /// Ring buffer indexes of the per-CPU `LOST` counters.

@@ -57,10 +57,11 @@ const EVENTS_WAKE_AT: u64 = 512 * 1024;
 /// About one EVENTS record in this many looks at the ring's fill.
 const EVENTS_CHECK_EVERY: u64 = 64;
 
-/// The submit flags for an EVENTS record made at `ts_ns` (see
+/// The submit flags for an EVENTS record drawn by `draw`, its nanosecond
+/// timestamp (or, for a record without one, its cookie) (see
 /// [`EVENTS_WAKE_AT`]): about one record in [`EVENTS_CHECK_EVERY`] (those
-/// whose nanosecond timestamp is a multiple of it: a sample that costs
-/// nothing to draw) looks at the unread bytes and wakes the reader when
+/// whose `draw` is a multiple of it: a sample that costs nothing to draw)
+/// looks at the unread bytes and wakes the reader when
 /// they passed the mark. Looking at every record cost 65 ns of the state
 /// program's 480 (kernel.bpf_stats_enabled under churn: the query reads the
 /// consumer position, a line the reader on the other CPU keeps writing).
@@ -69,8 +70,8 @@ const EVENTS_CHECK_EVERY: u64 = 64;
 /// 0.5 -> 2.9 us per run beside a slow `watch`); the sample bounds that to
 /// about one wakeup per 64 records.
 #[inline(always)]
-fn events_wakeup(ts_ns: u64) -> u64 {
-    if ts_ns % EVENTS_CHECK_EVERY == 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKE_AT {
+fn events_wakeup(draw: u64) -> u64 {
+    if draw % EVENTS_CHECK_EVERY == 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= EVENTS_WAKE_AT {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64

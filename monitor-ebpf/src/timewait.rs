@@ -6,7 +6,7 @@
 //!   before the transition's record. Kernels without the fields for that
 //!   (before 6.1) announce it from `timer_start` instead, filtered on
 //!   `tw_timer_handler`. `timer_start` fires for every timer the host
-//!   starts (7 runs per connection of a loopback churn, 5 of them for
+//!   starts (7 runs per connection of a loopback churn, most of them for
 //!   timers that are not a timewait sock's): each is a program call, which
 //!   on a VM with retpolines and SRSO's safe RET costs even when it does
 //!   nothing (bench/NOTES.md, section (7)).
@@ -20,8 +20,9 @@
 //!   once the code that cancelled the timer has returned, looks at it again:
 //!   its timer pending again (mod_timer re-queues it in the same call) is a
 //!   re-arm, sent as TW_REARM with its new expiry and substate; shut down
-//!   (timer_shutdown clears the function) or holding another sock (another
-//!   cookie) is an end, TW_GONE. Userspace tells a SYN's takeover from a
+//!   (timer_shutdown clears the function; before 6.2 del_timer_sync leaves
+//!   it not pending) or holding another sock (another cookie) is an end,
+//!   TW_GONE. Userspace tells a SYN's takeover from a
 //!   RST by the new connection on the same 4-tuple that follows (its
 //!   SYN_RECV or ESTABLISHED), and pokes every CPU (a listen(-1), which the
 //!   bind/listen/connect hook sees) when a cancel waits too long for its
@@ -201,13 +202,11 @@ fn look_again(slot: *mut Unexplained) -> Option<()> {
         return None;
     };
     let e = entry.as_mut_ptr();
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: `e` is a reserved record of the right size, filled before submit.
     unsafe {
+        // No clock (~45 ns): the cancel's time is the re-arm's or the end's.
         zero_words(e);
         (*e).kind = KIND_TW;
-        (*e).ts_ns = now;
         (*e).tw = tw;
         (*e).cookie = cookie;
         if alive {
@@ -219,7 +218,8 @@ fn look_again(slot: *mut Unexplained) -> Option<()> {
             (*e).what = TW_GONE;
         }
     }
-    entry.submit(crate::events_wakeup(now));
+    // The cookie, not a time, draws the wakeup sample (see events_wakeup).
+    entry.submit(crate::events_wakeup(cookie));
     Some(())
 }
 

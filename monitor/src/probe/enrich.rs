@@ -561,7 +561,8 @@ impl Enricher {
             }
             TW_REARM => {
                 // The kernel's second look: the timer is pending again, the
-                // sock lives on. The record has no addresses; its cancel had.
+                // sock lives on. The record has no time and no addresses:
+                // the cancel, which was the re-arm, had them.
                 let h = self.held.remove(&(r.tw, r.cookie))?;
                 let known = match self.open_tw.get_mut(&r.tw) {
                     Some((cookie, s)) if *cookie == r.cookie => {
@@ -573,7 +574,7 @@ impl Enricher {
                     return None;
                 }
                 return Some(Event {
-                    common: self.common(r.ts_ns, h.netns, Proto::Tcp, None),
+                    common: self.common(h.ts_ns, h.netns, Proto::Tcp, None),
                     kind: Kind::TimewaitSubstate(TimewaitSubstate {
                         local: h.local,
                         remote: h.remote,
