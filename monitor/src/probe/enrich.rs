@@ -98,7 +98,7 @@ impl Closers {
 const MAX_DESCHEDULED: usize = 4096;
 
 /// How long an unexplained timewait cancel waits for the kernel's second
-/// look at its sock (TW_OPEN: re-armed, or TW_GONE: ended; see
+/// look at its sock (TW_REARM: re-armed, or TW_GONE: ended; see
 /// monitor-ebpf/src/timewait.rs) before the reader pokes every CPU for it.
 /// The next program to run on the cancel's CPU sends it, within
 /// microseconds on a busy host; an idle CPU may run none for a long time.
@@ -106,8 +106,9 @@ pub const HOLD_NS: u64 = 20_000_000;
 
 /// How long an ended TIME_WAIT sock waits for the new connection on its
 /// 4-tuple that tells a SYN took it over (its child's SYN_RECV or
-/// ESTABLISHED, one round trip after the SYN), and how long a cancel waits for its second look
-/// at most (lost, or never poked), before nothing followed it.
+/// ESTABLISHED, one round trip after the SYN), and how long a cancel waits
+/// for its second look at most (lost, or never poked), before nothing
+/// followed it.
 pub const FOLLOW_NS: u64 = 1_000_000_000;
 
 /// At most this many unexplained cancels wait at once (a flood of RSTs);
@@ -116,9 +117,10 @@ const MAX_HELD: usize = 4096;
 
 /// An early timewait cancel its record does not explain: a SYN's takeover,
 /// a received RST or a re-arm. The kernel's second look tells a re-arm
-/// (TW_OPEN of the same sock and cookie: a new timewait sock at a freed
-/// one's address has another cookie) from an end (TW_GONE); a new
-/// connection on the same 4-tuple tells a SYN's takeover.
+/// (TW_REARM, or where timer_start is attached its TW_OPEN, of the same
+/// sock and cookie: a new timewait sock at a freed one's address has
+/// another cookie) from an end (TW_GONE); a new connection on the same
+/// 4-tuple tells a SYN's takeover.
 #[derive(Debug)]
 struct Held {
     ts_ns: u64,
