@@ -251,9 +251,8 @@ impl Head {
     /// read: every field then reads 0, as with the other readers).
     ///
     /// The words are not zeroed first: LLVM made that a call of a byte-wise
-    /// memset subprogram, 160 iterations, at every timewait record and
-    /// every connection request a takeover is checked against. The helper
-    /// writes all of them anyway.
+    /// memset subprogram, 160 iterations, at every timewait record. The
+    /// helper writes all of them anyway.
     #[inline(always)]
     pub fn copy(base: u64) -> Head {
         let mut h = MaybeUninit::<Head>::uninit();

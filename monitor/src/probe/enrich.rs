@@ -454,6 +454,18 @@ impl Enricher {
         })
     }
 
+    /// A timewait sock's new substate and expiry, from record `r`, between
+    /// `local` and `remote` (a re-arm's record has no addresses of its own).
+    fn substate_change(&self, r: &TwEvent, local: Endpoint, remote: Endpoint) -> Kind {
+        Kind::TimewaitSubstate(TimewaitSubstate {
+            local,
+            remote,
+            substate: TcpState::from_kernel(r.substate).unwrap_or(TcpState::TimeWait),
+            expires_in_ms: self.expires_in_ms(r),
+            cookie: r.cookie,
+        })
+    }
+
     fn expires_in_ms(&self, r: &TwEvent) -> u64 {
         r.expires.saturating_sub(r.jiffies) * 1000 / self.hz as u64
     }
@@ -492,20 +504,8 @@ impl Enricher {
                 match known {
                     // Re-armed after a cancel we already saw: same socket.
                     Some(s) if s == substate => return None,
-                    Some(_) => Kind::TimewaitSubstate(TimewaitSubstate {
-                        local,
-                        remote,
-                        substate,
-                        expires_in_ms: self.expires_in_ms(r),
-                        cookie: r.cookie,
-                    }),
-                    None if r.what == TW_SUBSTATE => Kind::TimewaitSubstate(TimewaitSubstate {
-                        local,
-                        remote,
-                        substate,
-                        expires_in_ms: self.expires_in_ms(r),
-                        cookie: r.cookie,
-                    }),
+                    Some(_) => self.substate_change(r, local, remote),
+                    None if r.what == TW_SUBSTATE => self.substate_change(r, local, remote),
                     None => Kind::TimewaitOpen(TimewaitOpen {
                         local,
                         remote,
@@ -577,13 +577,7 @@ impl Enricher {
                 }
                 return Some(Event {
                     common: self.common(h.ts_ns, h.netns, Proto::Tcp, None),
-                    kind: Kind::TimewaitSubstate(TimewaitSubstate {
-                        local: h.local,
-                        remote: h.remote,
-                        substate,
-                        expires_in_ms: self.expires_in_ms(r),
-                        cookie: r.cookie,
-                    }),
+                    kind: self.substate_change(r, h.local, h.remote),
                 });
             }
             TW_GONE => {
