@@ -52,6 +52,16 @@ pub struct KernelFacts {
 impl KernelFacts {
     /// Look at this kernel for `targets`.
     pub fn probe(targets: &[&str]) -> KernelFacts {
+        let btf = super::offsets::read_btf(Path::new(VMLINUX_BTF)).ok();
+        let kallsyms = fs::read_to_string("/proc/kallsyms").ok();
+        Self::probe_with(targets, btf.as_ref(), kallsyms.as_deref())
+    }
+
+    /// [`probe`](Self::probe) with the kernel's BTF and /proc/kallsyms
+    /// that the caller already read (None: not readable): start-up reads
+    /// both for the struct offsets and the timer handler's address, and
+    /// reading them again here took ~40 % of it.
+    pub fn probe_with(targets: &[&str], btf: Option<&Btf>, kallsyms: Option<&str>) -> KernelFacts {
         let tracefs = TRACEFS
             .iter()
             .map(PathBuf::from)
@@ -60,17 +70,17 @@ impl KernelFacts {
             || tracefs
                 .as_ref()
                 .is_some_and(|t| t.join("kprobe_events").exists());
-        let (in_kallsyms, clones) = fs::read_to_string("/proc/kallsyms")
-            .map(|text| kallsyms_hits(&text, targets))
+        let (in_kallsyms, clones) = kallsyms
+            .map(|text| kallsyms_hits(text, targets))
             .unwrap_or_default();
         let filterable = tracefs.as_ref().and_then(|t| {
             fs::read_to_string(t.join("available_filter_functions"))
                 .ok()
                 .map(|text| filter_hits(&text, targets))
         });
-        let (btf, protos) = match super::offsets::read_btf(std::path::Path::new(VMLINUX_BTF)) {
-            Ok(b) => (true, btf_protos(&b, targets)),
-            Err(_) => (false, Default::default()),
+        let (btf, protos) = match btf {
+            Some(b) => (true, btf_protos(b, targets)),
+            None => (false, Default::default()),
         };
         KernelFacts {
             btf,

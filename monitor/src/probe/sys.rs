@@ -135,10 +135,6 @@ pub struct Kallsyms {
 }
 
 impl Kallsyms {
-    pub fn load() -> std::io::Result<Kallsyms> {
-        Ok(Self::parse(&fs::read_to_string("/proc/kallsyms")?))
-    }
-
     pub fn parse(text: &str) -> Kallsyms {
         let mut found = Vec::new();
         for line in text.lines() {
