@@ -136,7 +136,8 @@ impl Probe {
         }
         // The kernel's BTF (btf-rs) and /proc/kallsyms are read once here,
         // for the offsets and the timer handler, and asked again below for
-        // precise mode's facts: reading each twice was ~40 % of start-up.
+        // precise mode's facts: reading each twice was about a third of
+        // start-up (bench/NOTES.md, section (8)).
         let kbtf = offsets::read_btf(std::path::Path::new(offsets::VMLINUX_BTF))
             .map_err(|_| ProbeError::NoBtf(offsets::VMLINUX_BTF.to_string()))?;
         let (mut offsets, kbtf) = offsets::from_btf(kbtf).map_err(|e| {

@@ -60,7 +60,7 @@ impl KernelFacts {
     /// [`probe`](Self::probe) with the kernel's BTF and /proc/kallsyms
     /// that the caller already read (None: not readable): start-up reads
     /// both for the struct offsets and the timer handler's address, and
-    /// reading them again here took ~40 % of it.
+    /// reading them again here was about a third of it.
     pub fn probe_with(targets: &[&str], btf: Option<&Btf>, kallsyms: Option<&str>) -> KernelFacts {
         let tracefs = TRACEFS
             .iter()

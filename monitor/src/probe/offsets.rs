@@ -50,7 +50,8 @@ pub fn from_file(path: &Path) -> Result<Offsets, OffsetError> {
 }
 
 /// The offsets from a BTF already parsed, handed back for the caller's
-/// other questions (a parse of vmlinux's takes ~90 ms here).
+/// other questions rather than parsed again for them (bench/NOTES.md,
+/// section (8)).
 pub fn from_btf(btf: Btf) -> Result<(Offsets, Btf), OffsetError> {
     let k = Kbtf { btf };
     let offsets = compute(&k)?;
