@@ -165,7 +165,7 @@ impl Probe {
         // doing them one after the other keeps the start-up peak lower.
         let light = stream == Streams::BindsOnly;
         let kernel_facts = (mode != ModeArg::Tracepoint && !light).then(|| {
-            mode::KernelFacts::probe_with(&precise::targets(), Some(&kbtf), kallsyms.as_deref())
+            mode::KernelFacts::probe(&precise::targets(), Some(&kbtf), kallsyms.as_deref())
         });
         drop((kbtf, kallsyms));
         // aya's own parse, once: the loader would parse the BTF for itself

@@ -50,18 +50,11 @@ pub struct KernelFacts {
 }
 
 impl KernelFacts {
-    /// Look at this kernel for `targets`.
-    pub fn probe(targets: &[&str]) -> KernelFacts {
-        let btf = super::offsets::read_btf(Path::new(VMLINUX_BTF)).ok();
-        let kallsyms = fs::read_to_string("/proc/kallsyms").ok();
-        Self::probe_with(targets, btf.as_ref(), kallsyms.as_deref())
-    }
-
-    /// [`probe`](Self::probe) with the kernel's BTF and /proc/kallsyms
-    /// that the caller already read (None: not readable): start-up reads
-    /// both for the struct offsets and the timer handler's address, and
-    /// reading them again here was about a third of it.
-    pub fn probe_with(targets: &[&str], btf: Option<&Btf>, kallsyms: Option<&str>) -> KernelFacts {
+    /// Look at this kernel for `targets`, given its BTF and /proc/kallsyms
+    /// as the caller read them (None: not readable): start-up reads both
+    /// for the struct offsets and the timer handler's address, and reading
+    /// them again here was about a third of it.
+    pub fn probe(targets: &[&str], btf: Option<&Btf>, kallsyms: Option<&str>) -> KernelFacts {
         let tracefs = TRACEFS
             .iter()
             .map(PathBuf::from)
@@ -327,7 +320,8 @@ mod tests {
             eprintln!("SKIPPED: no {VMLINUX_BTF}");
             return;
         }
-        let f = KernelFacts::probe(&["inet_bind_conflict"]);
+        let btf = crate::probe::offsets::read_btf(Path::new(VMLINUX_BTF)).ok();
+        let f = KernelFacts::probe(&["inet_bind_conflict"], btf.as_ref(), None);
         assert!(f.btf);
         let p = f
             .protos

@@ -12,12 +12,6 @@ use monitor_common::{Field, Offsets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
-    #[error("cannot read the kernel's BTF at {path}: {source}")]
-    NoBtf {
-        path: String,
-        #[source]
-        source: anyhow::Error,
-    },
     #[error("the kernel's BTF has no struct {0}")]
     NoStruct(String),
     #[error("the kernel's BTF has no field {field} in struct {strukt}")]
@@ -28,25 +22,12 @@ pub enum OffsetError {
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn from_vmlinux() -> Result<Offsets, OffsetError> {
-    from_file(Path::new(VMLINUX_BTF))
-}
-
 /// Parse a BTF file, read whole first: btf-rs's file reader seeks before
 /// every string and type (126,000 lseek calls for 6.18's vmlinux), which
 /// costs little natively but about ten seconds in a QEMU guest under TCG.
 pub fn read_btf(path: &Path) -> Result<Btf, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     Btf::from_bytes(&bytes).map_err(|e| e.to_string())
-}
-
-pub fn from_file(path: &Path) -> Result<Offsets, OffsetError> {
-    let no_btf = |e: String| OffsetError::NoBtf {
-        path: path.display().to_string(),
-        source: anyhow::anyhow!("{e}"),
-    };
-    let btf = read_btf(path).map_err(no_btf)?;
-    compute(&Kbtf { btf })
 }
 
 /// The offsets from a BTF already parsed, handed back for the caller's
@@ -322,7 +303,8 @@ mod tests {
             );
             return;
         }
-        let o = from_vmlinux().expect("offsets");
+        let btf = read_btf(Path::new(VMLINUX_BTF)).expect("the kernel's BTF");
+        let (o, _) = from_btf(btf).expect("offsets");
         // sock_common bitfields share a byte.
         assert_eq!(o.skc_reuse.width, 4);
         assert_eq!(o.skc_reuseport.width, 1);
