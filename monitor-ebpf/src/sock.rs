@@ -5,7 +5,7 @@ use monitor_common::{
     F_BIND_NO_PORT, F_FREEBIND, F_REUSEADDR, F_REUSEPORT, F_TRANSPARENT, F_V6ONLY,
 };
 
-use crate::kread::{off, Read};
+use crate::kread::{field, off, Direct, Read};
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -82,6 +82,18 @@ pub fn remote_addr(sk: &impl Read, family: u16) -> [u8; 16] {
 #[inline(always)]
 pub fn local_port(sk: &impl Read) -> u16 {
     sk.u16(off!(skc_num))
+}
+
+/// A full socket's local port in host order: skc_num (a plain load), or at
+/// ->CLOSE, where the port was already released and skc_num reads 0,
+/// inet_sport (which lies past struct sock, so only a helper call reaches
+/// it; a timewait sock has no inet_sport).
+#[inline(always)]
+pub fn socket_local_port(sk: &Direct) -> u16 {
+    match local_port(sk) {
+        0 => u16::from_be(field(sk.0, off!(inet_sport)) as u16),
+        port => port,
+    }
 }
 
 /// Remote port in host order.

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use monitor_common::{StateEvent, F_IN_PROCESS, KIND_STATE, LOST_EVENTS};
 
-use crate::kread::{field, off, words16, Direct, Read};
+use crate::kread::{off, words16, Direct, Read};
 use crate::sock::{self, AF_INET6};
 use crate::task;
 use crate::{count_lost, EVENTS};
@@ -77,7 +77,7 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
         (*e).sk_uid = sk.u32(off!(sk_uid));
         (*e).family = family;
         (*e).protocol = 6;
-        (*e).sport = local_port(&sk);
+        (*e).sport = sock::socket_local_port(&sk);
         (*e).dport = sock::remote_port(&sk);
         (*e).oldstate = oldstate as u8;
         (*e).newstate = newstate as u8;
@@ -98,14 +98,3 @@ pub fn on_set_state(ctx: &BtfTracePointContext) -> Option<()> {
 const TCP_FIN_WAIT2: i32 = 5;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSING: i32 = 11;
-
-/// The local port: skc_num (a plain load), or at ->CLOSE, where the port
-/// was already released and skc_num reads 0, inet_sport (which lies past
-/// struct sock, so only a helper call reaches it).
-#[inline(always)]
-fn local_port(sk: &Direct) -> u16 {
-    match sock::local_port(sk) {
-        0 => u16::from_be(field(sk.0, off!(inet_sport)) as u16),
-        port => port,
-    }
-}

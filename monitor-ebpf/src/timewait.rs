@@ -136,12 +136,8 @@ pub fn on_close(sk: &Direct, cookie: u64) -> Option<()> {
         return None;
     }
     let bucket = ehash + (sk.u32(off!(skc_hash)) & mask) as u64 * 8;
-    // At ->CLOSE the port is already released (skc_num reads 0); the
-    // timewait sock keeps it, and inet_sport still has it.
-    let ports = (
-        sk.u16(off!(skc_dport)),
-        u16::from_be(field(sk.0, off!(inet_sport)) as u16),
-    );
+    // At ->CLOSE the port is already released; the timewait sock keeps it.
+    let ports = (sk.u16(off!(skc_dport)), sock::socket_local_port(sk));
     let mut node = Probe(bucket).raw(0, 64);
     for _ in 0..CHAIN_LOOK {
         // An odd pointer is the chain's end marker (hlist_nulls).
