@@ -513,9 +513,28 @@ pub struct SocketSeen {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lost {
     pub count: u64,
-    /// Which stream lost them ("binds" or "events"); extra.
+    /// Which stream lost them: "binds" or "events" (the ring had no room),
+    /// "skipped_runs" (hook runs the kernel skipped, probe/skipped.rs);
+    /// extra.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+}
+
+impl Lost {
+    /// The stream of hook runs the kernel skipped (probe/skipped.rs).
+    pub const SKIPPED_RUNS: &'static str = "skipped_runs";
+
+    /// The stream, as a person reads it after the count: " (events)".
+    pub fn stream_note(&self) -> String {
+        match self.stream.as_deref() {
+            None => String::new(),
+            Some(Self::SKIPPED_RUNS) => {
+                " (hook runs the kernel skipped: the hook fired again on a CPU where it was running)"
+                    .into()
+            }
+            Some(s) => format!(" ({s})"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -633,6 +652,26 @@ mod tests {
         for (ep, want) in cases {
             assert_eq!(ep.to_string(), *want);
             assert_eq!(want.parse::<Endpoint>().unwrap(), *ep);
+        }
+    }
+
+    #[test]
+    fn a_lost_count_names_its_stream_for_a_person() {
+        let cases: &[(Option<&str>, &str)] = &[
+            (None, ""),
+            (Some("events"), " (events)"),
+            (Some("binds"), " (binds)"),
+            (
+                Some(Lost::SKIPPED_RUNS),
+                " (hook runs the kernel skipped: the hook fired again on a CPU where it was running)",
+            ),
+        ];
+        for (stream, want) in cases {
+            let l = Lost {
+                count: 3,
+                stream: stream.map(str::to_string),
+            };
+            assert_eq!(l.stream_note(), *want, "{stream:?}");
         }
     }
 

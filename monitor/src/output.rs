@@ -128,10 +128,7 @@ pub fn human_line(ev: &Event) -> String {
             s,
             "LOST        {} events the kernel could not hand over{}",
             l.count,
-            l.stream
-                .as_deref()
-                .map(|x| format!(" ({x})"))
-                .unwrap_or_default()
+            l.stream_note()
         ),
     };
     s

@@ -88,6 +88,13 @@ fn play_watched(sc: Scenario, hook: CallHook) -> Result<Played, String> {
             hook.named()
         ));
     }
+    // Every program's skipped runs must be countable (probe/skipped.rs):
+    // otherwise a transition the kernel skipped would vanish unreported.
+    if said.contains("runs the kernel skips cannot be counted") {
+        return Err(format!(
+            "twmon cannot count skipped hook runs here:\n{said}"
+        ));
+    }
     let outcome = sc
         .run(&ns, Recorder::new(&ns, Options::default()))
         .map_err(|e| {

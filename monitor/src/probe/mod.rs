@@ -14,6 +14,7 @@ pub mod enrich;
 pub mod mode;
 pub mod offsets;
 pub mod precise;
+pub mod skipped;
 pub mod sys;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -74,7 +75,7 @@ pub struct ModeInfo {
 
 pub struct Probe {
     /// Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     binds: RingBuf<MapData>,
     events: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
@@ -289,8 +290,14 @@ impl Probe {
             .map_err(|e| ProbeError::Other(format!("EVENTS: {e}")))?;
         let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
             .map_err(|e| ProbeError::Other(format!("LOST: {e}")))?;
+        let (_, unreadable) = skipped::read(&ebpf);
+        if unreadable > 0 {
+            notes.push(format!(
+                "runs the kernel skips cannot be counted for {unreadable} hook(s) (no recursion_misses in their fdinfo; Linux 5.12 and later have it): a transition lost that way is not reported"
+            ));
+        }
         Ok(Probe {
-            _ebpf: ebpf,
+            ebpf,
             binds,
             events,
             lost,
@@ -350,7 +357,7 @@ impl Probe {
             }
         };
         let mut ready = [EpollEvent::empty(); 2];
-        let mut lost_seen = [0u64; 2];
+        let mut lost_seen = [0u64; 3];
         let mut last_lost_check = Instant::now();
         let mut last_poke = Instant::now();
         let stall_until = test_stall_events_until();
@@ -407,11 +414,17 @@ impl Probe {
             }
             if stopping || last_lost_check.elapsed() >= Duration::from_secs(1) {
                 last_lost_check = Instant::now();
-                for (i, stream) in [(0usize, "binds"), (1, "events")] {
-                    let total = self.lost_total(i as u32);
-                    if total > lost_seen[i] {
-                        let ev = self.lost_event(total - lost_seen[i], stream);
-                        lost_seen[i] = total;
+                // Records the rings had no room for, and hook runs the
+                // kernel skipped (skipped.rs), which never reached a ring.
+                let totals = [
+                    (self.lost_total(0), "binds"),
+                    (self.lost_total(1), "events"),
+                    (skipped::read(&self.ebpf).0, Lost::SKIPPED_RUNS),
+                ];
+                for ((total, stream), seen) in totals.into_iter().zip(&mut lost_seen) {
+                    if total > *seen {
+                        let ev = self.lost_event(total - *seen, stream);
+                        *seen = total;
                         if out.binds.blocking_send(ev).is_err() {
                             return;
                         }

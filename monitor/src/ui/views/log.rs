@@ -151,10 +151,7 @@ fn line<'a>(ev: &Event, theme: &Theme, multi: bool, width: usize) -> Line<'a> {
             format!(
                 "{} events the kernel could not hand over{}",
                 l.count,
-                l.stream
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
+                l.stream_note()
             ),
         ),
     };
