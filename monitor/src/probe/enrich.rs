@@ -673,10 +673,17 @@ impl Enricher {
 
     /// A new connection on a held sock's 4-tuple (its SYN_RECV or
     /// ESTABLISHED, in its namespace): a SYN took the 4-tuple over, which
-    /// only ends a timewait sock.
+    /// only ends a TIME_WAIT sock. A FIN_WAIT2 one answers the SYN with a
+    /// RST and dies; the client's next SYN then makes the same new
+    /// connection, which may reach us before the second look does.
     fn taken_over_by(&mut self, netns: u32, local: Endpoint, remote: Endpoint) {
         for h in self.held.values_mut() {
-            if h.netns == netns && h.local == local && h.remote == remote && h.end.is_none() {
+            if h.netns == netns
+                && h.local == local
+                && h.remote == remote
+                && h.substate == TcpState::TimeWait
+                && h.end.is_none()
+            {
                 h.end = Some(TimewaitEnd::ReusedBySyn);
             }
         }
@@ -767,6 +774,9 @@ mod tests {
         Gone(u64),
         /// Ended, then a new connection's SYN_RECV on this remote port.
         GoneThenSynRecv(u16),
+        /// The new connection's SYN_RECV (on this remote port) before the
+        /// second look, which ran later on the cancel's CPU: ended.
+        SynRecvThenGone,
         /// Ended, then a SYN_RECV with the listener's addresses (6.1) and
         /// the SYN_RECV -> ESTABLISHED of the connection.
         GoneThenEstablished,
@@ -804,6 +814,10 @@ mod tests {
             (5, &[Gone(7)], Some(Reset), true),
             (6, &[GoneThenSynRecv(5000)], Some(ReusedBySyn), true),
             (6, &[GoneThenEstablished], Some(ReusedBySyn), true),
+            (6, &[SynRecvThenGone], Some(ReusedBySyn), true),
+            // A SYN is answered with a RST by a FIN_WAIT2 sock, whose
+            // client then connects again: not a takeover.
+            (5, &[SynRecvThenGone], Some(Reset), true),
             // A new connection from another port: not this sock's.
             (6, &[GoneThenSynRecv(5001)], Some(Unknown), false),
             // Another sock at the same address (another cookie): not this
@@ -838,8 +852,12 @@ mod tests {
                 let (what, cookie, sub) = match *then {
                     Rearm(c, s) => (TW_REARM, c, s),
                     Gone(c) => (TW_GONE, c, 0),
-                    GoneThenSynRecv(_) | GoneThenEstablished => (TW_GONE, 7, 0),
+                    GoneThenSynRecv(_) | GoneThenEstablished | SynRecvThenGone => (TW_GONE, 7, 0),
                 };
+                if let SynRecvThenGone = *then {
+                    let st = e.enrich(&Raw::State(syn_recv(5000, ts - 500)));
+                    assert!(st.is_some(), "{case}: the transition itself");
+                }
                 let mut f: TwEvent = zeroed();
                 (f.kind, f.what, f.tw, f.cookie, f.substate, f.ts_ns) =
                     (KIND_TW, what, 9, cookie, sub, ts);
@@ -861,7 +879,11 @@ mod tests {
             let answered = thens.iter().any(|t| {
                 matches!(
                     t,
-                    Rearm(7, _) | Gone(7) | GoneThenSynRecv(_) | GoneThenEstablished
+                    Rearm(7, _)
+                        | Gone(7)
+                        | GoneThenSynRecv(_)
+                        | GoneThenEstablished
+                        | SynRecvThenGone
                 )
             });
             assert_eq!(
