@@ -536,6 +536,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// When the soak starts watching twmon's peak RSS for the target "under
+/// 100 MiB after a million distinct sockets have passed": a minute in, the
+/// model holds a full 60 s of TIME_WAIT and, at the 15-20k connections a
+/// second the churn keeps under `watch` (two sockets each: the client's and
+/// the accepted one), two million sockets have passed. A shorter soak
+/// starts at a quarter of its length, and the verdict says how many had
+/// passed.
+const PEAK_FROM: f64 = 60.0;
+
 /// Median RSS (MiB) of the soak's samples in its second quarter and in its
 /// last quarter; None when either quarter has no sample.
 fn soak_quarters(samples: &[(f64, u64)], secs: f64) -> Option<(f64, f64)> {
@@ -627,6 +636,10 @@ fn machine() -> Vec<(String, String)> {
 struct Soak {
     secs: u64,
     samples: Vec<(f64, u64)>,
+    /// twmon's peak RSS (KiB) from `peak_from` s to the end: its VmHWM,
+    /// reset at `peak_from` (see [`PEAK_FROM`]).
+    peak_kib: Option<u64>,
+    peak_from: f64,
     binds_failed: u64,
     binds_seen: u64,
     lost: u64,
@@ -649,9 +662,16 @@ fn soak(a: &BenchArgs, twmon: &Path, loadgen: &Path) -> Result<Soak> {
     let h = std::thread::spawn(move || run_load(&loadgen, &args));
     let t0 = Instant::now();
     let mut samples = Vec::new();
+    let peak_from = PEAK_FROM.min(a.soak as f64 / 4.0);
+    let mut peak_reset = false;
     while !h.is_finished() {
         std::thread::sleep(Duration::from_secs(1));
         let t = t0.elapsed().as_secs_f64();
+        if !peak_reset && t >= peak_from {
+            // "5" resets the process's peak RSS (proc(5), clear_refs):
+            // VmHWM at the end is then the peak since, between samples too.
+            peak_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+        }
         if let Some(rss) = status_kib(pid, "VmRSS:") {
             if samples.is_empty() || t - samples.last().map(|s: &(f64, u64)| s.0).unwrap() >= 5.0 {
                 samples.push((t, rss));
@@ -662,11 +682,14 @@ fn soak(a: &BenchArgs, twmon: &Path, loadgen: &Path) -> Result<Soak> {
     if let Some(rss) = status_kib(pid, "VmRSS:") {
         samples.push((t0.elapsed().as_secs_f64(), rss));
     }
+    let peak_kib = peak_reset.then(|| status_kib(pid, "VmHWM:")).flatten();
     std::thread::sleep(Duration::from_millis(500));
     let st = tool.stop();
     Ok(Soak {
         secs: a.soak,
         samples,
+        peak_kib,
+        peak_from,
         binds_failed: load_json_num(&line, "binds_failed") as u64,
         binds_seen: st.binds_seen,
         lost: st.lost,
@@ -1304,8 +1327,19 @@ fn render(
         ));
         w(String::new());
         w(format!(
-            "{:.0} connections, {} lines, {} lost, {} of {} failing binds reported.",
-            sk.conns, sk.lines, sk.lost, sk.binds_seen, sk.binds_failed
+            "{:.0} connections, {} lines, {} lost, {} of {} failing binds reported.{}",
+            sk.conns,
+            sk.lines,
+            sk.lost,
+            sk.binds_seen,
+            sk.binds_failed,
+            sk.peak_kib
+                .map(|k| format!(
+                    " Peak RSS from {:.0} s to the end (VmHWM, between the samples below too): {:.1} MiB.",
+                    sk.peak_from,
+                    k as f64 / 1024.0
+                ))
+                .unwrap_or_default()
         ));
         w(String::new());
         w("| t (s) | RSS MiB |".into());
@@ -1329,6 +1363,23 @@ fn render(
                 sk.secs,
                 if sk.secs < 120 {
                     "; TIME_WAIT lasts 60 s, so a soak under 2 min mostly shows the fill (`--soak 600`)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if let Some(kib) = sk.peak_kib {
+            let mib = kib as f64 / 1024.0;
+            // Two sockets per connection, at the soak's mean rate.
+            let passed = 2.0 * sk.conns * sk.peak_from / sk.secs as f64;
+            let ok = mib < 100.0 && passed >= 1e6;
+            verdicts.push(format!(
+                "{} RSS under 100 MiB after a million distinct sockets: peak {mib:.1} MiB from {:.0} s to the end (VmHWM reset then, about {:.1} M sockets had passed){}",
+                if ok { "MET " } else { "MISS" },
+                sk.peak_from,
+                passed / 1e6,
+                if passed < 1e6 {
+                    "; fewer than a million by then: a longer soak tells (`--soak 600`)"
                 } else {
                     ""
                 }
