@@ -4,13 +4,14 @@
 //! where the same program is already running: a softirq or hardirq that
 //! fires the hook again in the middle of a run (a packet's transition
 //! interrupting a close()'s, a timer cancelled from an interrupt) is
-//! dropped and counted in the program's `recursion_misses`; a classic
-//! tracepoint program is dropped the same way while any kprobe or
-//! tracepoint program runs on that CPU. Such a run never reaches a ring, so
-//! the rings' own loss counters (`LOST`) cannot see it: a skipped run of the
-//! state program is a transition that vanished without a trace. twmon reads
-//! the counters beside the rings' and reports what they add as `lost`
-//! events of their own stream (`Lost::SKIPPED_RUNS`), so that nothing the kernel missed is missed
+//! dropped and counted in the program's `recursion_misses`. A classic
+//! tracepoint program is dropped while any kprobe or tracepoint program
+//! runs on that CPU, and recent kernels count that there too. Such a run
+//! never reaches a ring, so the rings' own loss counters (`LOST`) cannot
+//! see it: a skipped run of the state program is a transition that
+//! vanished without a trace. twmon reads the counters beside the rings'
+//! and reports what they add as `lost` events of their own stream
+//! (`Lost::SKIPPED_RUNS`), so that nothing the kernel missed is missed
 //! silently. A skipped run of a hook that filters (the timer hooks, the
 //! bind/listen/connect exits) may have concerned nothing twmon reports, so
 //! that count is an upper bound.
@@ -57,7 +58,7 @@ pub fn recursion_misses(fdinfo: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// As 6.18 prints it for `twmon_set_state`.
+    /// Shaped as 6.18 prints a tp_btf program's (the count set to 17).
     const FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t18\nprog_type:\t26\n\
 prog_jited:\t1\nprog_tag:\t68b49296ee121dac\nmemlock:\t24576\nprog_id:\t8505\n\
 run_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\nverified_insns:\t22484\n";
