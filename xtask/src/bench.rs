@@ -1365,9 +1365,10 @@ fn render(
         // Flat: the last quarter's median RSS is within 10 % (or 4 MiB) of
         // the second quarter's. TIME_WAIT lasts 60 s, so the model fills
         // during the first minute. Medians, not single samples: RSS dips
-        // after each census's malloc_trim and peaks while a census is
-        // built (60-98 MiB within one minute in the 600 s soak), and one
-        // sample against another read such a dip as 9 MiB of growth.
+        // after each census's malloc_trim and peaked while the model's
+        // table had grown (60-98 MiB within one minute in the 600 s soak
+        // before fe080cc), and one sample against another read such a dip
+        // as 9 MiB of growth.
         if let Some((early, late)) = soak_quarters(&sk.samples, sk.secs as f64) {
             let grow = late - early;
             let ok = grow <= (early * 0.10).max(4.0);
@@ -1454,7 +1455,7 @@ mod tests {
     #[test]
     fn soak_quarters_are_medians_not_single_samples() {
         // 600 s sampled every 5 s at 70 MiB, with a dip at 300 s (after a
-        // malloc_trim) and a peak at 450 s (a census being built): neither
+        // malloc_trim) and a peak at 450 s (the model's table grown): neither
         // moves a quarter's median.
         let mut samples: Vec<(f64, u64)> = (0..=120).map(|i| (i as f64 * 5.0, 70 * 1024)).collect();
         samples[60].1 = 62 * 1024;
