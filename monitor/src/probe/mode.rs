@@ -177,14 +177,7 @@ pub fn proto_mismatch(
 pub fn kallsyms_hits(text: &str, targets: &[&str]) -> (HashSet<String>, HashSet<String>) {
     let mut own = HashSet::new();
     let mut clones = HashSet::new();
-    for line in text.lines() {
-        let mut it = line.split_whitespace();
-        let (Some(_), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
-            continue;
-        };
-        if !matches!(kind, "t" | "T") {
-            continue;
-        }
+    for (_, name) in super::sys::text_symbols(text) {
         let (stem, clone) = match name.split_once('.') {
             Some((s, _)) => (s, true),
             None => (name, false),

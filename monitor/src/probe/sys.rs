@@ -134,17 +134,22 @@ pub struct Kallsyms {
     found: Vec<(&'static str, u64)>,
 }
 
+/// The functions of /proc/kallsyms' `text` ("ADDR KIND NAME [module]"
+/// lines whose kind is t or T), as (address in hex, name).
+pub fn text_symbols(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next(), it.next()) {
+            (Some(addr), Some("t" | "T"), Some(name)) => Some((addr, name)),
+            _ => None,
+        }
+    })
+}
+
 impl Kallsyms {
     pub fn parse(text: &str) -> Kallsyms {
         let mut found = Vec::new();
-        for line in text.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
-                continue;
-            };
-            if !matches!(kind, "t" | "T") {
-                continue;
-            }
+        for (addr, name) in text_symbols(text) {
             let Some(known) = TIMER_HANDLERS.iter().find(|f| **f == name) else {
                 continue;
             };
