@@ -121,6 +121,22 @@ pub struct ScenarioError {
     pub partial: Outcome,
 }
 
+impl ScenarioError {
+    /// Why playing the scenario once more may go through: a set-up step
+    /// waited in vain for a socket while the namespace's loopback
+    /// retransmitted, which happens only on a machine too slow for the
+    /// kernel's timers ([`wait::TimedOut`]). The scenario's own steps were
+    /// disturbed, not what a test checks about them; any other failure is
+    /// `None`.
+    pub fn disturbed(&self) -> Option<&'static str> {
+        let t = self.error.get_ref()?.downcast_ref::<wait::TimedOut>()?;
+        t.loopback_retransmitted.then_some(
+            "a set-up step waited in vain while loopback retransmitted (a machine too slow \
+             for the kernel's TCP timers)",
+        )
+    }
+}
+
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "scenario {}: {}", self.scenario, self.error)

@@ -1,6 +1,7 @@
 //! Waiting for a socket to show up in /proc/net, with an error that says
 //! what was there instead.
 
+use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -30,19 +31,50 @@ pub fn wait_for_socket(
         }
         seen.note(start.elapsed(), port, &now);
         if start.elapsed() > within {
+            let counters = tcp_counters();
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!(
-                    "waited {within:?} for {what}; TCP sockets on port {port} as the wait saw \
-                     them:\n{}\n  held by: {}\n  TCP counters of the namespace: {}",
-                    seen.text(),
-                    holders_on(port),
-                    tcp_counters()
-                ),
+                TimedOut {
+                    loopback_retransmitted: retransmitted(&counters),
+                    text: format!(
+                        "waited {within:?} for {what}; TCP sockets on port {port} as the wait \
+                         saw them:\n{}\n  held by: {}\n  TCP counters of the namespace: {counters}",
+                        seen.text(),
+                        holders_on(port),
+                    ),
+                },
             ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// A wait for a socket that never came.
+#[derive(Debug)]
+pub struct TimedOut {
+    text: String,
+    /// The namespace's loopback retransmitted or sent a loss probe. On
+    /// loopback a segment is never lost: a retransmission means a timer
+    /// fired before the other end processed the segment, which a machine
+    /// too slow for the kernel's 200 ms RTO does (an emulated guest). A
+    /// FIN_WAIT2 sock that then meets the retransmitted FIN can answer with
+    /// a RST, and the TIME_WAIT the scenario waits for never comes.
+    pub loopback_retransmitted: bool,
+}
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// Whether [`tcp_counters`]' words say a segment was sent again.
+fn retransmitted(counters: &str) -> bool {
+    counters.split_whitespace().any(
+        |w| matches!(w.split_once('='), Some(("RetransSegs" | "TCPLossProbes", v)) if v != "0"),
+    )
 }
 
 /// Which processes hold the sockets on `port` (either end), for an error.
@@ -129,5 +161,62 @@ impl Seen {
         }
         out.push(format!("  at the end: {}", list(&self.last)));
         out.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::{retransmitted, TimedOut};
+    use crate::scenario::{Outcome, ScenarioError};
+
+    /// Only a wait that timed out while loopback retransmitted makes a
+    /// scenario worth playing again; the payload survives `?` as io::Error.
+    #[test]
+    fn only_a_wait_beside_retransmissions_disturbs_a_scenario() {
+        let failed = |error| ScenarioError {
+            scenario: 5,
+            error,
+            partial: Outcome::default(),
+        };
+        let waited = |loopback_retransmitted| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                TimedOut {
+                    text: "waited 30s for the server's TIME_WAIT".into(),
+                    loopback_retransmitted,
+                },
+            )
+        };
+        let disturbed = failed(waited(true));
+        assert!(disturbed.disturbed().is_some());
+        assert!(disturbed
+            .to_string()
+            .contains("waited 30s for the server's TIME_WAIT"));
+        assert!(failed(waited(false)).disturbed().is_none());
+        let other = io::Error::new(io::ErrorKind::TimedOut, "waited 30s for the listener to go");
+        assert!(failed(other).disturbed().is_none());
+        assert!(failed(io::Error::other("the client expected EOF"))
+            .disturbed()
+            .is_none());
+    }
+
+    #[test]
+    fn a_retransmission_or_a_loss_probe_is_seen_in_the_counters() {
+        for (counters, want) in [
+            ("all zero", false),
+            (
+                "ActiveOpens=1 PassiveOpens=1 InSegs=11 OutSegs=9 TW=1",
+                false,
+            ),
+            ("ActiveOpens=1 RetransSegs=2 OutRsts=1 TW=1", true),
+            ("ActiveOpens=2 TCPLossProbes=1", true),
+            // A reset alone is what scenario 9 (SO_LINGER 0) does on purpose.
+            ("ActiveOpens=1 OutRsts=1", false),
+            ("RetransSegsX=3", false),
+        ] {
+            assert_eq!(retransmitted(counters), want, "{counters}");
+        }
     }
 }
