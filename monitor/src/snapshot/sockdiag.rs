@@ -156,7 +156,8 @@ fn refused(e: &io::Error) -> bool {
     )
 }
 
-/// The sequence number of every request (one request per socket).
+/// The sequence number of every request (each dump has a netlink socket
+/// of its own).
 const SEQ: u32 = 0x7477_6d6e; // "twmn"
 
 /// What a dump asks for.
