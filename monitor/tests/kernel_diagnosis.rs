@@ -280,20 +280,16 @@ fn field_scenarios_get_the_contracts_diagnosis_and_holders() {
     let mut kernel_checked = 0;
     let mut port_checked = Vec::new();
     for sc in scenario::all() {
-        let (outcome, events) = match play_diagnosed(sc) {
-            Ok(played) => played,
-            Err(e) if e.disturbed().is_some() => {
-                support::loud(&format!(
-                    "scenario {} ({}) is played once more: {}: {e}",
+        let disturbed = |e: &ScenarioError| e.disturbed().map(|why| format!("{why}: {e}"));
+        let (outcome, events) =
+            match support::again_if_disturbed(&sc, disturbed, || play_diagnosed(sc)) {
+                (Ok(played), _) => played,
+                (Err(e), again) => panic!(
+                    "scenario {} failed to play{}: {e}",
                     sc.id,
-                    sc.name,
-                    e.disturbed().unwrap_or_default()
-                ));
-                play_diagnosed(sc)
-                    .unwrap_or_else(|e| panic!("scenario {} failed to play again: {e}", sc.id))
-            }
-            Err(e) => panic!("scenario {} failed to play: {e}", sc.id),
-        };
+                    if again { " again" } else { "" }
+                ),
+            };
         for a in outcome.failures() {
             match failure_of(&events, a) {
                 Some(b) => {

@@ -91,26 +91,6 @@ impl Unplayed {
     }
 }
 
-/// [`play_watched`], played once more (in a new namespace, with a new
-/// twmon) when its set-up was disturbed; says so on stderr. The second
-/// result stands, whatever it is.
-fn play_watched_again_if_disturbed(sc: Scenario, hook: CallHook) -> (Result<Played, String>, bool) {
-    match play_watched(sc, hook) {
-        Ok(p) => (Ok(p), false),
-        Err(Unplayed::Failed(e)) => (Err(e), false),
-        Err(Unplayed::Disturbed(e)) => {
-            support::loud(&format!(
-                "scenario {} ({}) is played once more: its set-up was disturbed: {e}",
-                sc.id, sc.name
-            ));
-            (
-                play_watched(sc, hook).map_err(|e| e.text().to_string()),
-                true,
-            )
-        }
-    }
-}
-
 fn play_watched(sc: Scenario, hook: CallHook) -> Result<Played, Unplayed> {
     let t = Instant::now();
     let ns = Netns::new()
@@ -536,7 +516,15 @@ fn play_all_scenarios(hook: CallHook) {
             .map(|sc| {
                 (
                     sc,
-                    s.spawn(move || play_watched_again_if_disturbed(sc, hook)),
+                    s.spawn(move || {
+                        let disturbed = |u: &Unplayed| match u {
+                            Unplayed::Disturbed(why) => Some(why.clone()),
+                            Unplayed::Failed(_) => None,
+                        };
+                        let (r, again) =
+                            support::again_if_disturbed(&sc, disturbed, || play_watched(sc, hook));
+                        (r.map_err(|e| e.text().to_string()), again)
+                    }),
                 )
             })
             .collect();

@@ -126,6 +126,31 @@ pub fn loud(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
+/// `play` a field scenario once, and once more (the closure makes a new
+/// namespace and a new twmon) when `disturbed` names why its own set-up was
+/// disturbed (`ScenarioError::disturbed`: a machine too slow for the
+/// kernel's TCP timers), saying so loudly. The second result stands,
+/// whatever it is; the flag tells whether there was one.
+pub fn again_if_disturbed<T, E>(
+    sc: &monitor::scenario::Scenario,
+    disturbed: impl Fn(&E) -> Option<String>,
+    mut play: impl FnMut() -> Result<T, E>,
+) -> (Result<T, E>, bool) {
+    match play() {
+        Err(e) => match disturbed(&e) {
+            Some(why) => {
+                loud(&format!(
+                    "scenario {} ({}) is played once more: its set-up was disturbed: {why}",
+                    sc.id, sc.name
+                ));
+                (play(), true)
+            }
+            None => (Err(e), false),
+        },
+        played => (played, false),
+    }
+}
+
 /// Skip `test` loudly because of `why`; under CI=true, fail instead.
 pub fn skip(test: &str, why: &str) {
     if in_ci() {
