@@ -181,10 +181,11 @@ impl DemoSource {
                 self.banner = Banner {
                     title: "Demo over".into(),
                     caption: format!(
-                        "{} of {} scenarios played in netns {}{extra}. Pick a failure with ↑↓ (Enter: detail) to see who held the port and the fix; q quits.",
+                        "{} of {} scenarios played in netns {}{extra}. Pick a failure with ↑↓ (Enter: detail) to see who held the port and the fix; q quits. Most scenario programs are threads of this twmon (pid {}), so a socket one of them holds names twmon as owner.",
                         self.played - self.problems.len(),
                         self.total,
-                        self.netns
+                        self.netns,
+                        std::process::id()
                     ),
                     step: None,
                 };
@@ -335,6 +336,9 @@ fn headless(mut live: Live, rx: mpsc::Receiver<DemoMsg>, netns: u32) -> anyhow::
                 }
             }
             Err(TryRecvError::Empty) => {
+                for e in correlator.tick() {
+                    emit(&mut out, &e)?;
+                }
                 out.flush()?;
                 if done_at.is_some_and(|t| t.elapsed() > Duration::from_millis(700)) {
                     break;

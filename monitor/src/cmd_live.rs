@@ -169,6 +169,11 @@ impl LiveSource {
     /// One kernel event through the correlator (and into the recording).
     fn step(&mut self, ev: Event) {
         let out = self.correlator.process(ev);
+        self.pass_on(out);
+    }
+
+    /// The correlator's events into the recording and on to the views.
+    fn pass_on(&mut self, out: Vec<Event>) {
         if let Some(rec) = &mut self.recording {
             for e in &out {
                 if let Err(err) = rec.record(e, &self.correlator.model) {
@@ -184,6 +189,10 @@ impl LiveSource {
 
 impl EventSource for LiveSource {
     fn poll(&mut self, out: &mut Vec<Event>, max: usize, _wait: Duration) -> Poll {
+        let gone = self.correlator.tick();
+        if !gone.is_empty() {
+            self.pass_on(gone);
+        }
         while out.len() < max {
             if let Some(e) = self.pending.pop_front() {
                 out.push(e);

@@ -136,6 +136,12 @@ async fn record_loop(
                 stopping = true;
             }
             _ = tick.tick() => {
+                for out in correlator.tick() {
+                    if let Err(e) = rec.record(&out, &correlator.model) {
+                        failed = Some(e);
+                        break 'run;
+                    }
+                }
                 if let Err(e) = rec.tick() {
                     failed = Some(e);
                     break 'run;

@@ -133,6 +133,7 @@ async fn serve(args: &ServeArgs, listener: std::net::TcpListener) -> anyhow::Res
             }
             // Before the events: a flood must not starve the scrape page.
             _ = tick.tick() => {
+                agent.tick();
                 page_tx.send_replace(agent.render());
             }
             ev = live.recv() => {
@@ -166,7 +167,18 @@ struct Agent<'a> {
 
 impl Agent<'_> {
     fn handle(&mut self, ev: Event) {
-        for e in self.correlator.process(ev) {
+        let out = self.correlator.process(ev);
+        self.pass_on(out);
+    }
+
+    /// The correlator's own look at the kernel between events.
+    fn tick(&mut self) {
+        let out = self.correlator.tick();
+        self.pass_on(out);
+    }
+
+    fn pass_on(&mut self, out: Vec<Event>) {
+        for e in out {
             if !self.args.filters.keep(&e) {
                 continue;
             }

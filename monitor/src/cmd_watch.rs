@@ -74,6 +74,9 @@ async fn watch_loop(
     let stop = shutdown.wait();
     tokio::pin!(stop);
     let mut stopping = false;
+    // The correlator's own look at the kernel between events.
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -81,6 +84,11 @@ async fn watch_loop(
                 // Let the reader hand over what the kernel still holds.
                 live.request_stop();
                 stopping = true;
+            }
+            _ = tick.tick() => {
+                if !correlator.tick().iter().all(|e| emit(&mut out, e, args)) || out.flush().is_err() {
+                    break; // stdout is gone
+                }
             }
             ev = live.recv() => {
                 let Some(ev) = ev else { break };

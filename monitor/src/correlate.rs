@@ -29,9 +29,15 @@ pub trait Evidence {
     /// or None when it cannot be seen (gone, no privileges).
     fn snapshot(&mut self, netns: u32, hint_pid: Option<u32>, ports: &[u16]) -> Option<Snapshot>;
 
-    /// Every TCP and UDP socket of `netns` as (inode, cookie), without
-    /// owners or flags; None when it cannot be seen.
-    fn census(&mut self, _netns: u32) -> Option<Vec<(u64, u64)>> {
+    /// Every socket of `protos` in `netns` on `ports` (all ports when
+    /// empty) as (inode, cookie), without owners or flags; None when it
+    /// cannot be seen.
+    fn census(
+        &mut self,
+        _netns: u32,
+        _protos: &[Proto],
+        _ports: &[u16],
+    ) -> Option<Vec<(u64, u64)>> {
         None
     }
 
@@ -56,6 +62,13 @@ const RESYNC_SOONEST: Duration = Duration::from_secs(1);
 const RESYNC_GROWTH: usize = 20_000;
 /// At most this many namespaces per resync (the busiest first).
 const RESYNC_NAMESPACES: usize = 64;
+/// While the model holds sockets that no event retires (UDP, bound-only
+/// TCP: no tracepoint fires when they close), their ports are looked at
+/// in the kernel this often. Without it a UDP holder closed after its
+/// failure stayed "still there" in the dashboard for good (seen in the
+/// demo: its namespace was empty). A port-filtered dump per namespace,
+/// only while such sockets exist.
+const UNRETIRED_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// No evidence beyond the events (replay, tests).
 pub struct EventsOnly;
@@ -80,6 +93,7 @@ pub struct Correlator<E: Evidence> {
     last_resync: Option<Instant>,
     /// Sockets in the model right after the last resync.
     sockets_at_resync: usize,
+    last_unretired_check: Option<Instant>,
 }
 
 impl<E: Evidence> Correlator<E> {
@@ -92,6 +106,7 @@ impl<E: Evidence> Correlator<E> {
             resync_due: false,
             last_resync: None,
             sockets_at_resync: 0,
+            last_unretired_check: None,
         }
     }
 
@@ -101,6 +116,7 @@ impl<E: Evidence> Correlator<E> {
     pub fn process(&mut self, mut ev: Event) -> Vec<Event> {
         let mut out = Vec::new();
         let mut unseen = None;
+        let mut retired = None;
         if let Kind::BindFailed(b) = &ev.kind {
             // Exhaustion (connect, port 0): the whole range matters.
             let ports = match (b.syscall, b.requested.port()) {
@@ -113,7 +129,11 @@ impl<E: Evidence> Correlator<E> {
             {
                 let seen: Vec<(u64, u64)> =
                     snap.sockets.iter().map(|s| (s.inode, s.cookie)).collect();
-                self.model.reconcile(ev.common.netns, &ports, &seen);
+                let r = self.model.reconcile(ev.common.netns, &ports, &seen);
+                for t in r.unretired() {
+                    out.push(gone_event(&ev, t));
+                }
+                retired = Some(r);
                 for s in &snap.sockets {
                     let seen = socket_event(&ev, s, snap.owner_of(s));
                     self.model.apply(&seen);
@@ -126,14 +146,25 @@ impl<E: Evidence> Correlator<E> {
         }
         if let Kind::BindFailed(b) = &mut ev.kind {
             let proto = ev.common.proto;
-            let (holders, diagnosis) = explain(
-                &self.model,
-                self.env.get(&ev.common.netns),
-                ev.common.netns,
-                proto,
-                b,
-                unseen,
-            );
+            let env = self.env.get(&ev.common.netns);
+            let (mut holders, mut diagnosis) =
+                explain(&self.model, env, ev.common.netns, proto, b, unseen.clone());
+            // Nothing the kernel still has explains it, but the look came
+            // after the failure: what it no longer showed held the port at
+            // the failure, as far as the events tell (the detail view says
+            // they are gone now). Seen in the demo: a listener closed 9 ms
+            // after a bind failed, before the look, and the failure read
+            // "unknown".
+            if let Some(r) = retired.filter(|r| !r.is_empty()) {
+                if diagnosis.code == DiagnosisCode::Unknown {
+                    let (h, d) = self
+                        .model
+                        .with_restored(&r, |m| explain(m, env, ev.common.netns, proto, b, unseen));
+                    if d.code != DiagnosisCode::Unknown {
+                        (holders, diagnosis) = (h, d);
+                    }
+                }
+            }
             b.holders = holders;
             b.diagnosis = Some(diagnosis);
             // Precise mode: the kernel named the blocking sockets itself;
@@ -178,6 +209,35 @@ impl<E: Evidence> Correlator<E> {
         out
     }
 
+    /// What the run loops call between events (about once a second or
+    /// more often): every [`UNRETIRED_CHECK_EVERY`], the sockets no event
+    /// retires are looked for in the kernel, and those it no longer has
+    /// come out as `socket` events with `gone` (into the model already),
+    /// so that a trace tells a replay the same.
+    pub fn tick(&mut self) -> Vec<Event> {
+        if self
+            .last_unretired_check
+            .is_some_and(|at| at.elapsed() < UNRETIRED_CHECK_EVERY)
+        {
+            return Vec::new();
+        }
+        self.last_unretired_check = Some(Instant::now());
+        let mut out = Vec::new();
+        let namespaces = self.model.unretired_ports();
+        for (netns, protos, ports) in namespaces.into_iter().take(RESYNC_NAMESPACES) {
+            // A namespace that cannot be seen keeps what it had: nothing
+            // says those sockets went.
+            let Some(seen) = self.evidence.census(netns, &protos, &ports) else {
+                continue;
+            };
+            let stamp = crate::trace::recording::stamp_event(netns);
+            for t in self.model.retire_unshown(netns, &ports, &seen) {
+                out.push(gone_event(&stamp, &t));
+            }
+        }
+        out
+    }
+
     /// Retire what the kernel no longer has, in every namespace the model
     /// knows: lost closing transitions would otherwise leave sockets in the
     /// model for good (memory that grows, holders that are not there).
@@ -191,7 +251,9 @@ impl<E: Evidence> Correlator<E> {
             .collect();
         namespaces.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         for (netns, _) in namespaces.into_iter().take(RESYNC_NAMESPACES) {
-            if let Some(seen) = self.evidence.census(netns) {
+            // What this retires is not announced: under loss it is tens
+            // of thousands of sockets, and a trace says the loss.
+            if let Some(seen) = self.evidence.census(netns, &[Proto::Tcp, Proto::Udp], &[]) {
                 self.model.reconcile(netns, &[], &seen);
             }
         }
@@ -335,6 +397,16 @@ pub fn socket_event(failed: &Event, s: &ExistingSocket, owner: Option<Process>) 
     }
 }
 
+/// A socket the model forgot because the kernel no longer has it, as a
+/// `socket` event with `gone`, stamped with the time and namespace of `at`.
+fn gone_event(at: &Event, t: &crate::model::Tracked) -> Event {
+    let mut ev = socket_event(at, &t.sock, t.owner.clone());
+    if let Kind::Socket(s) = &mut ev.kind {
+        s.gone = true;
+    }
+    ev
+}
+
 /// What a `socket` event says about a socket the rules know; flags that were
 /// only guessed are left out (None).
 pub fn socket_seen(s: &ExistingSocket, owner: Option<Process>) -> SocketSeen {
@@ -352,6 +424,7 @@ pub fn socket_seen(s: &ExistingSocket, owner: Option<Process>) -> SocketSeen {
         bound_dev_if: s.bound_dev_if,
         expires_in_ms: s.expires_in_ms,
         owner,
+        gone: false,
     }
 }
 
@@ -626,12 +699,12 @@ impl Evidence for Kernel {
         self.failure.take()
     }
 
-    fn census(&mut self, netns: u32) -> Option<Vec<(u64, u64)>> {
+    fn census(&mut self, netns: u32, protos: &[Proto], ports: &[u16]) -> Option<Vec<(u64, u64)>> {
         let file = self.open_netns(netns, None)?;
         in_netns_file(&file, || {
             let mut seen = Vec::new();
-            for proto in [Proto::Tcp, Proto::Udp] {
-                snapshot::sockdiag::visit_ports(proto, &[], |d| {
+            for &proto in protos {
+                snapshot::sockdiag::visit_ports(proto, ports, |d| {
                     seen.push((d.inode as u64, d.cookie))
                 })
                 .ok()?;
@@ -686,7 +759,7 @@ mod kernel_holder_tests {
     use super::*;
     use crate::event::{KernelPort, Overlap, TcpState};
 
-    fn failed(
+    pub(super) fn failed(
         requested: &str,
         holders: Vec<Holder>,
         kernel: Option<Vec<KernelHolder>>,
@@ -890,13 +963,13 @@ mod resync_tests {
         fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
             None
         }
-        fn census(&mut self, _: u32) -> Option<Vec<(u64, u64)>> {
+        fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
             self.1 += 1;
             Some(self.0.clone())
         }
     }
 
-    fn ev(ts_ns: u64, kind: Kind) -> Event {
+    pub(super) fn ev(ts_ns: u64, kind: Kind) -> Event {
         Event {
             common: Common {
                 ts: String::new(),
@@ -911,7 +984,7 @@ mod resync_tests {
         }
     }
 
-    fn listen(port: u16, cookie: u64) -> Kind {
+    pub(super) fn listen(port: u16, cookie: u64) -> Kind {
         Kind::State(StateChange {
             local: format!("127.0.0.1:{port}").parse().unwrap(),
             remote: "0.0.0.0:0".parse().unwrap(),
@@ -988,11 +1061,227 @@ mod resync_tests {
             ns.capacity()
         );
     }
+
+    fn udp_bound(port: u16, inode: u64, cookie: u64) -> Event {
+        let mut e = ev(
+            1,
+            Kind::Bound(crate::event::Bound {
+                syscall: Syscall::Bind,
+                local: format!("127.0.0.1:{port}").parse().unwrap(),
+                reuseaddr: false,
+                reuseport: false,
+                v6only: false,
+                uid: 0,
+                cookie,
+                bound_dev_if: 0,
+                inode,
+            }),
+        );
+        e.common.proto = Proto::Udp;
+        e
+    }
+
+    /// A UDP socket (no event tells when it closes) is looked for at each
+    /// check while the model holds it; once the kernel no longer has it,
+    /// it leaves the model as a `socket` event with `gone`, which a replay's
+    /// model applies the same way. Sockets that events retire are left to
+    /// them, and with nothing unretired the kernel is not asked at all.
+    #[test]
+    fn a_socket_no_event_retires_leaves_when_the_kernel_no_longer_has_it() {
+        let mut c = Correlator::new(Census(vec![(0, 11), (5, 55)], 0));
+        assert!(c.tick().is_empty());
+        assert_eq!(
+            c.evidence.1, 0,
+            "nothing unretired: the kernel is not asked"
+        );
+        c.last_unretired_check = None;
+        c.process(ev(1, listen(80, 11)));
+        let bound = udp_bound(53, 5, 55);
+        c.process(bound.clone());
+        assert!(c.tick().is_empty(), "still there");
+        assert_eq!(c.evidence.1, 1);
+        assert_eq!(ports(&c), vec![53, 80]);
+        // The UDP socket closes, and the listener is not listed either.
+        c.evidence.0.clear();
+        assert!(
+            c.tick().is_empty(),
+            "not again within UNRETIRED_CHECK_EVERY"
+        );
+        assert_eq!(c.evidence.1, 1);
+        c.last_unretired_check = None;
+        let gone = c.tick();
+        assert_eq!(c.evidence.1, 2);
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        let Kind::Socket(s) = &gone[0].kind else {
+            panic!("{gone:?}")
+        };
+        assert!(s.gone);
+        assert_eq!((s.local.port(), s.inode, s.cookie), (53, 5, 55));
+        assert_eq!(
+            (gone[0].common.proto, gone[0].common.netns),
+            (Proto::Udp, 1)
+        );
+        assert_eq!(ports(&c), vec![80], "the listener waits for its event");
+        // Nothing unretired is left: no more looks.
+        c.last_unretired_check = None;
+        assert!(c.tick().is_empty());
+        assert_eq!(c.evidence.1, 2);
+        // A replay applies the same two events to the same end.
+        let mut replay = Model::new();
+        replay.apply(&bound);
+        assert_eq!(replay.socket_count(), 1);
+        replay.apply(&gone[0]);
+        assert_eq!(replay.socket_count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod late_look_tests {
+    use super::resync_tests::{ev, listen};
+    use super::*;
+    use crate::event::TcpState;
+
+    /// The kernel's look at a failure's port, showing `sockets`.
+    struct Look(Vec<ExistingSocket>);
+
+    impl Evidence for Look {
+        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
+            Some(Snapshot {
+                sockets: self.0.clone(),
+                owners: Default::default(),
+                env: NetEnv::default(),
+                netns: None,
+                notes: Vec::new(),
+            })
+        }
+    }
+
+    fn failure(requested: &str) -> Event {
+        ev(
+            2,
+            Kind::BindFailed(Box::new(super::kernel_holder_tests::failed(
+                requested,
+                Vec::new(),
+                None,
+            ))),
+        )
+    }
+
+    fn explained(out: &[Event]) -> (&[Holder], DiagnosisCode) {
+        match out.last().map(|e| &e.kind) {
+            Some(Kind::BindFailed(b)) => (&b.holders, b.diagnosis.as_ref().unwrap().code),
+            _ => panic!("{out:?}"),
+        }
+    }
+
+    /// A listener that closed after the failure and before the kernel was
+    /// looked at: the look alone explains nothing, the events do.
+    #[test]
+    fn a_holder_that_closed_right_after_the_failure_still_explains_it() {
+        let mut c = Correlator::new(Look(Vec::new()));
+        c.process(ev(1, listen(8002, 11)));
+        let out = c.process(failure("0.0.0.0:8002"));
+        let (holders, code) = explained(&out);
+        assert_eq!(code, DiagnosisCode::Listener);
+        assert_eq!(holders.len(), 1, "{holders:?}");
+        assert_eq!(holders[0].state, TcpState::Listen);
+        assert_eq!(holders[0].local, "127.0.0.1:8002".parse().unwrap());
+        assert_eq!(
+            c.model.socket_count(),
+            0,
+            "the kernel no longer has it: it stays retired"
+        );
+    }
+
+    /// A listener whose closing had not reached the model when the failure
+    /// did (it closed before the failure), beside a TIME_WAIT the look
+    /// shows: the look explains it, and the listener is not named.
+    #[test]
+    fn what_the_look_explains_is_not_second_guessed_by_the_events() {
+        let mut tw = ExistingSocket::new(
+            Proto::Tcp,
+            "127.0.0.1:8002".parse().unwrap(),
+            TcpState::TimeWait,
+        );
+        tw.remote = Some("127.0.0.1:40000".parse().unwrap());
+        tw.cookie = 77;
+        let mut c = Correlator::new(Look(vec![tw]));
+        c.process(ev(1, listen(8002, 11)));
+        let out = c.process(failure("0.0.0.0:8002"));
+        let (holders, code) = explained(&out);
+        assert_eq!(code, DiagnosisCode::TimeWait);
+        assert!(
+            holders.iter().all(|h| h.state == TcpState::TimeWait),
+            "{holders:?}"
+        );
+    }
 }
 
 #[cfg(test)]
 mod kernel_evidence_tests {
     use super::*;
+
+    /// The check of [`Correlator::tick`] against the real kernel: a UDP
+    /// socket that held a failed bind's port is still there while it is
+    /// open, and announced gone at the first check after it closed.
+    #[test]
+    fn a_udp_holder_closed_after_its_failure_is_announced_gone() {
+        let Some(ns) = crate::scenario::Netns::for_test(
+            "a_udp_holder_closed_after_its_failure_is_announced_gone",
+        ) else {
+            return;
+        };
+        let udp = ns
+            .run(|| std::net::UdpSocket::bind("127.0.0.1:0"))
+            .expect("ran in the namespace")
+            .expect("a UDP socket");
+        let port = udp.local_addr().unwrap().port();
+        let failure = Event {
+            common: crate::event::Common {
+                ts: String::new(),
+                ts_ns: crate::scenario::boottime_ns(),
+                netns: ns.inode(),
+                proto: Proto::Udp,
+                pid: None,
+                comm: None,
+                container: None,
+            },
+            kind: Kind::BindFailed(Box::new(super::kernel_holder_tests::failed(
+                &format!("127.0.0.1:{port}"),
+                Vec::new(),
+                None,
+            ))),
+        };
+        let mut c = Correlator::new(Kernel::new());
+        let out = c.process(failure);
+        let Some(Kind::BindFailed(b)) = out.last().map(|e| &e.kind) else {
+            panic!("{out:?}")
+        };
+        assert_eq!(b.holders.len(), 1, "{:?}", b.holders);
+        assert_eq!(b.holders[0].state, crate::event::TcpState::Bound);
+        assert!(c.tick().is_empty(), "the socket is open");
+        assert_eq!(
+            c.model
+                .namespace(ns.inode())
+                .unwrap()
+                .on_port(Proto::Udp, port)
+                .count(),
+            1
+        );
+        drop(udp);
+        c.last_unretired_check = None;
+        let gone = c.tick();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert!(matches!(&gone[0].kind, Kind::Socket(s) if s.gone && s.local.port() == port));
+        assert_eq!(
+            c.model
+                .namespace(ns.inode())
+                .unwrap()
+                .on_port(Proto::Udp, port)
+                .count(),
+            0
+        );
+    }
 
     #[test]
     fn a_namespace_nothing_names_is_said_and_not_searched_again_at_once() {

@@ -478,7 +478,9 @@ pub struct TimewaitClose {
 
 /// A socket that exists, as a sock_diag snapshot saw it (at start, or when a
 /// bind failed): the model's starting picture, and in a trace the evidence a
-/// replay needs. Not in the contract's list; an extra type.
+/// replay needs. Not in the contract's list; an extra type. With `gone`, a
+/// socket no event retires (UDP, bound-only TCP) that the kernel's tables no
+/// longer show.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SocketSeen {
     pub local: Endpoint,
@@ -508,6 +510,9 @@ pub struct SocketSeen {
     /// The process holding its file (none for timewait socks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Process>,
+    /// The kernel no longer has it (its state is the last one known).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

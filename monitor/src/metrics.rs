@@ -626,6 +626,7 @@ mod tests {
                 bound_dev_if: 0,
                 expires_in_ms: None,
                 owner: None,
+                gone: false,
             }),
         ));
         let text = m.render();

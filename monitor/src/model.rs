@@ -129,6 +129,31 @@ impl Namespace {
     }
 }
 
+/// The sockets a [`Model::reconcile`] forgot because the kernel's look no
+/// longer showed them. The look comes after the failure it was taken for,
+/// so some of them may have closed after the failure (a listener that
+/// closes a moment after a new instance failed to bind its port): the
+/// failure is then explained with them put back ([`Model::with_restored`])
+/// when the kernel's look alone explains nothing.
+#[derive(Debug, Default)]
+pub struct Retired {
+    netns: u32,
+    socks: Vec<(SockId, Tracked)>,
+}
+
+impl Retired {
+    /// Those that no event would have retired (UDP, bound-only TCP): the
+    /// caller announces them (`socket` events with `gone`), so that a trace
+    /// tells a replay what the kernel showed.
+    pub fn unretired(&self) -> impl Iterator<Item = &Tracked> {
+        self.socks.iter().map(|(_, t)| t).filter(|t| t.unretired)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct Model {
     ns: HashMap<u32, Namespace>,
@@ -406,6 +431,17 @@ impl Model {
     }
 
     fn seen(&mut self, netns: u32, proto: Proto, s: &SocketSeen, ts: u64) {
+        if s.gone {
+            // Under whichever key it was known: its cookie, or its inode
+            // from a bind before it had one.
+            if s.cookie != 0 {
+                self.remove(netns, &SockId::Cookie(s.cookie));
+            }
+            if s.inode != 0 {
+                self.remove(netns, &SockId::Inode(s.inode));
+            }
+            return;
+        }
         let (id, mut prev) = if s.timewait {
             let [id, other] = SockId::tw(proto, s.cookie, s.local, s.remote.unwrap_or(s.local));
             // Known by its 4-tuple if it was announced before it had a
@@ -481,9 +517,16 @@ impl Model {
     /// that is hundreds of thousands (measured: a churning `watch` whose
     /// socket table doubled to 118 MiB). A timewait sock announced without
     /// a cookie stays to its own events and expiry.
-    pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) {
+    ///
+    ///
+    /// Returns what it forgot (see [`Retired`]).
+    pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
+        let mut retired = Retired {
+            netns,
+            socks: Vec::new(),
+        };
         let Some(ns) = self.ns.get_mut(&netns) else {
-            return;
+            return retired;
         };
         // Sets, not a scan of `seen` per socket: a census of a busy
         // namespace lists tens of thousands of sockets, and the model may
@@ -492,7 +535,7 @@ impl Model {
         let inodes: HashSet<u64> = seen.iter().map(|s| s.0).filter(|&i| i != 0).collect();
         let cookies: HashSet<u64> = seen.iter().map(|s| s.1).filter(|&c| c != 0).collect();
         let mut gone_unretired = 0;
-        ns.socks.retain(|_, t| {
+        ns.socks.retain(|id, t| {
             let shown = if t.sock.timewait {
                 t.sock.cookie == 0 || cookies.contains(&t.sock.cookie)
             } else {
@@ -502,10 +545,93 @@ impl Model {
             if gone && t.unretired {
                 gone_unretired += 1;
             }
+            // A look at every port (a resync under loss) retires tens of
+            // thousands: only those no event retires are kept aside then.
+            if gone && (t.unretired || !ports.is_empty()) {
+                retired.socks.push((*id, t.clone()));
+            }
             !gone
         });
         ns.unretired -= gone_unretired;
         ns.shrink();
+        retired
+    }
+
+    /// `f` on the model with the sockets `r` retired put back in, as they
+    /// were before the look that retired them; they leave again after.
+    pub fn with_restored<T>(&mut self, r: &Retired, f: impl FnOnce(&Model) -> T) -> T {
+        let mut put = Vec::new();
+        if let Some(ns) = self.ns.get_mut(&r.netns) {
+            for (id, t) in &r.socks {
+                if !ns.socks.contains_key(id) {
+                    ns.socks.insert(*id, t.clone());
+                    put.push(*id);
+                }
+            }
+        }
+        let out = f(self);
+        if let Some(ns) = self.ns.get_mut(&r.netns) {
+            for id in &put {
+                ns.socks.remove(id);
+            }
+        }
+        out
+    }
+
+    /// Every namespace holding sockets that no event retires (UDP,
+    /// bound-only TCP), with their protocols and ports: what a check
+    /// against the kernel has to look at. (Every host has some: the UDP
+    /// sockets of its daemons, from the snapshot at start. A UDP dump is
+    /// cheap; a TCP one walks the whole connection hash, 20 ms beside a
+    /// churn, so TCP is listed only when a bound-only TCP socket is held.)
+    pub fn unretired_ports(&self) -> Vec<(u32, Vec<Proto>, Vec<u16>)> {
+        let mut out: Vec<(u32, Vec<Proto>, Vec<u16>)> = self
+            .ns
+            .iter()
+            .filter(|(_, ns)| ns.unretired > 0)
+            .map(|(netns, ns)| {
+                let (mut protos, mut ports) = (Vec::new(), Vec::new());
+                for t in ns.socks.values().filter(|t| t.unretired) {
+                    protos.push(t.sock.proto);
+                    ports.push(t.sock.port);
+                }
+                protos.sort_unstable();
+                protos.dedup();
+                ports.sort_unstable();
+                ports.dedup();
+                (*netns, protos, ports)
+            })
+            .collect();
+        out.sort_unstable_by_key(|(netns, _, _)| *netns);
+        out
+    }
+
+    /// A look at `netns`'s `ports` showed exactly `seen` (inodes and
+    /// cookies): forget the sockets there that no event retires and that it
+    /// no longer shows, and return them (see [`Model::reconcile`]). Sockets
+    /// that events retire are left to their events.
+    pub fn retire_unshown(
+        &mut self,
+        netns: u32,
+        ports: &[u16],
+        seen: &[(u64, u64)],
+    ) -> Vec<Tracked> {
+        let Some(ns) = self.ns.get_mut(&netns) else {
+            return Vec::new();
+        };
+        let inodes: HashSet<u64> = seen.iter().map(|s| s.0).filter(|&i| i != 0).collect();
+        let cookies: HashSet<u64> = seen.iter().map(|s| s.1).filter(|&c| c != 0).collect();
+        let mut gone = Vec::new();
+        ns.socks.retain(|_, t| {
+            let shown = inodes.contains(&t.sock.inode) || cookies.contains(&t.sock.cookie);
+            if t.unretired && !shown && ports.contains(&t.sock.port) {
+                gone.push(t.clone());
+                return false;
+            }
+            true
+        });
+        ns.unretired -= gone.len();
+        gone
     }
 
     fn expire_overdue_tw(&mut self, netns: u32) {

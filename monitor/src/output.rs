@@ -115,7 +115,8 @@ pub fn human_line(ev: &Event) -> String {
         Kind::Socket(k) => write!(
             s,
             "{:<11} {} {} {} {}",
-            "socket",
+            // Like timewait+/-: "socket-" is one the kernel no longer has.
+            if k.gone { "socket-" } else { "socket" },
             c.proto.as_str(),
             k.state,
             k.local,

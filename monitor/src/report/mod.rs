@@ -471,6 +471,15 @@ impl ReportBuilder {
                 }
                 self.set(key, c.netns, Class::Other, b.local, None, me, ev);
             }
+            Kind::Socket(s) if s.gone => {
+                // Never a timewait sock (their end has events of its own).
+                if s.cookie != 0 {
+                    self.remove(&Key::Cookie(c.netns, s.cookie), ev);
+                }
+                if s.inode != 0 {
+                    self.remove(&Key::Inode(c.netns, s.inode), ev);
+                }
+            }
             Kind::Socket(s) => {
                 if s.state == TcpState::Listen && c.proto == Proto::Tcp {
                     self.listeners.insert((c.netns, s.local.port()));

@@ -176,7 +176,9 @@ fn now_stamp() -> (u64, String) {
     (boot, crate::probe::enrich::rfc3339(unix))
 }
 
-fn stamp_event(netns: u32) -> Event {
+/// An event that carries only the time now and `netns`: what the common
+/// fields of events twmon makes itself (not the kernel) are copied from.
+pub(crate) fn stamp_event(netns: u32) -> Event {
     let (ts_ns, ts) = now_stamp();
     Event {
         common: Common {

@@ -835,6 +835,7 @@ mod tests {
             bound_dev_if: 0,
             expires_in_ms: timewait.then_some(60_000),
             owner: None,
+            gone: false,
         }
     }
 

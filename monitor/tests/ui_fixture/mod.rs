@@ -274,6 +274,7 @@ pub fn events() -> Vec<Event> {
                 pid: CW.0,
                 comm: CW.1.into(),
             }),
+            gone: false,
         }),
     );
     seen.common.pid = None;

@@ -134,7 +134,7 @@ fn line<'a>(ev: &Event, theme: &Theme, multi: bool, width: usize) -> Line<'a> {
             ),
         ),
         Kind::Socket(s) => (
-            "seen",
+            if s.gone { "gone" } else { "seen" },
             theme.dim(),
             format!(
                 "{} {} {}{}  {}",
