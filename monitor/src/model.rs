@@ -167,6 +167,17 @@ pub struct Model {
     seq: u64,
 }
 
+/// The inodes and cookies a look at the kernel showed, as sets, not a scan
+/// of `seen` per socket: a census of a busy namespace lists tens of
+/// thousands of sockets, and the model may hold as many (measured: a
+/// quadratic check held a watch under churn for tens of ms, and every bind
+/// result behind it).
+fn shown_sets(seen: &[(u64, u64)]) -> (HashSet<u64>, HashSet<u64>) {
+    let inodes = seen.iter().map(|s| s.0).filter(|&i| i != 0).collect();
+    let cookies = seen.iter().map(|s| s.1).filter(|&c| c != 0).collect();
+    (inodes, cookies)
+}
+
 fn family_of(ep: &Endpoint) -> Family {
     Family::of(ep.ip())
 }
@@ -518,7 +529,6 @@ impl Model {
     /// socket table doubled to 118 MiB). A timewait sock announced without
     /// a cookie stays to its own events and expiry.
     ///
-    ///
     /// Returns what it forgot (see [`Retired`]).
     pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
         let mut retired = Retired {
@@ -528,12 +538,7 @@ impl Model {
         let Some(ns) = self.ns.get_mut(&netns) else {
             return retired;
         };
-        // Sets, not a scan of `seen` per socket: a census of a busy
-        // namespace lists tens of thousands of sockets, and the model may
-        // hold as many (measured: a quadratic check held a watch under churn
-        // for tens of ms, and every bind result behind it).
-        let inodes: HashSet<u64> = seen.iter().map(|s| s.0).filter(|&i| i != 0).collect();
-        let cookies: HashSet<u64> = seen.iter().map(|s| s.1).filter(|&c| c != 0).collect();
+        let (inodes, cookies) = shown_sets(seen);
         let mut gone_unretired = 0;
         ns.socks.retain(|id, t| {
             let shown = if t.sock.timewait {
@@ -619,8 +624,7 @@ impl Model {
         let Some(ns) = self.ns.get_mut(&netns) else {
             return Vec::new();
         };
-        let inodes: HashSet<u64> = seen.iter().map(|s| s.0).filter(|&i| i != 0).collect();
-        let cookies: HashSet<u64> = seen.iter().map(|s| s.1).filter(|&c| c != 0).collect();
+        let (inodes, cookies) = shown_sets(seen);
         let mut gone = Vec::new();
         ns.socks.retain(|_, t| {
             let shown = inodes.contains(&t.sock.inode) || cookies.contains(&t.sock.cookie);
