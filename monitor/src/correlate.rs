@@ -8,7 +8,7 @@
 //! with the rest, so a recorded trace carries the same evidence and a replay
 //! explains the failure the same way without any kernel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -41,6 +41,13 @@ pub trait Evidence {
         None
     }
 
+    /// Which of these socket inodes some process still holds a descriptor
+    /// of; None when that cannot be told (descriptors that could not be
+    /// read).
+    fn held(&mut self, _inodes: &HashSet<u64>) -> Option<HashSet<u64>> {
+        None
+    }
+
     /// Why the last [`Evidence::snapshot`] returned None, when the
     /// namespace could not be looked at (not when a snapshot was skipped
     /// on purpose).
@@ -69,6 +76,10 @@ const RESYNC_NAMESPACES: usize = 64;
 /// demo: its namespace was empty). A port-filtered dump per namespace,
 /// only while such sockets exist.
 const UNRETIRED_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// A namespace that could not be entered for that check is tried again
+/// only after this: finding a namespace nothing names walks every task and
+/// descriptor in /proc, and so does the look for who holds its sockets.
+const UNSEEN_RETRY: Duration = Duration::from_secs(60);
 
 /// No evidence beyond the events (replay, tests).
 pub struct EventsOnly;
@@ -94,6 +105,8 @@ pub struct Correlator<E: Evidence> {
     /// Sockets in the model right after the last resync.
     sockets_at_resync: usize,
     last_unretired_check: Option<Instant>,
+    /// Namespaces the last checks could not enter, and when.
+    unseen: HashMap<u32, Instant>,
 }
 
 impl<E: Evidence> Correlator<E> {
@@ -107,6 +120,7 @@ impl<E: Evidence> Correlator<E> {
             last_resync: None,
             sockets_at_resync: 0,
             last_unretired_check: None,
+            unseen: HashMap::new(),
         }
     }
 
@@ -224,11 +238,40 @@ impl<E: Evidence> Correlator<E> {
         self.last_unretired_check = Some(Instant::now());
         let mut out = Vec::new();
         let namespaces = self.model.unretired_ports();
+        self.unseen
+            .retain(|n, _| namespaces.iter().any(|(netns, _, _)| netns == n));
         for (netns, protos, ports) in namespaces.into_iter().take(RESYNC_NAMESPACES) {
-            // A namespace that cannot be seen keeps what it had: nothing
-            // says those sockets went.
-            let Some(seen) = self.evidence.census(netns, &protos, &ports) else {
+            if self
+                .unseen
+                .get(&netns)
+                .is_some_and(|at| at.elapsed() < UNSEEN_RETRY)
+            {
                 continue;
+            }
+            let seen = match self.evidence.census(netns, &protos, &ports) {
+                Some(seen) => {
+                    self.unseen.remove(&netns);
+                    seen
+                }
+                None => {
+                    self.unseen.insert(netns, Instant::now());
+                    // It cannot be entered: gone, and its sockets with it
+                    // (a container that stopped), or kept only by a socket
+                    // whose descriptor lives outside it. Either way a
+                    // socket that no process holds a descriptor of is
+                    // closed; one without an inode (a kernel socket) is
+                    // taken as still there. When descriptors could not
+                    // be read, nothing is concluded.
+                    let ids = self.model.unretired_ids(netns);
+                    let inodes: HashSet<u64> =
+                        ids.iter().map(|(i, _)| *i).filter(|&i| i != 0).collect();
+                    let Some(held) = self.evidence.held(&inodes) else {
+                        continue;
+                    };
+                    ids.into_iter()
+                        .filter(|(i, _)| *i == 0 || held.contains(i))
+                        .collect()
+                }
             };
             let stamp = crate::trace::recording::stamp_event(netns);
             for t in self.model.retire_unshown(netns, &ports, &seen) {
@@ -699,6 +742,20 @@ impl Evidence for Kernel {
         self.failure.take()
     }
 
+    fn held(&mut self, inodes: &HashSet<u64>) -> Option<HashSet<u64>> {
+        let owners = snapshot::OwnerMap::scan_wanted(inodes);
+        if owners.unreadable > 0 {
+            return None;
+        }
+        Some(
+            inodes
+                .iter()
+                .filter(|i| !owners.owners(**i).is_empty())
+                .copied()
+                .collect(),
+        )
+    }
+
     fn census(&mut self, netns: u32, protos: &[Proto], ports: &[u16]) -> Option<Vec<(u64, u64)>> {
         let file = self.open_netns(netns, None)?;
         in_netns_file(&file, || {
@@ -1062,7 +1119,7 @@ mod resync_tests {
         );
     }
 
-    fn udp_bound(port: u16, inode: u64, cookie: u64) -> Event {
+    pub(super) fn udp_bound(port: u16, inode: u64, cookie: u64) -> Event {
         let mut e = ev(
             1,
             Kind::Bound(crate::event::Bound {
@@ -1132,6 +1189,80 @@ mod resync_tests {
         assert_eq!(replay.socket_count(), 1);
         replay.apply(&gone[0]);
         assert_eq!(replay.socket_count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod unseen_namespace_tests {
+    use super::resync_tests::udp_bound;
+    use super::*;
+
+    /// A kernel whose namespace cannot be entered; `held` answers who still
+    /// holds which socket.
+    struct Hidden {
+        held: Option<HashSet<u64>>,
+        censuses: usize,
+        helds: usize,
+    }
+
+    impl Evidence for Hidden {
+        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
+            None
+        }
+        fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
+            self.censuses += 1;
+            None
+        }
+        fn held(&mut self, _: &HashSet<u64>) -> Option<HashSet<u64>> {
+            self.helds += 1;
+            self.held.clone()
+        }
+    }
+
+    fn gone_ports(out: &[Event]) -> Vec<u16> {
+        out.iter()
+            .map(|e| match &e.kind {
+                Kind::Socket(s) if s.gone => s.local.port(),
+                k => panic!("{k:?}"),
+            })
+            .collect()
+    }
+
+    /// A namespace that cannot be entered any more: its sockets that no
+    /// process holds a descriptor of leave (announced), those still held
+    /// stay, and the namespace is not looked for again before
+    /// UNSEEN_RETRY.
+    #[test]
+    fn in_a_namespace_that_cannot_be_entered_only_held_sockets_stay() {
+        let mut c = Correlator::new(Hidden {
+            held: Some([6].into()),
+            censuses: 0,
+            helds: 0,
+        });
+        c.process(udp_bound(53, 5, 55));
+        c.process(udp_bound(54, 6, 66));
+        assert_eq!(gone_ports(&c.tick()), vec![53]);
+        assert_eq!((c.evidence.censuses, c.evidence.helds), (1, 1));
+        c.last_unretired_check = None;
+        assert!(c.tick().is_empty());
+        assert_eq!(
+            (c.evidence.censuses, c.evidence.helds),
+            (1, 1),
+            "not looked for again within UNSEEN_RETRY"
+        );
+    }
+
+    /// When the descriptors could not be read, nothing is concluded.
+    #[test]
+    fn without_the_descriptors_nothing_leaves() {
+        let mut c = Correlator::new(Hidden {
+            held: None,
+            censuses: 0,
+            helds: 0,
+        });
+        c.process(udp_bound(53, 5, 55));
+        assert!(c.tick().is_empty());
+        assert_eq!(c.model.socket_count(), 1);
     }
 }
 
@@ -1236,24 +1367,8 @@ mod kernel_evidence_tests {
             .expect("ran in the namespace")
             .expect("a UDP socket");
         let port = udp.local_addr().unwrap().port();
-        let failure = Event {
-            common: crate::event::Common {
-                ts: String::new(),
-                ts_ns: crate::scenario::boottime_ns(),
-                netns: ns.inode(),
-                proto: Proto::Udp,
-                pid: None,
-                comm: None,
-                container: None,
-            },
-            kind: Kind::BindFailed(Box::new(super::kernel_holder_tests::failed(
-                &format!("127.0.0.1:{port}"),
-                Vec::new(),
-                None,
-            ))),
-        };
         let mut c = Correlator::new(Kernel::new());
-        let out = c.process(failure);
+        let out = c.process(udp_failure(ns.inode(), port));
         let Some(Kind::BindFailed(b)) = out.last().map(|e| &e.kind) else {
             panic!("{out:?}")
         };
@@ -1281,6 +1396,80 @@ mod kernel_evidence_tests {
                 .count(),
             0
         );
+    }
+
+    /// A namespace that went away with its UDP socket (a container that
+    /// stopped): nothing can enter it, no process holds the socket, and it
+    /// is announced gone. Another one, kept alive only by a socket whose
+    /// descriptor this process holds (nothing names the namespace itself):
+    /// that socket stays.
+    #[test]
+    fn sockets_of_a_namespace_nothing_names_leave_unless_held() {
+        let test = "sockets_of_a_namespace_nothing_names_leave_unless_held";
+        let (Some(gone_ns), Some(hidden_ns)) = (
+            crate::scenario::Netns::for_test(test),
+            crate::scenario::Netns::for_test(test),
+        ) else {
+            return;
+        };
+        let bind = |ns: &crate::scenario::Netns| {
+            ns.run(|| std::net::UdpSocket::bind("127.0.0.1:0"))
+                .expect("ran in the namespace")
+                .expect("a UDP socket")
+        };
+        let (gone_sock, kept_sock) = (bind(&gone_ns), bind(&hidden_ns));
+        let mut c = Correlator::new(Kernel::new());
+        let mut watched = Vec::new();
+        for (ns, sock) in [(&gone_ns, &gone_sock), (&hidden_ns, &kept_sock)] {
+            let port = sock.local_addr().unwrap().port();
+            let out = c.process(udp_failure(ns.inode(), port));
+            assert!(
+                matches!(out.last().map(|e| &e.kind), Some(Kind::BindFailed(b)) if b.holders.len() == 1),
+                "{out:?}"
+            );
+            watched.push((ns.inode(), port));
+        }
+        drop(gone_sock);
+        drop(gone_ns);
+        drop(hidden_ns);
+        c.last_unretired_check = None;
+        let gone = c.tick();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert_eq!(gone[0].common.netns, watched[0].0);
+        assert!(
+            matches!(&gone[0].kind, Kind::Socket(s) if s.gone && s.local.port() == watched[0].1)
+        );
+        let (ns, port) = watched[1];
+        assert_eq!(
+            c.model
+                .namespace(ns)
+                .unwrap()
+                .on_port(Proto::Udp, port)
+                .count(),
+            1,
+            "still held by this process: it stays"
+        );
+        drop(kept_sock);
+    }
+
+    /// A failed UDP bind on 127.0.0.1:`port` in `netns`, now.
+    fn udp_failure(netns: u32, port: u16) -> Event {
+        Event {
+            common: crate::event::Common {
+                ts: String::new(),
+                ts_ns: crate::scenario::boottime_ns(),
+                netns,
+                proto: Proto::Udp,
+                pid: None,
+                comm: None,
+                container: None,
+            },
+            kind: Kind::BindFailed(Box::new(super::kernel_holder_tests::failed(
+                &format!("127.0.0.1:{port}"),
+                Vec::new(),
+                None,
+            ))),
+        }
     }
 
     #[test]

@@ -611,6 +611,17 @@ impl Model {
         out
     }
 
+    /// The inodes and cookies of `netns`'s sockets that no event retires.
+    pub fn unretired_ids(&self, netns: u32) -> Vec<(u64, u64)> {
+        self.ns.get(&netns).map_or_else(Vec::new, |ns| {
+            ns.socks
+                .values()
+                .filter(|t| t.unretired)
+                .map(|t| (t.sock.inode, t.sock.cookie))
+                .collect()
+        })
+    }
+
     /// A look at `netns`'s `ports` showed exactly `seen` (inodes and
     /// cookies): forget the sockets there that no event retires and that it
     /// no longer shows, and return them (see [`Model::reconcile`]). Sockets
