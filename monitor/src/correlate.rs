@@ -1362,10 +1362,7 @@ mod kernel_evidence_tests {
         ) else {
             return;
         };
-        let udp = ns
-            .run(|| std::net::UdpSocket::bind("127.0.0.1:0"))
-            .expect("ran in the namespace")
-            .expect("a UDP socket");
+        let udp = udp_socket_in(&ns);
         let port = udp.local_addr().unwrap().port();
         let mut c = Correlator::new(Kernel::new());
         let out = c.process(udp_failure(ns.inode(), port));
@@ -1412,12 +1409,7 @@ mod kernel_evidence_tests {
         ) else {
             return;
         };
-        let bind = |ns: &crate::scenario::Netns| {
-            ns.run(|| std::net::UdpSocket::bind("127.0.0.1:0"))
-                .expect("ran in the namespace")
-                .expect("a UDP socket")
-        };
-        let (gone_sock, kept_sock) = (bind(&gone_ns), bind(&hidden_ns));
+        let (gone_sock, kept_sock) = (udp_socket_in(&gone_ns), udp_socket_in(&hidden_ns));
         let mut c = Correlator::new(Kernel::new());
         let mut watched = Vec::new();
         for (ns, sock) in [(&gone_ns, &gone_sock), (&hidden_ns, &kept_sock)] {
@@ -1450,6 +1442,13 @@ mod kernel_evidence_tests {
             "still held by this process: it stays"
         );
         drop(kept_sock);
+    }
+
+    /// A UDP socket bound to 127.0.0.1 and a free port in `ns`.
+    fn udp_socket_in(ns: &crate::scenario::Netns) -> std::net::UdpSocket {
+        ns.run(|| std::net::UdpSocket::bind("127.0.0.1:0"))
+            .expect("ran in the namespace")
+            .expect("a UDP socket")
     }
 
     /// A failed UDP bind on 127.0.0.1:`port` in `netns`, now.
