@@ -1372,27 +1372,13 @@ mod kernel_evidence_tests {
         assert_eq!(b.holders.len(), 1, "{:?}", b.holders);
         assert_eq!(b.holders[0].state, crate::event::TcpState::Bound);
         assert!(c.tick().is_empty(), "the socket is open");
-        assert_eq!(
-            c.model
-                .namespace(ns.inode())
-                .unwrap()
-                .on_port(Proto::Udp, port)
-                .count(),
-            1
-        );
+        assert_eq!(udp_on(&c, ns.inode(), port), 1);
         drop(udp);
         c.last_unretired_check = None;
         let gone = c.tick();
         assert_eq!(gone.len(), 1, "{gone:?}");
         assert!(matches!(&gone[0].kind, Kind::Socket(s) if s.gone && s.local.port() == port));
-        assert_eq!(
-            c.model
-                .namespace(ns.inode())
-                .unwrap()
-                .on_port(Proto::Udp, port)
-                .count(),
-            0
-        );
+        assert_eq!(udp_on(&c, ns.inode(), port), 0);
     }
 
     /// A namespace that went away with its UDP socket (a container that
@@ -1433,15 +1419,18 @@ mod kernel_evidence_tests {
         );
         let (ns, port) = watched[1];
         assert_eq!(
-            c.model
-                .namespace(ns)
-                .unwrap()
-                .on_port(Proto::Udp, port)
-                .count(),
+            udp_on(&c, ns, port),
             1,
             "still held by this process: it stays"
         );
         drop(kept_sock);
+    }
+
+    /// UDP sockets the model holds on `port` of `netns`.
+    fn udp_on(c: &Correlator<Kernel>, netns: u32, port: u16) -> usize {
+        c.model
+            .namespace(netns)
+            .map_or(0, |ns| ns.on_port(Proto::Udp, port).count())
     }
 
     /// A UDP socket bound to 127.0.0.1 and a free port in `ns`.
