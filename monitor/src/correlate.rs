@@ -217,7 +217,7 @@ impl<E: Evidence> Correlator<E> {
                 Some(_) => false,
             };
             if due {
-                self.resync();
+                out.extend(self.resync());
             }
         }
         out
@@ -284,7 +284,9 @@ impl<E: Evidence> Correlator<E> {
     /// Retire what the kernel no longer has, in every namespace the model
     /// knows: lost closing transitions would otherwise leave sockets in the
     /// model for good (memory that grows, holders that are not there).
-    fn resync(&mut self) {
+    /// Returns `gone` events for what it retired that no event would have
+    /// (see [`Correlator::tick`]).
+    fn resync(&mut self) -> Vec<Event> {
         self.resync_due = false;
         self.last_resync = Some(Instant::now());
         let mut namespaces: Vec<(u32, usize)> = self
@@ -293,11 +295,17 @@ impl<E: Evidence> Correlator<E> {
             .map(|(n, ns)| (*n, ns.sockets().count()))
             .collect();
         namespaces.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let mut out = Vec::new();
         for (netns, _) in namespaces.into_iter().take(RESYNC_NAMESPACES) {
-            // What this retires is not announced: under loss it is tens
-            // of thousands of sockets, and a trace says the loss.
+            // Sockets whose closing was lost are not announced: under loss
+            // that is tens of thousands, and the trace says the loss. Those
+            // no event retires are, as by the periodic check, which will
+            // not see them again.
             if let Some(seen) = self.evidence.census(netns, &[Proto::Tcp, Proto::Udp], &[]) {
-                self.model.reconcile(netns, &[], &seen);
+                let stamp = crate::trace::recording::stamp_event(netns);
+                for t in self.model.reconcile(netns, &[], &seen).unretired() {
+                    out.push(gone_event(&stamp, t));
+                }
             }
         }
         self.sockets_at_resync = self.model.socket_count();
@@ -305,6 +313,7 @@ impl<E: Evidence> Correlator<E> {
         // unless asked: over a 600 s churn soak under loss the RSS crept
         // from 98 to 115 MiB without this, and stayed at 62-70 with it.
         crate::live::release_freed_memory();
+        out
     }
 }
 
@@ -1081,11 +1090,24 @@ mod resync_tests {
         let mut c = Correlator::new(Census(vec![(0, 11)], 0));
         c.process(ev(1, listen(80, 11)));
         c.process(ev(2, listen(81, 12)));
-        assert_eq!(ports(&c), vec![80, 81], "no loss, no census");
+        c.process(udp_bound(53, 5, 55));
+        assert_eq!(ports(&c), vec![53, 80, 81], "no loss, no census");
         assert_eq!(c.evidence.1, 0);
-        c.process(ev(3, lost()));
+        let out = c.process(ev(3, lost()));
         assert_eq!(ports(&c), vec![80], "81's closing was lost: retired");
         assert_eq!(c.evidence.1, 1);
+        let announced: Vec<u16> = out
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Kind::Socket(s) if s.gone => Some(s.local.port()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            announced,
+            vec![53],
+            "the UDP socket is announced, not the listener whose closing was lost"
+        );
         c.process(ev(4, listen(82, 13)));
         c.process(ev(5, lost()));
         assert_eq!(c.evidence.1, 1, "not again within RESYNC_EVERY");
