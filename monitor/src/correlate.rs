@@ -274,8 +274,8 @@ impl<E: Evidence> Correlator<E> {
                 }
             };
             let stamp = crate::trace::recording::stamp_event(netns);
-            for t in self.model.retire_unshown(netns, &ports, &seen) {
-                out.push(gone_event(&stamp, &t));
+            for t in self.model.retire_unshown(netns, &ports, &seen).unretired() {
+                out.push(gone_event(&stamp, t));
             }
         }
         out

@@ -531,6 +531,27 @@ impl Model {
     ///
     /// Returns what it forgot (see [`Retired`]).
     pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
+        self.retire(netns, ports, seen, false)
+    }
+
+    /// A look at `netns`'s `ports` (every port when empty) showed exactly
+    /// `seen` (inodes and cookies): forget the sockets there that no event
+    /// retires and that it no longer shows, and return them (see
+    /// [`Model::reconcile`]). Sockets that events retire are left to their
+    /// events.
+    pub fn retire_unshown(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
+        self.retire(netns, ports, seen, true)
+    }
+
+    /// [`Model::reconcile`], or with `only_unretired`
+    /// [`Model::retire_unshown`].
+    fn retire(
+        &mut self,
+        netns: u32,
+        ports: &[u16],
+        seen: &[(u64, u64)],
+        only_unretired: bool,
+    ) -> Retired {
         let mut retired = Retired {
             netns,
             socks: Vec::new(),
@@ -546,7 +567,9 @@ impl Model {
             } else {
                 inodes.contains(&t.sock.inode) || cookies.contains(&t.sock.cookie)
             };
-            let gone = !shown && (ports.is_empty() || ports.contains(&t.sock.port));
+            let gone = !shown
+                && (t.unretired || !only_unretired)
+                && (ports.is_empty() || ports.contains(&t.sock.port));
             if gone && t.unretired {
                 gone_unretired += 1;
             }
@@ -620,33 +643,6 @@ impl Model {
                 .map(|t| (t.sock.inode, t.sock.cookie))
                 .collect()
         })
-    }
-
-    /// A look at `netns`'s `ports` showed exactly `seen` (inodes and
-    /// cookies): forget the sockets there that no event retires and that it
-    /// no longer shows, and return them (see [`Model::reconcile`]). Sockets
-    /// that events retire are left to their events.
-    pub fn retire_unshown(
-        &mut self,
-        netns: u32,
-        ports: &[u16],
-        seen: &[(u64, u64)],
-    ) -> Vec<Tracked> {
-        let Some(ns) = self.ns.get_mut(&netns) else {
-            return Vec::new();
-        };
-        let (inodes, cookies) = shown_sets(seen);
-        let mut gone = Vec::new();
-        ns.socks.retain(|_, t| {
-            let shown = inodes.contains(&t.sock.inode) || cookies.contains(&t.sock.cookie);
-            if t.unretired && !shown && ports.contains(&t.sock.port) {
-                gone.push(t.clone());
-                return false;
-            }
-            true
-        });
-        ns.unretired -= gone.len();
-        gone
     }
 
     fn expire_overdue_tw(&mut self, netns: u32) {
