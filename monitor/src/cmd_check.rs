@@ -173,10 +173,7 @@ fn fmt_holder(h: &Holder) -> String {
         "  SO_REUSEADDR={} SO_REUSEPORT={}  overlap {}",
         on_off(h.reuseaddr),
         on_off(h.reuseport),
-        serde_json::to_value(h.overlap)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
+        h.overlap.as_str()
     ));
     s
 }

@@ -433,22 +433,53 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 .find_map(|h| h.left_by.as_ref())
                 .map(|p| format!(" left by {} (pid {})", p.comm, p.pid))
                 .unwrap_or_else(|| " left by earlier connections".to_string());
-            let summary = format!(
-                "{} on {}{left} still {} the port; the last one expires in {wait} s.",
-                plural(tw.len(), "TIME_WAIT socket", "TIME_WAIT sockets"),
-                h.local,
-                if tw.len() == 1 { "holds" } else { "hold" }
-            );
+            let holds = if tw.len() == 1 { "holds" } else { "hold" };
+            // A FIN_WAIT2 timewait socket (closed while its peer had not
+            // closed yet) is not in TIME_WAIT: `ss` shows it as FIN-WAIT-2,
+            // and its expiry is not final, since the peer's FIN turns it into
+            // TIME_WAIT with a fresh TCP_TIMEWAIT_LEN (kernel-notes.md).
+            let fw2 = tw.iter().filter(|h| h.state == TcpState::FinWait2).count();
+            let (summary, what) = if fw2 == 0 {
+                let summary = format!(
+                    "{} on {}{left} still {holds} the port; the last one expires in {wait} s.",
+                    plural(tw.len(), "TIME_WAIT socket", "TIME_WAIT sockets"),
+                    h.local,
+                );
+                (summary, "the TIME_WAIT")
+            } else if fw2 == tw.len() {
+                let peer = match (tw.len(), &h.remote) {
+                    (1, Some(r)) => format!("its peer {r}"),
+                    (1, None) => "its peer".to_string(),
+                    _ => "their peers".to_string(),
+                };
+                let summary = format!(
+                    "{} on {}{left} still {holds} the port, waiting for {peer} to close; {} in {wait} s, or 60 s after {} closes if that comes first.",
+                    plural(tw.len(), "FIN_WAIT2 socket", "FIN_WAIT2 sockets"),
+                    h.local,
+                    if tw.len() == 1 { "it expires" } else { "the last one expires" },
+                    if tw.len() == 1 { "the peer" } else { "its peer" },
+                );
+                (summary, "the FIN_WAIT2")
+            } else {
+                let summary = format!(
+                    "{} on {} ({} TIME_WAIT, {fw2} FIN_WAIT2 waiting for {} to close){left} still {holds} the port; the last one expires in {wait} s, unless a FIN_WAIT2 socket's peer closes first, which starts 60 s of TIME_WAIT.",
+                    plural(tw.len(), "timewait socket", "timewait sockets"),
+                    h.local,
+                    tw.len() - fw2,
+                    if fw2 == 1 { "its peer" } else { "their peers" },
+                );
+                (summary, "the timewait sockets")
+            };
             let fix = if ctx.reuseaddr_would_help {
                 format!("Restart with SO_REUSEADDR (the old socket had it too), or wait {wait} s.")
             } else if ctx.reuseport_would_help {
                 format!("Restart with SO_REUSEPORT (the old socket had it too), or wait {wait} s.")
             } else if ctx.flags_uncertain {
-                format!("Wait {wait} s for the TIME_WAIT to expire, or set SO_REUSEADDR on the new socket, which helps only if the old socket set it too (twmon could not see whether it did).")
+                format!("Wait {wait} s for {what} to expire, or set SO_REUSEADDR on the new socket, which helps only if the old socket set it too (twmon could not see whether it did).")
             } else if f.reuseaddr {
-                format!("Wait {wait} s for the TIME_WAIT to expire; SO_REUSEADDR on the new socket does not help because the old socket did not set it.")
+                format!("Wait {wait} s for {what} to expire; SO_REUSEADDR on the new socket does not help because the old socket did not set it.")
             } else {
-                format!("Wait {wait} s for the TIME_WAIT to expire; SO_REUSEADDR on the new socket alone will not help because the old socket did not set it.")
+                format!("Wait {wait} s for {what} to expire; SO_REUSEADDR on the new socket alone will not help because the old socket did not set it.")
             };
             (summary, fix)
         }
@@ -725,6 +756,46 @@ mod tests {
                         "Wait 41 s",
                         "alone will not help because the old socket did not set it",
                     ],
+                )
+            },
+            {
+                // Closed while the peer had not: a FIN_WAIT2 timewait
+                // socket, named as such, with an expiry that is not final.
+                let (f, c) = inuse(vec![Holder {
+                    state: TcpState::FinWait2,
+                    remote: Some("127.0.0.1:42778".parse().unwrap()),
+                    ..tw("127.0.0.1:8080", 59_400, false)
+                }]);
+                (
+                    f,
+                    c,
+                    C::TimeWait,
+                    &[
+                        "1 FIN_WAIT2 socket on 127.0.0.1:8080",
+                        "waiting for its peer 127.0.0.1:42778 to close",
+                        "it expires in 60 s, or 60 s after the peer closes",
+                    ],
+                    &["Wait 60 s for the FIN_WAIT2 to expire"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![
+                    tw("127.0.0.1:8080", 12_000, false),
+                    Holder {
+                        state: TcpState::FinWait2,
+                        ..tw("127.0.0.1:8080", 30_000, false)
+                    },
+                    tw("127.0.0.1:8080", 5_000, false),
+                ]);
+                (
+                    f,
+                    c,
+                    C::TimeWait,
+                    &[
+                        "3 timewait sockets on 127.0.0.1:8080 (2 TIME_WAIT, 1 FIN_WAIT2",
+                        "expires in 30 s, unless a FIN_WAIT2 socket's peer closes first",
+                    ],
+                    &["Wait 30 s for the timewait sockets to expire"],
                 )
             },
             {

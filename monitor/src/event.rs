@@ -213,6 +213,17 @@ pub enum Overlap {
     V4mapped,
 }
 
+impl Overlap {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Exact => "exact",
+            Overlap::Wildcard => "wildcard",
+            Overlap::V4mapped => "v4mapped",
+        }
+    }
+}
+
 /// A socket that holds the port a bind asked for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Holder {

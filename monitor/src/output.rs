@@ -55,11 +55,11 @@ pub fn human_line(ev: &Event) -> String {
                     (None, Some(l)) => format!("left by {}", who(Some(l.pid), Some(&l.comm))),
                     _ => "-".into(),
                 };
-                let _ = write!(
-                    s,
-                    "\n    held by {} {} {} ({:?})",
-                    h.state, h.local, owner, h.overlap
-                );
+                let _ = write!(s, "\n    held by {} {}", h.state, h.local);
+                if let Some(r) = h.remote {
+                    let _ = write!(s, " <-> {r}");
+                }
+                let _ = write!(s, " {owner} (overlap {})", h.overlap.as_str());
                 if let Some(ms) = h.expires_in_ms {
                     let _ = write!(s, " expires in {:.1}s", ms as f64 / 1000.0);
                 }
@@ -133,4 +133,32 @@ pub fn human_line(ev: &Event) -> String {
         ),
     };
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::synth::Synth;
+
+    /// One human line per kind of event the synthetic trace makes (the
+    /// first of each), as `twmon watch` prints them.
+    #[test]
+    fn human_lines_of_each_kind() {
+        let mut kinds = Vec::new();
+        let mut out = String::new();
+        for ev in Synth::new(2_000, 7, 1_000_000) {
+            let kind = json_line(&ev)
+                .split('"')
+                .nth(3)
+                .unwrap_or_default()
+                .to_string();
+            if !kinds.contains(&kind) {
+                out.push_str(&human_line(&ev));
+                out.push('\n');
+                kinds.push(kind);
+            }
+        }
+        assert!(kinds.iter().any(|k| k == "bind_failed"), "{kinds:?}");
+        insta::assert_snapshot!(out);
+    }
 }

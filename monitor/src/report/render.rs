@@ -57,14 +57,7 @@ fn holder_line(h: &Holder) -> String {
     if let Some(r) = h.remote {
         let _ = write!(s, " <-> {r}");
     }
-    let _ = write!(
-        s,
-        ", {owner}, overlap {}",
-        serde_json::to_value(h.overlap)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
-    );
+    let _ = write!(s, ", {owner}, overlap {}", h.overlap.as_str());
     if let Some(ms) = h.expires_in_ms {
         let _ = write!(s, ", expiring in {}", duration(ms));
     }

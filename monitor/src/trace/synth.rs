@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 
+use crate::diagnose::{diagnose, Context, Failure};
 use crate::event::*;
 use crate::probe::enrich::rfc3339;
 
@@ -166,31 +167,37 @@ impl Synth {
                 comm: "nginx".into(),
             }),
         });
-        let code = if holder.is_some() {
-            DiagnosisCode::TimeWait
-        } else {
-            DiagnosisCode::Listener
+        // Explained by the product's own rules, so that what tests and
+        // snapshots show of a synthetic trace is what twmon would say.
+        let failure = Failure {
+            syscall: Syscall::Bind,
+            errno: libc::EADDRINUSE,
+            proto: Proto::Tcp,
+            requested: "0.0.0.0:8080".parse().unwrap(),
+            reuseaddr: false,
+            reuseport: false,
+            v6only: false,
+            uid: 1000,
+            bound_dev_if: 0,
         };
+        let context = Context {
+            holders: holder.into_iter().collect(),
+            ..Context::default()
+        };
+        let diagnosis = diagnose(&failure, &context);
         let e = self.ev(
             Some((pid, "nginx")),
             Kind::BindFailed(Box::new(BindFailed {
-                syscall: Syscall::Bind,
-                errno: libc::EADDRINUSE,
+                syscall: failure.syscall,
+                errno: failure.errno,
                 error: "EADDRINUSE".into(),
-                requested: "0.0.0.0:8080".parse().unwrap(),
-                reuseaddr: false,
-                reuseport: false,
-                v6only: false,
-                uid: 1000,
-                holders: holder.into_iter().collect(),
-                diagnosis: Some(Diagnosis {
-                    code,
-                    summary: "0.0.0.0:8080 is held by a TIME_WAIT socket that nginx[100] left."
-                        .into(),
-                    fix: "Set SO_REUSEADDR on the new socket before bind().".into(),
-                    reuseaddr_would_help: true,
-                    reuseport_would_help: false,
-                }),
+                requested: failure.requested.into(),
+                reuseaddr: failure.reuseaddr,
+                reuseport: failure.reuseport,
+                v6only: failure.v6only,
+                uid: failure.uid,
+                holders: context.holders,
+                diagnosis: Some(diagnosis),
                 freebind: false,
                 transparent: false,
                 bound_dev_if: 0,
