@@ -149,7 +149,8 @@ impl<E: Evidence> Correlator<E> {
                 }
                 retired = Some(r);
                 for s in &snap.sockets {
-                    let seen = socket_event(&ev, s, snap.owner_of(s));
+                    let opener = self.model.opener(ev.common.netns, s.cookie, s.inode);
+                    let seen = socket_event(&ev, s, snap.owner_preferring(s, opener));
                     self.model.apply(&seen);
                     out.push(seen);
                 }
@@ -516,6 +517,12 @@ pub fn explain(
             .find(|t| t.sock.inode == s.inode && t.sock.cookie == s.cookie && t.sock.port == s.port)
             .and_then(|t| t.owner.clone())
     };
+    let handed_on_by = |s: &ExistingSocket| {
+        tracked
+            .iter()
+            .find(|t| t.sock.inode == s.inode && t.sock.cookie == s.cookie && t.sock.port == s.port)
+            .and_then(|t| t.handed_on_by().cloned())
+    };
     let left_by_of = |s: &ExistingSocket| {
         tracked
             .iter()
@@ -542,6 +549,23 @@ pub fn explain(
         let verdict = rules::predict(&new, &existing, env, listen);
         if verdict.would_fail() && !verdict.blockers.is_empty() {
             let mut holders = diagnose::holders_from_verdict(&verdict, &existing, &owner_of);
+            // A listening or bound socket its opener no longer holds: say
+            // who opened it (inherited by a child, or passed on).
+            for h in holders.iter_mut().filter(|h| {
+                matches!(
+                    h.state,
+                    crate::event::TcpState::Listen | crate::event::TcpState::Bound
+                ) && h.pid.is_some()
+            }) {
+                h.opened_by = existing
+                    .iter()
+                    .find(|s| {
+                        Endpoint::new(s.local, s.port) == h.local
+                            && s.state == h.state
+                            && owner_of(s).map(|p| p.pid) == h.pid
+                    })
+                    .and_then(handed_on_by);
+            }
             // Timewait holders have no owner: say who left them.
             for h in holders.iter_mut().filter(|h| h.pid.is_none()) {
                 if let Some(s) = existing.iter().find(|s| {
@@ -869,6 +893,7 @@ mod kernel_holder_tests {
             expires_in_ms: None,
             overlap: Overlap::Exact,
             left_by: None,
+            opened_by: None,
         }
     }
 

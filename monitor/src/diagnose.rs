@@ -104,6 +104,7 @@ pub fn holder(
         expires_in_ms: if tw { sock.expires_in_ms } else { None },
         overlap,
         left_by: if tw { left_by } else { None },
+        opened_by: None,
     }
 }
 
@@ -300,6 +301,18 @@ fn who(h: &Holder, ctx: &Context) -> String {
     }
 }
 
+/// ", with a socket that nginx (pid 1234) opened and no longer holds (...)"
+/// for a holder that did not open its socket, else "".
+fn handed_on(h: &Holder) -> String {
+    match &h.opened_by {
+        Some(o) => format!(
+            ", with a socket that {} (pid {}) opened and no longer holds (inherited across fork or exec, or passed on)",
+            o.comm, o.pid
+        ),
+        None => String::new(),
+    }
+}
+
 fn comm_or(h: &Holder, default: &str) -> String {
     h.comm.clone().unwrap_or_else(|| default.to_string())
 }
@@ -327,12 +340,15 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 String::new()
             };
             let summary = format!(
-                "{req} is taken: {} is listening on {}{more}.",
+                "{req} is taken: {} is listening on {}{more}{}.",
                 who(h, ctx),
-                h.local
+                h.local,
+                handed_on(h)
             );
             let fix = if ctx.reuseport_would_help {
                 format!("Set SO_REUSEPORT on the new socket to share the port with {} (it has SO_REUSEPORT and the same uid), or stop it.", who(h, ctx))
+            } else if h.opened_by.is_some() {
+                format!("Stop {} or have it close the socket it was handed; open listening sockets with SOCK_CLOEXEC and close them in forked children, so that what a server starts does not keep its port.", who(h, ctx))
             } else {
                 format!("Stop {} (another instance of this server?) or use another port; SO_REUSEADDR cannot share a port with a listening socket.", who(h, ctx))
             };
@@ -409,7 +425,12 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else {
                 " that is neither listening nor connected"
             };
-            let summary = format!("{} has {what} {}{tail}.", who(h, ctx), h.local);
+            let summary = format!(
+                "{} has {what} {}{tail}{}.",
+                who(h, ctx),
+                h.local,
+                handed_on(h)
+            );
             let fix = if ctx.reuseaddr_would_help {
                 format!("Set SO_REUSEADDR on the new socket (the bound socket has it too), or have {} close that socket.", who(h, ctx))
             } else if ctx.reuseport_would_help {
@@ -618,6 +639,7 @@ mod tests {
             expires_in_ms: None,
             overlap: Overlap::Exact,
             left_by: None,
+            opened_by: None,
         }
     }
 
@@ -756,6 +778,25 @@ mod tests {
                         "Wait 41 s",
                         "alone will not help because the old socket did not set it",
                     ],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![Holder {
+                    opened_by: Some(Process {
+                        pid: 7,
+                        comm: "server".into(),
+                    }),
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &[
+                        "server (pid 42) is listening on 0.0.0.0:8080",
+                        "a socket that server (pid 7) opened and no longer holds",
+                    ],
+                    &["Stop server (pid 42)", "SOCK_CLOEXEC"],
                 )
             },
             {

@@ -240,6 +240,11 @@ pub struct Holder {
     /// For a timewait holder: the process that last owned the original socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_by: Option<Process>,
+    /// For a listening or bound holder: the process that bound it, when that
+    /// process no longer holds it and `pid` does (it was inherited across
+    /// fork or exec, or passed on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened_by: Option<Process>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -77,10 +77,27 @@ pub struct Tracked {
     pub expires_at_ns: Option<u64>,
     /// No event will tell when it goes away (bound-only TCP, UDP, snapshot).
     pub unretired: bool,
+    /// The process that bound it or made it listen, from that call's own
+    /// event: kept when a look finds the socket held by others, so that a
+    /// listener a child inherited can be told from one its server holds.
+    /// Boxed: most sockets never have one.
+    pub opened_by: Option<Box<Process>>,
+    /// `owner` is what the last look at the process table found (the
+    /// opener when it was among the holders), not the last process that
+    /// acted on the socket.
+    pub owner_looked: bool,
     seq: u64,
 }
 
 impl Tracked {
+    /// The process that opened the socket, when the last look found it no
+    /// longer among the holders and `owner` holding it instead.
+    pub fn handed_on_by(&self) -> Option<&Process> {
+        let opener = self.opened_by.as_deref()?;
+        let owner = self.owner.as_ref()?;
+        (self.owner_looked && owner.pid != opener.pid).then_some(opener)
+    }
+
     /// Remaining timewait time at `now_ns`.
     pub fn expires_in_ms(&self, now_ns: u64) -> Option<u64> {
         self.expires_at_ns
@@ -200,6 +217,18 @@ impl Model {
         self.ns.get(&netns)
     }
 
+    /// The pid that bound or listened on the socket with this cookie or
+    /// inode, as its own event told.
+    pub fn opener(&self, netns: u32, cookie: u64, inode: u64) -> Option<u32> {
+        let socks = &self.ns.get(&netns)?.socks;
+        [SockId::Cookie(cookie), SockId::Inode(inode)]
+            .iter()
+            .filter(|id| !matches!(id, SockId::Cookie(0) | SockId::Inode(0)))
+            .find_map(|id| socks.get(id))
+            .and_then(|t| t.opened_by.as_ref())
+            .map(|p| p.pid)
+    }
+
     pub fn namespaces(&self) -> impl Iterator<Item = (&u32, &Namespace)> {
         self.ns.iter()
     }
@@ -251,9 +280,17 @@ impl Model {
     /// A census (light mode) showed `s` new or in a new state: the entry
     /// under its cookie is replaced, whatever it was (an established
     /// socket's timewait sock has the same cookie but another key).
+    /// Who opened the socket is kept: no census knows it.
     pub fn census_seen(&mut self, netns: u32, proto: Proto, s: &SocketSeen, ts: u64) {
+        let opened_by = self
+            .ns
+            .get(&netns)
+            .and_then(|n| n.socks.get(&SockId::Cookie(s.cookie)))
+            .and_then(|t| t.opened_by.clone());
         self.forget(netns, s.cookie);
-        self.seen(netns, proto, s, ts);
+        // Its owner is the lowest pid holding it, which does not tell
+        // whether the opener is among the holders.
+        self.seen_carrying(netns, proto, s, ts, opened_by, false);
     }
 
     /// A census counted these timewait socks per local port (all of them).
@@ -338,6 +375,10 @@ impl Model {
                 None
             }
         });
+        let opened_by = prev
+            .as_ref()
+            .and_then(|p| p.opened_by.clone())
+            .or_else(|| owner.clone().map(Box::new));
         let mut sock = existing(proto, b.local, state);
         sock.family = family_of(&b.local);
         sock.reuseaddr = b.reuseaddr;
@@ -358,6 +399,8 @@ impl Model {
                 expires_at_ns: None,
                 // A TCP listener retires through its LISTEN -> CLOSE event.
                 unretired: state == TcpState::Bound,
+                opened_by,
+                owner_looked: false,
                 seq: 0,
             },
         );
@@ -402,6 +445,10 @@ impl Model {
             sock.bound_dev_if = p.sock.bound_dev_if;
         }
         let since = prev.as_ref().map(|p| p.since_ns).unwrap_or(ts);
+        let opened_by = match prev.as_ref().and_then(|p| p.opened_by.clone()) {
+            None if s.new == TcpState::Listen => owner.clone().map(Box::new),
+            kept => kept,
+        };
         self.insert(
             netns,
             id,
@@ -412,6 +459,8 @@ impl Model {
                 since_ns: since,
                 expires_at_ns: None,
                 unretired: false,
+                opened_by,
+                owner_looked: false,
                 seq: 0,
             },
         );
@@ -436,12 +485,29 @@ impl Model {
                 since_ns: ts,
                 expires_at_ns: Some(ts + t.expires_in_ms * 1_000_000),
                 unretired: false,
+                opened_by: None,
+                owner_looked: false,
                 seq: 0,
             },
         );
     }
 
     fn seen(&mut self, netns: u32, proto: Proto, s: &SocketSeen, ts: u64) {
+        self.seen_carrying(netns, proto, s, ts, None, s.owner.is_some());
+    }
+
+    /// [`Model::seen`], with who opened the socket when the model no longer
+    /// has it under any key, and whether `s.owner` names the opener while
+    /// it holds the socket (see [`Tracked::owner_looked`]).
+    fn seen_carrying(
+        &mut self,
+        netns: u32,
+        proto: Proto,
+        s: &SocketSeen,
+        ts: u64,
+        opener: Option<Box<Process>>,
+        owner_looked: bool,
+    ) {
         if s.gone {
             // Under whichever key it was known: its cookie, or its inode
             // from a bind before it had one.
@@ -497,9 +563,14 @@ impl Model {
             }
             _ => sock.flags_known = false,
         }
-        let (left_by, since) = match &prev {
-            Some(p) => (p.left_by.clone(), p.since_ns),
-            None => (None, ts),
+        let (left_by, since, opened_by) = match &prev {
+            Some(p) => (p.left_by.clone(), p.since_ns, p.opened_by.clone()),
+            None => (None, ts, None),
+        };
+        let opened_by = if s.timewait {
+            None
+        } else {
+            opened_by.or(opener)
         };
         let retired_by_events = s.timewait || (proto == Proto::Tcp && s.state != TcpState::Bound);
         self.insert(
@@ -512,6 +583,8 @@ impl Model {
                 since_ns: since,
                 expires_at_ns: s.expires_in_ms.map(|ms| ts + ms * 1_000_000),
                 unretired: !retired_by_events,
+                opened_by,
+                owner_looked,
                 seq: 0,
             },
         );
@@ -858,6 +931,81 @@ mod tests {
             }),
         ));
         assert_eq!(states(&m), vec![]);
+    }
+
+    /// A listener its opener no longer holds, as a look at the process
+    /// table tells (the opener's pid not among the holders), names its
+    /// opener; one the opener still holds, or that only events showed in
+    /// another process's hands, does not.
+    #[test]
+    fn a_listener_handed_on_names_who_opened_it() {
+        use TcpState::*;
+        let l = "0.0.0.0:80";
+        let looked = |owner: Option<u32>| {
+            ev(
+                3,
+                None,
+                Kind::Socket(SocketSeen {
+                    local: l.parse().unwrap(),
+                    remote: None,
+                    state: Listen,
+                    timewait: false,
+                    uid: 0,
+                    inode: 77,
+                    cookie: 5,
+                    reuseaddr: Some(false),
+                    reuseport: Some(false),
+                    v6only: false,
+                    bound_dev_if: 0,
+                    expires_in_ms: None,
+                    owner: owner.map(|pid| Process {
+                        pid,
+                        comm: "child".into(),
+                    }),
+                    gone: false,
+                }),
+            )
+        };
+        let listener = |m: &Model| m.namespace(1).unwrap().sockets().next().unwrap().clone();
+        let opened = || {
+            let mut m = Model::new();
+            m.apply(&ev(1, Some(9), st(l, "0.0.0.0:0", Close, Listen, 5, 77)));
+            m
+        };
+
+        let mut m = opened();
+        assert_eq!(m.opener(1, 5, 77), Some(9));
+        assert_eq!(m.opener(1, 0, 77), None, "known by its cookie only");
+        m.apply(&looked(Some(12)));
+        let t = listener(&m);
+        assert_eq!(t.owner.as_ref().unwrap().pid, 12);
+        assert_eq!(t.handed_on_by().map(|p| p.pid), Some(9));
+        // A census that replaces the entry keeps who opened it, but its
+        // owner (the lowest pid) does not say that the opener let go.
+        if let Kind::Socket(s) = &looked(Some(12)).kind {
+            m.census_seen(1, Proto::Tcp, s, 4);
+        }
+        assert_eq!(listener(&m).opened_by.as_ref().map(|p| p.pid), Some(9));
+        assert_eq!(listener(&m).handed_on_by(), None);
+        m.apply(&looked(Some(12)));
+        assert_eq!(listener(&m).handed_on_by().map(|p| p.pid), Some(9));
+
+        for (owner, why) in [
+            (Some(9), "the opener still holds it"),
+            (None, "the look found no holder"),
+        ] {
+            let mut m = opened();
+            m.apply(&looked(owner));
+            assert_eq!(listener(&m).handed_on_by(), None, "{why}");
+        }
+
+        // Another process listening again on it: the events say who acted,
+        // not who holds it.
+        let mut m = opened();
+        m.apply(&ev(2, Some(12), st(l, "0.0.0.0:0", Listen, Listen, 5, 77)));
+        let t = listener(&m);
+        assert_eq!(t.owner.as_ref().unwrap().pid, 12);
+        assert_eq!(t.handed_on_by(), None);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub fn human_line(ev: &Event) -> String {
                     (None, Some(l)) => format!("left by {}", who(Some(l.pid), Some(&l.comm))),
                     _ => "-".into(),
                 };
+                let owner = match &h.opened_by {
+                    Some(o) => format!("{owner}, opened by {}", who(Some(o.pid), Some(&o.comm))),
+                    None => owner,
+                };
                 let _ = write!(s, "\n    held by {} {}", h.state, h.local);
                 if let Some(r) = h.remote {
                     let _ = write!(s, " <-> {r}");
@@ -160,5 +164,42 @@ mod tests {
         }
         assert!(kinds.iter().any(|k| k == "bind_failed"), "{kinds:?}");
         insta::assert_snapshot!(out);
+    }
+
+    /// A listener its opener handed on names both processes.
+    #[test]
+    fn human_line_of_a_handed_on_listener() {
+        use crate::event::{Holder, Overlap, Process, TcpState};
+        let mut ev = Synth::new(2_000, 7, 1_000_000)
+            .find(|e| matches!(e.kind, Kind::BindFailed(_)))
+            .unwrap();
+        let Kind::BindFailed(b) = &mut ev.kind else {
+            unreachable!()
+        };
+        b.holders = vec![Holder {
+            state: TcpState::Listen,
+            local: "0.0.0.0:8080".parse().unwrap(),
+            remote: None,
+            pid: Some(201),
+            comm: Some("log-helper".into()),
+            uid: Some(0),
+            reuseaddr: false,
+            reuseport: false,
+            expires_in_ms: None,
+            overlap: Overlap::Exact,
+            left_by: None,
+            opened_by: Some(Process {
+                pid: 200,
+                comm: "nginx".into(),
+            }),
+        }];
+        b.diagnosis = None;
+        let line = human_line(&ev);
+        assert!(
+            line.contains(
+                "held by LISTEN 0.0.0.0:8080 log-helper[201], opened by nginx[200] (overlap exact)"
+            ),
+            "{line}"
+        );
     }
 }

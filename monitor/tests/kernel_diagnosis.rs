@@ -109,6 +109,12 @@ fn check_failure(id: u8, a: &Attempt, b: &BindFailed) -> Vec<String> {
                 ));
             }
         }
+        if h.opened_by.as_ref().map(|p| p.pid) != want.opened_by_pid {
+            problems.push(format!(
+                "{what}: holder {} {} opened by pid {:?} that no longer holds it, twmon says {:?}",
+                h.state, h.local, want.opened_by_pid, h.opened_by
+            ));
+        }
         if h.overlap != want.overlap {
             problems.push(format!(
                 "{what}: holder {} overlap {:?}, expected {:?}",

@@ -572,8 +572,9 @@ fn play_all_scenarios(hook: CallHook) {
     eprintln!("{}\nall scenarios: {:?}", summary.join("\n"), t.elapsed());
     assert!(
         reports.is_empty(),
-        "{} of 10 scenarios are not reported as they happened:\n{}",
+        "{} of {} scenarios are not reported as they happened:\n{}",
         reports.len(),
+        results.len(),
         reports.join("\n")
     );
     // A disturbed first play spent its set-up's whole wait (30 s) before

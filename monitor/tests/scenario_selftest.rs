@@ -56,6 +56,7 @@ fn expected_failures(id: u8) -> Vec<(Syscall, i32, Code)> {
         ],
         9 => vec![],
         10 => vec![(Bind, INUSE, Code::Listener); 2],
+        11 => vec![(Bind, INUSE, Code::Listener)],
         _ => unreachable!(),
     }
 }
@@ -337,6 +338,24 @@ fn check(sc: &Scenario, out: &Outcome) {
                 "[::] v6only=1 and 127.0.0.1 both bind and listen"
             );
         }
+        11 => {
+            let h = &failures[0].expect.as_ref().unwrap().holders[0];
+            let server = out.attempts().next().unwrap().pid;
+            assert_eq!(h.state, TcpState::Listen);
+            assert_eq!(h.opened_by_pid, Some(server));
+            assert!(h.pid.is_some_and(|p| p != server && p != me), "{h:?}");
+            assert!(
+                failures[0]
+                    .evidence
+                    .iter()
+                    .any(|s| s.state == TcpState::Listen
+                        && s.owned_by(h.pid.unwrap())
+                        && !s.owned_by(server)),
+                "the helper alone holds the listener"
+            );
+            let last = out.attempts().last().unwrap();
+            assert!(last.errno.is_none() && last.requested.port() == 8100);
+        }
         _ => {}
     }
 }
@@ -462,7 +481,7 @@ fn every_scenario_plays_and_the_kernel_agrees() {
             .all(|a| a.measured.is_none() && a.ss.is_none()));
         seen += 1;
     }
-    assert_eq!(seen, 10);
+    assert_eq!(seen, 11);
     assert_eq!(ns.sysctl("net.ipv4.ip_local_port_range").unwrap(), range);
     assert_eq!(ns.sysctl("net.ipv4.tcp_tw_reuse").unwrap(), tw_reuse);
     // Only timewait sockets remain, which the kernel keeps by itself.

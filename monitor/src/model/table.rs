@@ -207,6 +207,8 @@ mod tests {
             since_ns: 0,
             expires_at_ns: None,
             unretired: false,
+            opened_by: None,
+            owner_looked: false,
             seq: 0,
         }
     }

@@ -53,6 +53,10 @@ fn holder_line(h: &Holder) -> String {
         (None, Some(l)) => format!("left by {}", who(Some(l.pid), Some(&l.comm))),
         _ => "owner unknown".into(),
     };
+    let owner = match &h.opened_by {
+        Some(o) => format!("{owner}, opened by {}", who(Some(o.pid), Some(&o.comm))),
+        None => owner,
+    };
     let mut s = format!("{} {}", h.state, h.local);
     if let Some(r) = h.remote {
         let _ = write!(s, " <-> {r}");

@@ -198,6 +198,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
                 expires_in_ms: None,
                 overlap: Overlap::Wildcard,
                 left_by: None,
+                opened_by: None,
             }],
             diagnosis: None,
             freebind: false,

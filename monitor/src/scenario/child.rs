@@ -324,6 +324,20 @@ pub(crate) mod raw {
         fd
     }
 
+    /// fork(), the new process being our parent's child (CLONE_PARENT):
+    /// the test process can reap it after we are gone. Its pid, 0 in it,
+    /// or -1.
+    pub unsafe fn fork_sibling() -> i64 {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    }
+
     /// bind(): 0 or errno, and the CLOCK_BOOTTIME ns before and after.
     pub unsafe fn bind(fd: RawFd, sa: &(libc::sockaddr_storage, libc::socklen_t)) -> [i64; 3] {
         let t0 = boottime_ns() as i64;

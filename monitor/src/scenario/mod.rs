@@ -1,5 +1,6 @@
 //! The contract's ten field scenarios (shared/design/contract.md,
-//! "Scenarios every part is tested against"), played for real with real
+//! "Scenarios every part is tested against") and one of twmon's own (11: a
+//! listener a helper process inherited), played for real with real
 //! sockets, each in a private network namespace on loopback only.
 //!
 //! Playing a scenario returns an [`Outcome`]: every bind(), listen() and
@@ -52,7 +53,7 @@ use crate::event::{errno_name, DiagnosisCode, Endpoint, Overlap, Proto, Syscall,
 /// One scenario of the contract.
 #[derive(Clone, Copy)]
 pub struct Scenario {
-    /// 1..=10, the contract's numbering.
+    /// 1..=10, the contract's numbering; 11 and on, twmon's own.
     pub id: u8,
     /// A short name ("server-restart-time-wait").
     pub name: &'static str,
@@ -68,7 +69,7 @@ impl fmt::Debug for Scenario {
     }
 }
 
-/// The ten scenarios, in the contract's order.
+/// The scenarios, in the contract's order, then twmon's own.
 pub fn all() -> Vec<Scenario> {
     plays::ALL.to_vec()
 }
@@ -437,6 +438,9 @@ pub struct ExpectedHolder {
     pub overlap: Overlap,
     /// For timewait holders: who owned the socket that left it.
     pub left_by_pid: Option<u32>,
+    /// For a listening or bound holder whose opener no longer holds it:
+    /// the process that bound it (None: twmon must not claim one).
+    pub opened_by_pid: Option<u32>,
 }
 
 impl ExpectedHolder {

@@ -1,4 +1,4 @@
-//! The ten scenarios.
+//! The contract's ten scenarios, and twmon's own after them.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -17,7 +17,7 @@ use super::{
 };
 use crate::event::{DiagnosisCode as Code, Endpoint, Overlap, Proto, Syscall, TcpState};
 
-pub(super) const ALL: [Scenario; 10] = [
+pub(super) const ALL: [Scenario; 11] = [
     Scenario {
         id: 1,
         name: "server-restart-time-wait",
@@ -87,6 +87,14 @@ pub(super) const ALL: [Scenario; 10] = [
                   IPv6 are separate.",
         play: s10_ipv6,
     },
+    Scenario {
+        id: 11,
+        name: "inherited-listener",
+        caption: "A server starts a helper process that inherits its listening socket and never closes it; the \
+                  server dies, the helper keeps listening on the server's port, and the restart fails until the \
+                  helper is gone.",
+        play: s11_inherited_listener,
+    },
 ];
 
 /// How long any wait in a scenario may take. What is waited for takes
@@ -132,6 +140,7 @@ fn holder(state: TcpState, local: Endpoint) -> ExpectedHolder {
         reuseport: false,
         overlap: Overlap::Exact,
         left_by_pid: None,
+        opened_by_pid: None,
     }
 }
 
@@ -426,17 +435,8 @@ fn s3_forked_child(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
                 if c < 0 {
                     return 2;
                 }
-                // Fork a child to serve the connection. CLONE_PARENT makes it
-                // the test process's child, so that it can be reaped once
-                // this server is gone.
-                let p2 = libc::syscall(
-                    libc::SYS_clone,
-                    (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-                    0usize,
-                    0usize,
-                    0usize,
-                    0usize,
-                );
+                // Fork a child to serve the connection.
+                let p2 = raw::fork_sibling();
                 if p2 == 0 {
                     let mut keep = [c, w, cr];
                     keep.sort_unstable();
@@ -997,6 +997,106 @@ fn s10_ipv6(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
             any6(p),
             Want::Fail(fail(EADDRINUSE, Code::Listener).holder(h)),
         )?;
+        Ok(())
+    })?
+}
+
+// 11 ------------------------------------------------------------------------
+
+fn s11_inherited_listener(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
+    ns.run_named("web-server", || {
+        let a = lo(port(11, 0));
+        let report = pipe()?;
+        let control = pipe()?;
+        let (w, cr) = (report.w.as_raw_fd(), control.r.as_raw_fd());
+        let sa = raw::v4(a.socket_addr());
+        const SERVER: &str = "old-server";
+        const HELPER: &str = "log-helper";
+        // SAFETY: the bodies make raw system calls only.
+        let mut p1 = unsafe {
+            fork_child(c"old-server", &[w, cr], move || {
+                let fd = raw::tcp4(false);
+                let b = raw::bind(fd, &sa);
+                let l = raw::listen(fd);
+                raw::send(w, &[1, b[0], b[1], b[2], l[0], l[1], l[2], 0]);
+                if b[0] != 0 || l[0] != 0 {
+                    return 1;
+                }
+                // A helper that keeps every descriptor it was born with,
+                // the listener among them, as a helper started without
+                // closing them (or exec'd without close-on-exec) does.
+                let p2 = raw::fork_sibling();
+                if p2 == 0 {
+                    let mut keep = [fd, w, cr];
+                    keep.sort_unstable();
+                    child::child_setup(&keep, c"log-helper", true);
+                    raw::send(w, &[2, libc::getpid() as i64, 0, 0, 0, 0, 0, 0]);
+                    raw::block_on(cr);
+                    libc::_exit(0);
+                }
+                if p2 < 0 {
+                    return 3;
+                }
+                raw::send(w, &[3, p2, 0, 0, 0, 0, 0, 0]);
+                0 // the server exits; its copy of the listener closes with it
+            })?
+        };
+        drop(report.w);
+        drop(control.r);
+        let pid1 = p1.pid();
+        let role1 = "server: listens, starts a helper, dies";
+        process_step(rec, pid1, SERVER, role1, ProcessEvent::Started);
+        let m = recv(&report.r, T)?;
+        for (syscall, r) in [
+            (Syscall::Bind, [m[1], m[2], m[3]]),
+            (Syscall::Listen, [m[4], m[5], m[6]]),
+        ] {
+            let attempt = child_attempt(syscall, a, Some(a), SockOpts::PLAIN, pid1, SERVER, r);
+            rec.foreign(attempt, Want::Ok, None)?;
+        }
+        let mut pid2 = None;
+        for _ in 0..2 {
+            let m = recv(&report.r, T)?;
+            match m[0] {
+                2 => pid2 = Some(m[1] as u32),
+                3 => {}
+                _ => return Err(protocol_error(format!("old-server said {m:?}"))),
+            }
+        }
+        let pid2 = pid2.ok_or_else(|| protocol_error("no pid from the helper"))?;
+        let mut p2 = Child::adopt(pid2);
+        let role2 = "helper that inherited the listener";
+        process_step(rec, pid2, HELPER, role2, ProcessEvent::Started);
+        p1.wait(T)?;
+        process_step(rec, pid1, SERVER, role1, ProcessEvent::Exited);
+        // The server is reaped: its descriptors are closed.
+        let l = wait_for("the listener", a.port(), |s| is_tcp(s, TcpState::Listen, a))?;
+        if !l.owned_by(pid2) || l.owned_by(pid1) {
+            return Err(protocol_error(format!(
+                "{l:?} is not held by the helper {pid2} alone"
+            )));
+        }
+        rec.push(Step::Observed {
+            socket: l,
+            why: "the server is gone, the helper it started still holds its listener".into(),
+        });
+        let h = ExpectedHolder {
+            opened_by_pid: Some(pid1),
+            ..owned(TcpState::Listen, a, pid2)
+        };
+        let s = Sock::tcp4(SockOpts::REUSEADDR)?;
+        rec.bind(
+            &s,
+            a,
+            Want::Fail(fail(EADDRINUSE, Code::Listener).holder(h)),
+        )?;
+        drop(s);
+        p2.kill()?;
+        process_step(rec, pid2, HELPER, role2, ProcessEvent::Killed);
+        wait_gone("the helper's listener", |s| is_tcp(s, TcpState::Listen, a))?;
+        let s = Sock::tcp4(SockOpts::PLAIN)?;
+        rec.bind(&s, a, Want::Ok)?;
+        rec.listen(&s, Want::Ok)?;
         Ok(())
     })?
 }

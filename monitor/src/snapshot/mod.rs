@@ -70,6 +70,27 @@ impl Snapshot {
         self.owners.first(s.inode)
     }
 
+    /// The process to name for a socket: `opener` (the pid that bound it,
+    /// as the events told) while it still holds it, otherwise the lowest
+    /// pid. A server's workers share its listener: naming the server is what
+    /// a reader expects, and naming another only when the server is no
+    /// longer among the holders lets that stand for "it was inherited".
+    pub fn owner_preferring(
+        &self,
+        s: &ExistingSocket,
+        opener: Option<u32>,
+    ) -> Option<crate::event::Process> {
+        if s.inode == 0 {
+            return None;
+        }
+        let owners = self.owners.owners(s.inode);
+        owners
+            .iter()
+            .find(|o| Some(o.pid) == opener)
+            .or(owners.first())
+            .map(owners::Owner::process)
+    }
+
     /// TIME_WAIT sockets (timewait sockets, either substate) whose local port
     /// is in `range`.
     pub fn timewait_in_range(&self, range: (u16, u16)) -> usize {
@@ -437,6 +458,38 @@ mod tests {
             vec![(8080, 8080), (9000, 9010)]
         );
         assert_eq!(parse_port_list(""), vec![]);
+    }
+
+    /// The opener is named while it holds the socket, else the lowest pid.
+    #[test]
+    fn owner_prefers_the_opener_among_the_holders() {
+        let mut s =
+            ExistingSocket::new(Proto::Tcp, "0.0.0.0:80".parse().unwrap(), TcpState::Listen);
+        s.inode = 77;
+        let mut owners = OwnerMap::default();
+        owners.by_inode.insert(
+            77,
+            [5, 10]
+                .map(|pid| Owner {
+                    pid,
+                    comm: format!("p{pid}"),
+                    fd: 3,
+                })
+                .to_vec(),
+        );
+        let snap = Snapshot {
+            sockets: vec![s.clone()],
+            owners,
+            env: NetEnv::default(),
+            netns: None,
+            notes: Vec::new(),
+        };
+        let pid = |opener| snap.owner_preferring(&s, opener).map(|p| p.pid);
+        assert_eq!(pid(Some(10)), Some(10));
+        assert_eq!(pid(Some(99)), Some(5));
+        assert_eq!(pid(None), Some(5));
+        s.inode = 0;
+        assert_eq!(snap.owner_preferring(&s, Some(10)), None);
     }
 
     /// Timewait sockets without flags of their own take them from a listener

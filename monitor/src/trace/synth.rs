@@ -166,6 +166,7 @@ impl Synth {
                 pid: 100,
                 comm: "nginx".into(),
             }),
+            opened_by: None,
         });
         // Explained by the product's own rules, so that what tests and
         // snapshots show of a synthetic trace is what twmon would say.

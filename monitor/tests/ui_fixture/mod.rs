@@ -197,6 +197,7 @@ pub fn events() -> Vec<Event> {
                     pid: WEB.0,
                     comm: WEB.1.into(),
                 }),
+                opened_by: None,
             }],
             Diagnosis {
                 code: DiagnosisCode::TimeWait,
@@ -296,6 +297,7 @@ pub fn events() -> Vec<Event> {
                 expires_in_ms: None,
                 overlap: Overlap::Wildcard,
                 left_by: None,
+                opened_by: None,
             }],
             Diagnosis {
                 code: DiagnosisCode::CloseWait,

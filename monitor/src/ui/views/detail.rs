@@ -167,6 +167,10 @@ fn lines<'a>(
             (None, None) if h.state == TcpState::TimeWait => "left by ?".into(),
             _ => "owner ?".into(),
         };
+        let owner = match &h.opened_by {
+            Some(o) => format!("{owner}, opened by {}", process(Some(o))),
+            None => owner,
+        };
         let mut l2 = vec![Span::raw("   "), Span::styled(owner, theme.accent())];
         let tw = matches!(h.state, TcpState::TimeWait | TcpState::FinWait2);
         let (now_text, now_style) = match now_sock {
