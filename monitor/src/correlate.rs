@@ -511,29 +511,6 @@ pub fn explain(
     let look = model.look_at_port(netns, proto, b.requested.port(), range, (b.cookie, b.inode));
     let (tracked, existing): (Vec<_>, Vec<ExistingSocket>) = look.on_port.into_iter().unzip();
     let (sockets_seen, timewait_in_range) = (look.sockets, look.timewait_in_range);
-    let owner_of = |s: &ExistingSocket| {
-        tracked
-            .iter()
-            .find(|t| t.sock.inode == s.inode && t.sock.cookie == s.cookie && t.sock.port == s.port)
-            .and_then(|t| t.owner.clone())
-    };
-    let handed_on_by = |s: &ExistingSocket| {
-        tracked
-            .iter()
-            .find(|t| t.sock.inode == s.inode && t.sock.cookie == s.cookie && t.sock.port == s.port)
-            .and_then(|t| t.handed_on_by().cloned())
-    };
-    let left_by_of = |s: &ExistingSocket| {
-        tracked
-            .iter()
-            .find(|t| {
-                t.sock.timewait
-                    && t.sock.local == s.local
-                    && t.sock.port == s.port
-                    && t.sock.remote == s.remote
-            })
-            .and_then(|t| t.left_by.clone())
-    };
     let new = new_socket(proto, b);
     let failure = Failure::from_new(&new, b.syscall, b.errno);
     let base_ctx = Context {
@@ -548,34 +525,30 @@ pub fn explain(
         let listen = b.syscall == Syscall::Listen;
         let verdict = rules::predict(&new, &existing, env, listen);
         if verdict.would_fail() && !verdict.blockers.is_empty() {
-            let mut holders = diagnose::holders_from_verdict(&verdict, &existing, &owner_of);
-            // A listening or bound socket its opener no longer holds: say
-            // who opened it (inherited by a child, or passed on).
-            for h in holders.iter_mut().filter(|h| {
-                matches!(
-                    h.state,
-                    crate::event::TcpState::Listen | crate::event::TcpState::Bound
-                ) && h.pid.is_some()
-            }) {
-                h.opened_by = existing
-                    .iter()
-                    .find(|s| {
-                        Endpoint::new(s.local, s.port) == h.local
-                            && s.state == h.state
-                            && owner_of(s).map(|p| p.pid) == h.pid
-                    })
-                    .and_then(handed_on_by);
-            }
-            // Timewait holders have no owner: say who left them.
-            for h in holders.iter_mut().filter(|h| h.pid.is_none()) {
-                if let Some(s) = existing.iter().find(|s| {
-                    s.is_timewait()
-                        && Endpoint::new(s.local, s.port) == h.local
-                        && s.remote.map(Endpoint::from) == h.remote
-                }) {
-                    h.left_by = left_by_of(s);
-                }
-            }
+            // Each blocker with what the events told about it (`tracked`
+            // and `existing` are in step): who left a timewait socket, who
+            // opened a listener that its opener no longer holds, how a
+            // connection began.
+            let mut holders: Vec<crate::event::Holder> = verdict
+                .blockers
+                .iter()
+                .filter_map(|blocker| {
+                    let (t, s) = (tracked.get(blocker.index)?, existing.get(blocker.index)?);
+                    let mut h =
+                        diagnose::holder(s, blocker.overlap, t.owner.clone(), t.left_by.clone());
+                    if matches!(
+                        h.state,
+                        crate::event::TcpState::Listen | crate::event::TcpState::Bound
+                    ) {
+                        h.opened_by = t.handed_on_by().cloned();
+                    }
+                    if !s.is_timewait() {
+                        h.outgoing = t.outgoing;
+                    }
+                    Some(h)
+                })
+                .collect();
+            diagnose::sort_holders(&mut holders);
             let ctx = Context {
                 holders: holders.clone(),
                 reuseaddr_would_help: verdict.reuseaddr_would_help,
@@ -894,6 +867,7 @@ mod kernel_holder_tests {
             overlap: Overlap::Exact,
             left_by: None,
             opened_by: None,
+            outgoing: None,
         }
     }
 

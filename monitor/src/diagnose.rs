@@ -105,6 +105,7 @@ pub fn holder(
         overlap,
         left_by: if tw { left_by } else { None },
         opened_by: None,
+        outgoing: None,
     }
 }
 
@@ -313,6 +314,14 @@ fn handed_on(h: &Holder) -> String {
     }
 }
 
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 fn comm_or(h: &Holder, default: &str) -> String {
     h.comm.clone().unwrap_or_else(|| default.to_string())
 }
@@ -396,18 +405,86 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 .filter(|h| state_code(h) == DiagnosisCode::Established)
                 .collect();
             let h = est[0];
-            let summary = format!(
-                "{} on {} still {} alive, held by {}: connections that outlived their listener.",
-                plural(est.len(), "connection", "connections"),
-                h.local,
-                if est.len() == 1 { "is" } else { "are" },
-                who(h, ctx)
-            );
-            let fix = if ctx.reuseaddr_would_help {
-                format!("Set SO_REUSEADDR on the new socket (the old connections have it too), or let {} finish them.", who(h, ctx))
+            let n = est.len();
+            let (them, has) = if n == 1 {
+                ("that connection", "has")
             } else {
-                format!("Let {} finish those connections or stop it; SO_REUSEADDR on the new socket alone will not help because the old connections did not set it.", who(h, ctx))
+                ("those connections", "have")
             };
+            // The port inside the ephemeral range: connect() may have been
+            // given it (a service port in the range, the classic collision).
+            let range = ctx
+                .local_port_range
+                .filter(|(lo, hi)| (*lo..=*hi).contains(&port));
+            let reserve = |range: (u16, u16)| {
+                format!(
+                    "keep connections off it with sysctl net.ipv4.ip_local_reserved_ports={port} (or move ip_local_port_range, now {}-{})",
+                    range.0, range.1
+                )
+            };
+            let (summary, mut fix) = if est.iter().all(|h| h.outgoing == Some(true)) {
+                let conns = if n == 1 {
+                    let to = h.remote.map(|r| format!(" to {r}")).unwrap_or_default();
+                    format!(
+                        "{} is the local end of an outgoing connection of {}{to}",
+                        h.local,
+                        who(h, ctx)
+                    )
+                } else {
+                    format!(
+                        "{n} outgoing connections of {} use {} as their local end",
+                        who(h, ctx),
+                        h.local
+                    )
+                };
+                let why = match range {
+                    Some((lo, hi)) => format!(": connect() was given port {port} because it lies in net.ipv4.ip_local_port_range ({lo}-{hi})"),
+                    None => ": the program bound that port before connect()".to_string(),
+                };
+                let fix = match range {
+                    Some(r) => format!(
+                        "Let {} close {them} or stop it, and {}",
+                        who(h, ctx),
+                        reserve(r)
+                    ),
+                    None => format!("Let {} close {them} or stop it", who(h, ctx)),
+                };
+                (format!("{conns}{why}."), fix)
+            } else {
+                let alive = format!(
+                    "{} on {} {} still alive, held by {}",
+                    plural(n, "connection", "connections"),
+                    h.local,
+                    if n == 1 { "is" } else { "are" },
+                    who(h, ctx)
+                );
+                let summary = if est.iter().all(|h| h.outgoing == Some(false)) {
+                    format!("{alive}: connections that outlived their listener.")
+                } else {
+                    // How they began is not known (seen by a look only):
+                    // accepted ones that outlived their listener, or
+                    // outgoing ones given the port.
+                    format!("{alive}.")
+                };
+                let mut fix = format!("Let {} finish {them} or stop it", who(h, ctx));
+                if let Some(r) = range.filter(|_| est.iter().any(|h| h.outgoing != Some(false))) {
+                    fix.push_str(&format!(
+                        "; if {} outgoing, {}",
+                        if n == 1 { "it is" } else { "they are" },
+                        reserve(r)
+                    ));
+                }
+                (summary, fix)
+            };
+            if ctx.reuseaddr_would_help {
+                fix = format!(
+                    "Set SO_REUSEADDR on the new socket ({them} {has} it too), or {}",
+                    lowercase_first(&fix)
+                );
+            } else {
+                fix.push_str(&format!("; SO_REUSEADDR on the new socket alone will not help because {them} did not set it"));
+            }
+            fix.push('.');
             (summary, fix)
         }
         DiagnosisCode::Bound => {
@@ -640,6 +717,7 @@ mod tests {
             overlap: Overlap::Exact,
             left_by: None,
             opened_by: None,
+            outgoing: None,
         }
     }
 
@@ -736,7 +814,10 @@ mod tests {
             },
             {
                 let (f, c) = inuse(vec![
-                    h(TcpState::Established, "127.0.0.1:8080"),
+                    Holder {
+                        outgoing: Some(false),
+                        ..h(TcpState::Established, "127.0.0.1:8080")
+                    },
                     h(TcpState::Bound, "127.0.0.2:8080"),
                 ]);
                 (
@@ -744,11 +825,91 @@ mod tests {
                     c,
                     C::Established,
                     &[
-                        "1 connection on 127.0.0.1:8080",
+                        "1 connection on 127.0.0.1:8080 is still alive",
                         "server (pid 42)",
-                        "outlived",
+                        "outlived their listener",
                     ],
-                    &["did not set it"],
+                    &[
+                        "Let server (pid 42) finish that connection",
+                        "that connection did not set it",
+                    ],
+                )
+            },
+            {
+                let (f, mut c) = inuse(vec![Holder {
+                    outgoing: Some(false),
+                    reuseaddr: true,
+                    ..h(TcpState::Established, "127.0.0.1:8080")
+                }]);
+                c.reuseaddr_would_help = true;
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &["outlived their listener"],
+                    &["Set SO_REUSEADDR on the new socket (that connection has it too), or let server (pid 42) finish that connection or stop it."],
+                )
+            },
+            {
+                // Not known how it began, on a port outside the range.
+                let (f, c) = inuse(vec![
+                    h(TcpState::Established, "127.0.0.1:8080"),
+                    h(TcpState::Established, "127.0.0.1:8080"),
+                ]);
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &["2 connections on 127.0.0.1:8080 are still alive, held by server (pid 42)."],
+                    &["finish those connections or stop it; SO_REUSEADDR"],
+                )
+            },
+            {
+                // Not known how it began, on a port inside the range.
+                let (f, mut c) = inuse(vec![h(TcpState::Established, "127.0.0.1:8080")]);
+                c.local_port_range = Some((8000, 9000));
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &["1 connection on 127.0.0.1:8080 is still alive, held by server (pid 42)."],
+                    &["if it is outgoing, keep connections off it with sysctl net.ipv4.ip_local_reserved_ports=8080 (or move ip_local_port_range, now 8000-9000)"],
+                )
+            },
+            {
+                // connect() was given the service port.
+                let (f, mut c) = inuse(vec![Holder {
+                    outgoing: Some(true),
+                    remote: Some("127.0.0.1:9999".parse().unwrap()),
+                    ..h(TcpState::Established, "127.0.0.1:8080")
+                }]);
+                c.local_port_range = Some((8080, 8080));
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &["127.0.0.1:8080 is the local end of an outgoing connection of server (pid 42) to 127.0.0.1:9999: connect() was given port 8080 because it lies in net.ipv4.ip_local_port_range (8080-8080)."],
+                    &["Let server (pid 42) close that connection or stop it, and keep connections off it with sysctl net.ipv4.ip_local_reserved_ports=8080"],
+                )
+            },
+            {
+                // Outgoing, from a port outside the range: bound on purpose.
+                let (f, c) = inuse(vec![
+                    Holder {
+                        outgoing: Some(true),
+                        ..h(TcpState::Established, "127.0.0.1:8080")
+                    },
+                    Holder {
+                        outgoing: Some(true),
+                        ..h(TcpState::SynSent, "127.0.0.1:8080")
+                    },
+                ]);
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &["2 outgoing connections of server (pid 42) use 127.0.0.1:8080 as their local end: the program bound that port before connect()."],
+                    &["Let server (pid 42) close those connections or stop it; SO_REUSEADDR on the new socket alone will not help because those connections did not set it."],
                 )
             },
             {

@@ -245,6 +245,11 @@ pub struct Holder {
     /// fork or exec, or passed on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opened_by: Option<Process>,
+    /// For a connection: true when connect() opened it (its local port may
+    /// be one the kernel picked from ip_local_port_range), false when it
+    /// was accepted; absent when no event showed how it began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outgoing: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

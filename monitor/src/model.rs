@@ -86,6 +86,10 @@ pub struct Tracked {
     /// opener when it was among the holders), not the last process that
     /// acted on the socket.
     pub owner_looked: bool,
+    /// A connection opened by connect() (Some(true)) or accepted
+    /// (Some(false)), as its first transition told; None when no event
+    /// showed how it began (seen first by a look).
+    pub outgoing: Option<bool>,
     seq: u64,
 }
 
@@ -395,12 +399,13 @@ impl Model {
                 sock,
                 owner,
                 left_by: None,
-                since_ns: prev.map(|p| p.since_ns).unwrap_or(ts),
+                since_ns: prev.as_ref().map(|p| p.since_ns).unwrap_or(ts),
                 expires_at_ns: None,
                 // A TCP listener retires through its LISTEN -> CLOSE event.
                 unretired: state == TcpState::Bound,
                 opened_by,
                 owner_looked: false,
+                outgoing: prev.and_then(|p| p.outgoing),
                 seq: 0,
             },
         );
@@ -449,6 +454,14 @@ impl Model {
             None if s.new == TcpState::Listen => owner.clone().map(Box::new),
             kept => kept,
         };
+        let outgoing = prev
+            .as_ref()
+            .and_then(|p| p.outgoing)
+            .or(match (s.old, s.new) {
+                (TcpState::Close, TcpState::SynSent) => Some(true),
+                (TcpState::SynRecv | TcpState::NewSynRecv, _) => Some(false),
+                _ => None,
+            });
         self.insert(
             netns,
             id,
@@ -461,6 +474,7 @@ impl Model {
                 unretired: false,
                 opened_by,
                 owner_looked: false,
+                outgoing,
                 seq: 0,
             },
         );
@@ -487,6 +501,7 @@ impl Model {
                 unretired: false,
                 opened_by: None,
                 owner_looked: false,
+                outgoing: None,
                 seq: 0,
             },
         );
@@ -563,9 +578,14 @@ impl Model {
             }
             _ => sock.flags_known = false,
         }
-        let (left_by, since, opened_by) = match &prev {
-            Some(p) => (p.left_by.clone(), p.since_ns, p.opened_by.clone()),
-            None => (None, ts, None),
+        let (left_by, since, opened_by, outgoing) = match &prev {
+            Some(p) => (
+                p.left_by.clone(),
+                p.since_ns,
+                p.opened_by.clone(),
+                p.outgoing,
+            ),
+            None => (None, ts, None, None),
         };
         let opened_by = if s.timewait {
             None
@@ -585,6 +605,7 @@ impl Model {
                 unretired: !retired_by_events,
                 opened_by,
                 owner_looked,
+                outgoing,
                 seq: 0,
             },
         );
@@ -1006,6 +1027,55 @@ mod tests {
         let t = listener(&m);
         assert_eq!(t.owner.as_ref().unwrap().pid, 12);
         assert_eq!(t.handed_on_by(), None);
+    }
+
+    /// How a connection began is kept from its first transition through
+    /// the later ones and the looks; a socket first seen by a look has none.
+    #[test]
+    fn a_connection_knows_whether_it_was_connected_or_accepted() {
+        use TcpState::*;
+        let (l, r) = ("127.0.0.1:8080", "127.0.0.1:9999");
+        let outgoing = |m: &Model, cookie: u64| {
+            m.namespace(1)
+                .unwrap()
+                .sockets()
+                .find(|t| t.sock.cookie == cookie)
+                .unwrap()
+                .outgoing
+        };
+        let mut m = Model::new();
+        m.apply(&ev(1, Some(9), st(l, r, Close, SynSent, 5, 70)));
+        m.apply(&ev(2, None, st(l, r, SynSent, Established, 5, 70)));
+        m.apply(&ev(3, None, st(r, l, SynRecv, Established, 6, 0)));
+        m.apply(&ev(4, Some(9), st(r, l, Established, CloseWait, 6, 71)));
+        assert_eq!(outgoing(&m, 5), Some(true));
+        assert_eq!(outgoing(&m, 6), Some(false));
+        let looked = |cookie, inode| {
+            ev(
+                5,
+                None,
+                Kind::Socket(SocketSeen {
+                    local: l.parse().unwrap(),
+                    remote: Some(r.parse().unwrap()),
+                    state: Established,
+                    timewait: false,
+                    uid: 0,
+                    inode,
+                    cookie,
+                    reuseaddr: None,
+                    reuseport: None,
+                    v6only: false,
+                    bound_dev_if: 0,
+                    expires_in_ms: None,
+                    owner: None,
+                    gone: false,
+                }),
+            )
+        };
+        m.apply(&looked(5, 70));
+        assert_eq!(outgoing(&m, 5), Some(true));
+        m.apply(&looked(7, 72));
+        assert_eq!(outgoing(&m, 7), None);
     }
 
     #[test]

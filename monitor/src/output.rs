@@ -192,6 +192,7 @@ mod tests {
                 pid: 200,
                 comm: "nginx".into(),
             }),
+            outgoing: None,
         }];
         b.diagnosis = None;
         let line = human_line(&ev);

@@ -15,7 +15,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monitor::event::{BindFailed, DiagnosisCode, Event, Kind, Proto, Syscall};
+use monitor::event::{BindFailed, DiagnosisCode, Event, Kind, Proto, Syscall, TcpState};
 use monitor::scenario::{
     self, Attempt, Netns, Options, Outcome, Recorder, Scenario, ScenarioError, Step,
 };
@@ -108,6 +108,13 @@ fn check_failure(id: u8, a: &Attempt, b: &BindFailed) -> Vec<String> {
                     h.local, h.left_by
                 ));
             }
+        }
+        // The scenarios' connections holding a port were all accepted.
+        if want.state == TcpState::Established && h.outgoing != Some(false) {
+            problems.push(format!(
+                "{what}: holder {} {} was accepted, twmon says outgoing {:?}",
+                h.state, h.local, h.outgoing
+            ));
         }
         if h.opened_by.as_ref().map(|p| p.pid) != want.opened_by_pid {
             problems.push(format!(
@@ -422,6 +429,64 @@ fn a_failure_is_explained_by_sockets_older_than_twmon() {
             );
         }
     }
+    drop(held);
+    let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
+
+/// The service port inside ip_local_port_range: connect() is given it, and
+/// the restart fails on an outgoing connection, which twmon must not call a
+/// connection that outlived its listener; the fix reserves the port.
+#[test]
+fn a_connection_given_the_service_port_is_told_as_outgoing() {
+    if !kernel_or_skip("a_connection_given_the_service_port_is_told_as_outgoing") {
+        return;
+    }
+    let ns = Netns::new().expect("network namespace");
+    ns.set_sysctl("net.ipv4.ip_local_port_range", "7901 7901")
+        .expect("sysctl");
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let held = ns
+        .run(|| {
+            use std::net::{TcpListener, TcpStream};
+            let l = TcpListener::bind("127.0.0.1:7902").unwrap();
+            let c = TcpStream::connect("127.0.0.1:7902").unwrap();
+            assert_eq!(c.local_addr().unwrap().port(), 7901, "the range gave 7901");
+            let (a, _) = l.accept().unwrap();
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let addr: std::net::SocketAddr = ([127, 0, 0, 1], 7901).into();
+            let e = s.bind(&addr.into()).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+            (l, c, a)
+        })
+        .unwrap();
+    let got = watch.wait_for(
+        Duration::from_secs(5),
+        |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == 7901),
+    );
+    let Some(Event {
+        kind: Kind::BindFailed(b),
+        ..
+    }) = got
+    else {
+        panic!("no bind_failed for port 7901")
+    };
+    let d = b.diagnosis.as_ref().expect("a diagnosis");
+    assert_eq!(d.code, DiagnosisCode::Established, "{}", d.summary);
+    let h = &b.holders[0];
+    assert_eq!(h.outgoing, Some(true), "{:?}", b.holders);
+    assert_eq!(h.pid, Some(std::process::id()));
+    for want in ["outgoing connection", "ip_local_port_range (7901-7901)"] {
+        assert!(d.summary.contains(want), "{want:?} not in: {}", d.summary);
+    }
+    assert!(!d.summary.contains("outlived"), "{}", d.summary);
+    assert!(
+        d.fix.contains("net.ipv4.ip_local_reserved_ports=7901"),
+        "{}",
+        d.fix
+    );
     drop(held);
     let done = watch.stop(libc::SIGTERM);
     assert!(done.exited_cleanly(), "{}", done.describe_exit());

@@ -209,6 +209,7 @@ mod tests {
             unretired: false,
             opened_by: None,
             owner_looked: false,
+            outgoing: None,
             seq: 0,
         }
     }

@@ -199,6 +199,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
                 overlap: Overlap::Wildcard,
                 left_by: None,
                 opened_by: None,
+                outgoing: None,
             }],
             diagnosis: None,
             freebind: false,

@@ -167,6 +167,7 @@ impl Synth {
                 comm: "nginx".into(),
             }),
             opened_by: None,
+            outgoing: None,
         });
         // Explained by the product's own rules, so that what tests and
         // snapshots show of a synthetic trace is what twmon would say.

@@ -198,6 +198,7 @@ pub fn events() -> Vec<Event> {
                     comm: WEB.1.into(),
                 }),
                 opened_by: None,
+                outgoing: None,
             }],
             Diagnosis {
                 code: DiagnosisCode::TimeWait,
@@ -298,6 +299,7 @@ pub fn events() -> Vec<Event> {
                 overlap: Overlap::Wildcard,
                 left_by: None,
                 opened_by: None,
+                outgoing: None,
             }],
             Diagnosis {
                 code: DiagnosisCode::CloseWait,
