@@ -263,6 +263,7 @@ pub fn check_against(new: &NewSocket, listen: bool, snap: &Snapshot) -> CheckRep
             flags_uncertain: verdict.uncertain,
             local_port_range: Some(snap.env.local_port_range),
             unprivileged_port_start: Some(snap.env.unprivileged_port_start),
+            tcp_tw_reuse: Some(snap.env.tcp_tw_reuse),
             timewait_in_range: Some(snap.timewait_in_range(snap.env.local_port_range)),
             used_in_range: None,
             sockets_seen: Some(snap.sockets.len()),

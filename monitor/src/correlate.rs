@@ -516,6 +516,7 @@ pub fn explain(
     let base_ctx = Context {
         local_port_range: Some(range),
         unprivileged_port_start: Some(env.unprivileged_port_start),
+        tcp_tw_reuse: Some(env.tcp_tw_reuse),
         timewait_in_range: Some(timewait_in_range),
         sockets_seen: Some(sockets_seen),
         unseen,

@@ -66,6 +66,8 @@ pub struct Context {
     pub flags_uncertain: bool,
     pub local_port_range: Option<(u16, u16)>,
     pub unprivileged_port_start: Option<u32>,
+    /// net.ipv4.tcp_tw_reuse (see [`NetEnv::tcp_tw_reuse`]).
+    pub tcp_tw_reuse: Option<u8>,
     /// TIME_WAIT sockets whose local port is in `local_port_range`.
     pub timewait_in_range: Option<usize>,
     /// Sockets in use in that range (any state).
@@ -150,6 +152,7 @@ pub fn explain(
         flags_uncertain: verdict.uncertain,
         local_port_range: Some(range),
         unprivileged_port_start: Some(env.unprivileged_port_start),
+        tcp_tw_reuse: Some(env.tcp_tw_reuse),
         timewait_in_range: Some(
             existing
                 .iter()
@@ -418,7 +421,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 .filter(|(lo, hi)| (*lo..=*hi).contains(&port));
             let reserve = |range: (u16, u16)| {
                 format!(
-                    "keep connections off it with sysctl net.ipv4.ip_local_reserved_ports={port} (or move ip_local_port_range, now {}-{})",
+                    "keep connections off it by adding {port} to net.ipv4.ip_local_reserved_ports (or move ip_local_port_range, now {}-{})",
                     range.0, range.1
                 )
             };
@@ -622,10 +625,27 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 }
                 None => " in ip_local_port_range".to_string(),
             };
-            (
-                format!("{what}{range}."),
-                "Widen net.ipv4.ip_local_port_range, reuse connections (keep-alive, pooling) instead of opening one per request, or let the server close first so the TIME_WAIT stays on its side.".to_string(),
-            )
+            let mut fix = "Widen net.ipv4.ip_local_port_range, reuse connections (keep-alive, pooling) instead of opening one per request, or let the server close first so the TIME_WAIT stays on its side".to_string();
+            // connect() may take a TIME_WAIT port over when tcp_tw_reuse
+            // allows it (1, or 2 toward loopback), once the port has been
+            // idle for a second and both ends use TCP timestamps.
+            if let (Syscall::Connect, Some(1..), Some(reuse)) =
+                (f.syscall, ctx.timewait_in_range, ctx.tcp_tw_reuse)
+            {
+                let ip = Endpoint::from(f.requested).ip();
+                if reuse == 1 || (reuse == 2 && ip.is_loopback()) {
+                    fix.push_str("; tcp_tw_reuse is on here, but it lets connect() take over a TIME_WAIT port only once that has been idle for a second and both ends use TCP timestamps");
+                } else {
+                    let now = if reuse == 2 {
+                        " (now 2: loopback only)"
+                    } else {
+                        ""
+                    };
+                    fix.push_str(&format!(", or set net.ipv4.tcp_tw_reuse=1{now} so that connect() may take over TIME_WAIT ports idle for a second (both ends need TCP timestamps)"));
+                }
+            }
+            fix.push('.');
+            (format!("{what}{range}."), fix)
         }
         DiagnosisCode::PrivilegedPort => {
             let start = ctx.unprivileged_port_start.unwrap_or(1024);
@@ -873,7 +893,7 @@ mod tests {
                     c,
                     C::Established,
                     &["1 connection on 127.0.0.1:8080 is still alive, held by server (pid 42)."],
-                    &["if it is outgoing, keep connections off it with sysctl net.ipv4.ip_local_reserved_ports=8080 (or move ip_local_port_range, now 8000-9000)"],
+                    &["if it is outgoing, keep connections off it by adding 8080 to net.ipv4.ip_local_reserved_ports (or move ip_local_port_range, now 8000-9000)"],
                 )
             },
             {
@@ -889,7 +909,7 @@ mod tests {
                     c,
                     C::Established,
                     &["127.0.0.1:8080 is the local end of an outgoing connection of server (pid 42) to 127.0.0.1:9999: connect() was given port 8080 because it lies in net.ipv4.ip_local_port_range (8080-8080)."],
-                    &["Let server (pid 42) close that connection or stop it, and keep connections off it with sysctl net.ipv4.ip_local_reserved_ports=8080"],
+                    &["Let server (pid 42) close that connection or stop it, and keep connections off it by adding 8080 to net.ipv4.ip_local_reserved_ports"],
                 )
             },
             {
@@ -1042,6 +1062,42 @@ mod tests {
                     "40000-40001 (2 ports, 2 TIME_WAIT sockets",
                 ],
                 &["ip_local_port_range"],
+            ),
+            (
+                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:80"),
+                Context {
+                    local_port_range: Some((40000, 40001)),
+                    timewait_in_range: Some(2),
+                    tcp_tw_reuse: Some(2),
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &["connect() to 127.0.0.1:80"],
+                &["tcp_tw_reuse is on here, but it lets connect() take over a TIME_WAIT port only once"],
+            ),
+            (
+                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "10.0.0.1:80"),
+                Context {
+                    local_port_range: Some((40000, 40001)),
+                    timewait_in_range: Some(2),
+                    tcp_tw_reuse: Some(2),
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &["connect() to 10.0.0.1:80"],
+                &["or set net.ipv4.tcp_tw_reuse=1 (now 2: loopback only) so that connect() may take over"],
+            ),
+            (
+                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "10.0.0.1:80"),
+                Context {
+                    local_port_range: Some((40000, 40001)),
+                    timewait_in_range: Some(0),
+                    tcp_tw_reuse: Some(0),
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &["(2 ports, 0 TIME_WAIT sockets of them)"],
+                &["TIME_WAIT stays on its side."],
             ),
             (
                 fail(Syscall::Bind, libc::EADDRINUSE, "0.0.0.0:0"),

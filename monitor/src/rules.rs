@@ -221,6 +221,9 @@ pub struct NetEnv {
     pub ip_nonlocal_bind: bool,
     /// net.ipv6.ip_nonlocal_bind.
     pub ipv6_nonlocal_bind: bool,
+    /// net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only (the default).
+    /// Only connect() uses it; told in the fix of an exhausted range.
+    pub tcp_tw_reuse: u8,
     pub local_addrs: Vec<LocalAddr>,
 }
 
@@ -234,6 +237,7 @@ impl Default for NetEnv {
             autobind_reuse: false,
             ip_nonlocal_bind: false,
             ipv6_nonlocal_bind: false,
+            tcp_tw_reuse: 2,
             local_addrs: vec![
                 LocalAddr {
                     addr: IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -483,7 +483,8 @@ fn a_connection_given_the_service_port_is_told_as_outgoing() {
     }
     assert!(!d.summary.contains("outlived"), "{}", d.summary);
     assert!(
-        d.fix.contains("net.ipv4.ip_local_reserved_ports=7901"),
+        d.fix
+            .contains("adding 7901 to net.ipv4.ip_local_reserved_ports"),
         "{}",
         d.fix
     );

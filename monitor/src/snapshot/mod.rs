@@ -397,6 +397,9 @@ pub fn read_env(notes: &mut Vec<String>) -> NetEnv {
         autobind_reuse: flag("net/ipv4/ip_autobind_reuse"),
         ip_nonlocal_bind: flag("net/ipv4/ip_nonlocal_bind"),
         ipv6_nonlocal_bind: flag("net/ipv6/ip_nonlocal_bind"),
+        tcp_tw_reuse: sysctl("net/ipv4/tcp_tw_reuse")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d.tcp_tw_reuse),
         local_addrs,
     }
 }
