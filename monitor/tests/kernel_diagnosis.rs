@@ -109,11 +109,15 @@ fn check_failure(id: u8, a: &Attempt, b: &BindFailed) -> Vec<String> {
                 ));
             }
         }
-        // The scenarios' connections holding a port were all accepted.
-        if want.state == TcpState::Established && h.outgoing != Some(false) {
+        // The scenarios' connections holding a port were all accepted:
+        // never told as outgoing. (Unknown is allowed: a failure can
+        // overtake its connection's transitions under a flood of events,
+        // as these scenarios played beside each other can make; the
+        // outgoing test checks the known case.)
+        if want.state == TcpState::Established && h.outgoing == Some(true) {
             problems.push(format!(
-                "{what}: holder {} {} was accepted, twmon says outgoing {:?}",
-                h.state, h.local, h.outgoing
+                "{what}: holder {} {} was accepted, twmon says outgoing",
+                h.state, h.local
             ));
         }
         if h.opened_by.as_ref().map(|p| p.pid) != want.opened_by_pid {
@@ -436,12 +440,18 @@ fn a_failure_is_explained_by_sockets_older_than_twmon() {
 
 /// The service port inside ip_local_port_range: connect() is given it, and
 /// the restart fails on an outgoing connection, which twmon must not call a
-/// connection that outlived its listener; the fix reserves the port.
+/// connection that outlived its listener; the fix reserves the port. The
+/// accepted end of the same connection, holding the listener's port, is
+/// told as accepted. The failures come once twmon has shown both ends
+/// established, as in the field, where the connection is old: a failure
+/// may otherwise overtake its connection's transitions under a flood of
+/// events (live.rs, OLDER_FIRST), and then how it began is unknown.
 #[test]
 fn a_connection_given_the_service_port_is_told_as_outgoing() {
     if !kernel_or_skip("a_connection_given_the_service_port_is_told_as_outgoing") {
         return;
     }
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     let ns = Netns::new().expect("network namespace");
     ns.set_sysctl("net.ipv4.ip_local_port_range", "7901 7901")
         .expect("sysctl");
@@ -449,30 +459,46 @@ fn a_connection_given_the_service_port_is_told_as_outgoing() {
     let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
     let held = ns
         .run(|| {
-            use std::net::{TcpListener, TcpStream};
             let l = TcpListener::bind("127.0.0.1:7902").unwrap();
             let c = TcpStream::connect("127.0.0.1:7902").unwrap();
             assert_eq!(c.local_addr().unwrap().port(), 7901, "the range gave 7901");
             let (a, _) = l.accept().unwrap();
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            let addr: std::net::SocketAddr = ([127, 0, 0, 1], 7901).into();
-            let e = s.bind(&addr.into()).unwrap_err();
-            assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
             (l, c, a)
         })
         .unwrap();
-    let got = watch.wait_for(
-        Duration::from_secs(5),
-        |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == 7901),
-    );
-    let Some(Event {
-        kind: Kind::BindFailed(b),
-        ..
-    }) = got
-    else {
-        panic!("no bind_failed for port 7901")
+    for (port, old) in [(7901, TcpState::SynSent), (7902, TcpState::SynRecv)] {
+        let shown = watch.wait_for(Duration::from_secs(5), |e| {
+            matches!(&e.kind, Kind::State(s) if s.local.port() == port
+                && s.old == old && s.new == TcpState::Established)
+        });
+        assert!(
+            shown.is_some(),
+            "twmon did not show {old} -> ESTABLISHED on {port}"
+        );
+    }
+    let failed = |port: u16| {
+        ns.run(|| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let e = s.bind(&addr.into()).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "port {port}");
+        })
+        .unwrap();
+        let got = watch.wait_for(
+            Duration::from_secs(5),
+            |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == port),
+        );
+        match got {
+            Some(Event {
+                kind: Kind::BindFailed(b),
+                ..
+            }) => b,
+            _ => panic!("no bind_failed for port {port}"),
+        }
     };
+
+    let b = failed(7901);
     let d = b.diagnosis.as_ref().expect("a diagnosis");
     assert_eq!(d.code, DiagnosisCode::Established, "{}", d.summary);
     let h = &b.holders[0];
@@ -488,6 +514,21 @@ fn a_connection_given_the_service_port_is_told_as_outgoing() {
         "{}",
         d.fix
     );
+
+    let b = failed(7902);
+    let d = b.diagnosis.as_ref().expect("a diagnosis");
+    assert_eq!(d.code, DiagnosisCode::Listener, "{}", d.summary);
+    let accepted = b
+        .holders
+        .iter()
+        .find(|h| h.state == TcpState::Established)
+        .unwrap_or_else(|| panic!("no ESTABLISHED holder: {:?}", b.holders));
+    assert_eq!(accepted.outgoing, Some(false), "{:?}", b.holders);
+    assert!(b
+        .holders
+        .iter()
+        .all(|h| h.state != TcpState::Listen || h.outgoing.is_none()));
+
     drop(held);
     let done = watch.stop(libc::SIGTERM);
     assert!(done.exited_cleanly(), "{}", done.describe_exit());

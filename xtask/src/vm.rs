@@ -81,6 +81,8 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             // Every field scenario: diagnosis code, holders, verdicts.
             "field_scenarios_get_the_contracts_diagnosis_and_holders",
             "a_failure_is_explained_by_sockets_older_than_twmon",
+            // connect() given the service port: an outgoing holder.
+            "a_connection_given_the_service_port_is_told_as_outgoing",
             // Precise mode's port verdict: a conflict vs. other failures.
             "the_kernel_port_verdict_tells_a_conflict_from_other_failures",
         ],
