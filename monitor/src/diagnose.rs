@@ -766,6 +766,20 @@ mod tests {
         }
     }
 
+    /// connect() found no free port in 40000-40001, `timewait` TIME_WAIT
+    /// sockets in it, under tcp_tw_reuse `reuse`.
+    fn connect_exhausted(to: &str, timewait: usize, reuse: u8) -> (Failure, Context) {
+        (
+            fail(Syscall::Connect, libc::EADDRNOTAVAIL, to),
+            Context {
+                local_port_range: Some((40000, 40001)),
+                timewait_in_range: Some(timewait),
+                tcp_tw_reuse: Some(reuse),
+                ..Context::default()
+            },
+        )
+    }
+
     fn inuse(holders: Vec<Holder>) -> (Failure, Context) {
         (
             fail(Syscall::Bind, libc::EADDRINUSE, "0.0.0.0:8080"),
@@ -1063,42 +1077,36 @@ mod tests {
                 ],
                 &["ip_local_port_range"],
             ),
-            (
-                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:80"),
-                Context {
-                    local_port_range: Some((40000, 40001)),
-                    timewait_in_range: Some(2),
-                    tcp_tw_reuse: Some(2),
-                    ..Context::default()
-                },
-                C::EphemeralExhausted,
-                &["connect() to 127.0.0.1:80"],
-                &["tcp_tw_reuse is on here, but it lets connect() take over a TIME_WAIT port only once"],
-            ),
-            (
-                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "10.0.0.1:80"),
-                Context {
-                    local_port_range: Some((40000, 40001)),
-                    timewait_in_range: Some(2),
-                    tcp_tw_reuse: Some(2),
-                    ..Context::default()
-                },
-                C::EphemeralExhausted,
-                &["connect() to 10.0.0.1:80"],
-                &["or set net.ipv4.tcp_tw_reuse=1 (now 2: loopback only) so that connect() may take over"],
-            ),
-            (
-                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "10.0.0.1:80"),
-                Context {
-                    local_port_range: Some((40000, 40001)),
-                    timewait_in_range: Some(0),
-                    tcp_tw_reuse: Some(0),
-                    ..Context::default()
-                },
-                C::EphemeralExhausted,
-                &["(2 ports, 0 TIME_WAIT sockets of them)"],
-                &["TIME_WAIT stays on its side."],
-            ),
+            {
+                let (f, c) = connect_exhausted("127.0.0.1:80", 2, 2);
+                (
+                    f,
+                    c,
+                    C::EphemeralExhausted,
+                    &["connect() to 127.0.0.1:80"],
+                    &["tcp_tw_reuse is on here, but it lets connect() take over a TIME_WAIT port only once"],
+                )
+            },
+            {
+                let (f, c) = connect_exhausted("10.0.0.1:80", 2, 2);
+                (
+                    f,
+                    c,
+                    C::EphemeralExhausted,
+                    &["connect() to 10.0.0.1:80"],
+                    &["or set net.ipv4.tcp_tw_reuse=1 (now 2: loopback only) so that connect() may take over"],
+                )
+            },
+            {
+                let (f, c) = connect_exhausted("10.0.0.1:80", 0, 0);
+                (
+                    f,
+                    c,
+                    C::EphemeralExhausted,
+                    &["(2 ports, 0 TIME_WAIT sockets of them)"],
+                    &["TIME_WAIT stays on its side."],
+                )
+            },
             (
                 fail(Syscall::Bind, libc::EADDRINUSE, "0.0.0.0:0"),
                 Context {

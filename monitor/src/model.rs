@@ -865,6 +865,30 @@ mod tests {
         })
     }
 
+    /// A look's `socket` event for the TCP socket (cookie, inode), held by
+    /// `owner` (a process named "child").
+    fn look(
+        ts_ns: u64,
+        local: &str,
+        remote: Option<&str>,
+        state: TcpState,
+        (cookie, inode): (u64, u64),
+        owner: Option<u32>,
+    ) -> Event {
+        let mut s = ExistingSocket::new(Proto::Tcp, local.parse().unwrap(), state);
+        s.remote = remote.map(|r| r.parse().unwrap());
+        (s.cookie, s.inode) = (cookie, inode);
+        let owner = owner.map(|pid| Process {
+            pid,
+            comm: "child".into(),
+        });
+        ev(
+            ts_ns,
+            None,
+            Kind::Socket(crate::correlate::socket_seen(&s, owner)),
+        )
+    }
+
     fn states(m: &Model) -> Vec<(String, TcpState)> {
         let mut v: Vec<_> = m
             .namespace(1)
@@ -962,31 +986,7 @@ mod tests {
     fn a_listener_handed_on_names_who_opened_it() {
         use TcpState::*;
         let l = "0.0.0.0:80";
-        let looked = |owner: Option<u32>| {
-            ev(
-                3,
-                None,
-                Kind::Socket(SocketSeen {
-                    local: l.parse().unwrap(),
-                    remote: None,
-                    state: Listen,
-                    timewait: false,
-                    uid: 0,
-                    inode: 77,
-                    cookie: 5,
-                    reuseaddr: Some(false),
-                    reuseport: Some(false),
-                    v6only: false,
-                    bound_dev_if: 0,
-                    expires_in_ms: None,
-                    owner: owner.map(|pid| Process {
-                        pid,
-                        comm: "child".into(),
-                    }),
-                    gone: false,
-                }),
-            )
-        };
+        let looked = |owner| look(3, l, None, Listen, (5, 77), owner);
         let listener = |m: &Model| m.namespace(1).unwrap().sockets().next().unwrap().clone();
         let opened = || {
             let mut m = Model::new();
@@ -1050,28 +1050,7 @@ mod tests {
         m.apply(&ev(4, Some(9), st(r, l, Established, CloseWait, 6, 71)));
         assert_eq!(outgoing(&m, 5), Some(true));
         assert_eq!(outgoing(&m, 6), Some(false));
-        let looked = |cookie, inode| {
-            ev(
-                5,
-                None,
-                Kind::Socket(SocketSeen {
-                    local: l.parse().unwrap(),
-                    remote: Some(r.parse().unwrap()),
-                    state: Established,
-                    timewait: false,
-                    uid: 0,
-                    inode,
-                    cookie,
-                    reuseaddr: None,
-                    reuseport: None,
-                    v6only: false,
-                    bound_dev_if: 0,
-                    expires_in_ms: None,
-                    owner: None,
-                    gone: false,
-                }),
-            )
-        };
+        let looked = |cookie, inode| look(5, l, Some(r), Established, (cookie, inode), None);
         m.apply(&looked(5, 70));
         assert_eq!(outgoing(&m, 5), Some(true));
         m.apply(&looked(7, 72));

@@ -169,31 +169,32 @@ mod tests {
     /// A listener its opener handed on names both processes.
     #[test]
     fn human_line_of_a_handed_on_listener() {
-        use crate::event::{Holder, Overlap, Process, TcpState};
+        use crate::diagnose::holder;
+        use crate::event::{Overlap, Process, Proto, TcpState};
+        use crate::rules::ExistingSocket;
         let mut ev = Synth::new(2_000, 7, 1_000_000)
             .find(|e| matches!(e.kind, Kind::BindFailed(_)))
             .unwrap();
         let Kind::BindFailed(b) = &mut ev.kind else {
             unreachable!()
         };
-        b.holders = vec![Holder {
-            state: TcpState::Listen,
-            local: "0.0.0.0:8080".parse().unwrap(),
-            remote: None,
-            pid: Some(201),
-            comm: Some("log-helper".into()),
-            uid: Some(0),
-            reuseaddr: false,
-            reuseport: false,
-            expires_in_ms: None,
-            overlap: Overlap::Exact,
-            left_by: None,
-            opened_by: Some(Process {
-                pid: 200,
-                comm: "nginx".into(),
-            }),
-            outgoing: None,
-        }];
+        let listener = ExistingSocket::new(
+            Proto::Tcp,
+            "0.0.0.0:8080".parse().unwrap(),
+            TcpState::Listen,
+        );
+        let process = |pid, comm: &str| Process {
+            pid,
+            comm: comm.into(),
+        };
+        let mut h = holder(
+            &listener,
+            Overlap::Exact,
+            Some(process(201, "log-helper")),
+            None,
+        );
+        h.opened_by = Some(process(200, "nginx"));
+        b.holders = vec![h];
         b.diagnosis = None;
         let line = human_line(&ev);
         assert!(

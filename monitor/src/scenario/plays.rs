@@ -283,6 +283,46 @@ fn child_attempt(
     }
 }
 
+/// A forked server's bind() and listen() on `a` with `opts`, both
+/// succeeding, as it reported them in `m` ([tag, bind: errno, ns before,
+/// ns after, listen: the same three, _]).
+fn child_listened(
+    rec: &mut Recorder,
+    a: Endpoint,
+    opts: SockOpts,
+    pid: u32,
+    comm: &str,
+    m: &child::Msg,
+) -> io::Result<()> {
+    for (syscall, r) in [
+        (Syscall::Bind, [m[1], m[2], m[3]]),
+        (Syscall::Listen, [m[4], m[5], m[6]]),
+    ] {
+        rec.foreign(
+            child_attempt(syscall, a, Some(a), opts, pid, comm, r),
+            Want::Ok,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// The pid of the process a forked server forked (CLONE_PARENT), from the
+/// two messages both send, in either order: [2, its pid, ...] from it and
+/// [3, ...] from `server` once it forked.
+fn forked_pid(report: &std::os::fd::OwnedFd, server: &str) -> io::Result<u32> {
+    let mut pid = None;
+    for _ in 0..2 {
+        let m = recv(report, T)?;
+        match m[0] {
+            2 => pid = Some(m[1] as u32),
+            3 => {}
+            _ => return Err(protocol_error(format!("{server} said {m:?}"))),
+        }
+    }
+    pid.ok_or_else(|| protocol_error(format!("no pid from the process {server} forked")))
+}
+
 fn like_tcp4(opts: SockOpts) -> Option<Like> {
     Some(Like {
         v6: false,
@@ -466,45 +506,11 @@ fn s3_forked_child(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
             ProcessEvent::Started,
         );
         let m = recv(&report.r, T)?;
-        rec.foreign(
-            child_attempt(
-                Syscall::Bind,
-                a,
-                Some(a),
-                SockOpts::REUSEADDR,
-                pid1,
-                COMM,
-                [m[1], m[2], m[3]],
-            ),
-            Want::Ok,
-            None,
-        )?;
-        rec.foreign(
-            child_attempt(
-                Syscall::Listen,
-                a,
-                Some(a),
-                SockOpts::REUSEADDR,
-                pid1,
-                COMM,
-                [m[4], m[5], m[6]],
-            ),
-            Want::Ok,
-            None,
-        )?;
+        child_listened(rec, a, SockOpts::REUSEADDR, pid1, COMM, &m)?;
         let c = Sock::tcp4(SockOpts::PLAIN)?;
         rec.connect(&c, a, Want::Ok)?;
         let cli = c.local()?;
-        let mut pid2 = None;
-        for _ in 0..2 {
-            let m = recv(&report.r, T)?;
-            match m[0] {
-                2 => pid2 = Some(m[1] as u32),
-                3 => {}
-                _ => return Err(protocol_error(format!("fork-server said {m:?}"))),
-            }
-        }
-        let pid2 = pid2.ok_or_else(|| protocol_error("no pid from the forked child"))?;
+        let pid2 = forked_pid(&report.r, COMM)?;
         let mut p2 = Child::adopt(pid2);
         process_step(
             rec,
@@ -606,32 +612,7 @@ fn s4_close_wait(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
             ProcessEvent::Started,
         );
         let m = recv(&report.r, T)?;
-        rec.foreign(
-            child_attempt(
-                Syscall::Bind,
-                a,
-                Some(a),
-                SockOpts::PLAIN,
-                pid,
-                COMM,
-                [m[1], m[2], m[3]],
-            ),
-            Want::Ok,
-            None,
-        )?;
-        rec.foreign(
-            child_attempt(
-                Syscall::Listen,
-                a,
-                Some(a),
-                SockOpts::PLAIN,
-                pid,
-                COMM,
-                [m[4], m[5], m[6]],
-            ),
-            Want::Ok,
-            None,
-        )?;
+        child_listened(rec, a, SockOpts::PLAIN, pid, COMM, &m)?;
         let c = Sock::tcp4(SockOpts::PLAIN)?;
         rec.connect(&c, a, Want::Ok)?;
         let cli = c.local()?;
@@ -1047,23 +1028,8 @@ fn s11_inherited_listener(ns: &Netns, rec: &mut Recorder) -> io::Result<()> {
         let role1 = "server: listens, starts a helper, dies";
         process_step(rec, pid1, SERVER, role1, ProcessEvent::Started);
         let m = recv(&report.r, T)?;
-        for (syscall, r) in [
-            (Syscall::Bind, [m[1], m[2], m[3]]),
-            (Syscall::Listen, [m[4], m[5], m[6]]),
-        ] {
-            let attempt = child_attempt(syscall, a, Some(a), SockOpts::PLAIN, pid1, SERVER, r);
-            rec.foreign(attempt, Want::Ok, None)?;
-        }
-        let mut pid2 = None;
-        for _ in 0..2 {
-            let m = recv(&report.r, T)?;
-            match m[0] {
-                2 => pid2 = Some(m[1] as u32),
-                3 => {}
-                _ => return Err(protocol_error(format!("old-server said {m:?}"))),
-            }
-        }
-        let pid2 = pid2.ok_or_else(|| protocol_error("no pid from the helper"))?;
+        child_listened(rec, a, SockOpts::PLAIN, pid1, SERVER, &m)?;
+        let pid2 = forked_pid(&report.r, SERVER)?;
         let mut p2 = Child::adopt(pid2);
         let role2 = "helper that inherited the listener";
         process_step(rec, pid2, HELPER, role2, ProcessEvent::Started);
