@@ -132,10 +132,12 @@ impl<E: Evidence> Correlator<E> {
         let mut unseen = None;
         let mut retired = None;
         if let Kind::BindFailed(b) = &ev.kind {
-            // Exhaustion (connect, port 0): the whole range matters.
-            let ports = match (b.syscall, b.requested.port()) {
-                (Syscall::Connect, _) | (_, 0) => Vec::new(),
-                (_, p) => vec![p],
+            // Exhaustion (connect, port 0): the whole range matters; a
+            // connect() from a port of its own: that port.
+            let ports = match (own_port_connect(b), b.syscall, b.requested.port()) {
+                (Some(own), _, _) => vec![own.port()],
+                (None, Syscall::Connect, _) | (None, _, 0) => Vec::new(),
+                (None, _, p) => vec![p],
             };
             if let Some(snap) = self
                 .evidence
@@ -494,6 +496,12 @@ fn new_socket(proto: Proto, b: &BindFailed) -> NewSocket {
     n
 }
 
+/// See [`diagnose::own_port_connect`].
+fn own_port_connect(b: &BindFailed) -> Option<Endpoint> {
+    diagnose::own_port_connect(b.syscall, b.errno, b.local.map(|l| l.socket_addr()))
+        .map(Endpoint::from)
+}
+
 /// Holders and diagnosis of a failure, from the model.
 pub fn explain(
     model: &Model,
@@ -508,7 +516,9 @@ pub fn explain(
     let range = env.local_port_range;
     // The failing socket itself may be in the model (a listen() on a bound
     // socket): it does not block itself.
-    let look = model.look_at_port(netns, proto, b.requested.port(), range, (b.cookie, b.inode));
+    let own = own_port_connect(b);
+    let port = own.map_or(b.requested.port(), |o| o.port());
+    let look = model.look_at_port(netns, proto, port, range, (b.cookie, b.inode));
     let (tracked, existing): (Vec<_>, Vec<ExistingSocket>) = look.on_port.into_iter().unzip();
     let (sockets_seen, timewait_in_range) = (look.sockets, look.timewait_in_range);
     let new = new_socket(proto, b);
@@ -522,6 +532,39 @@ pub fn explain(
         unseen,
         ..Context::default()
     };
+    if let Some(own) = own {
+        // The one pair of ends connect() tried: sockets with both.
+        let mut holders: Vec<crate::event::Holder> = tracked
+            .iter()
+            .zip(&existing)
+            .filter(|(_, s)| {
+                s.remote.map(Endpoint::from) == Some(b.requested)
+                    && (own.is_unspecified() || Endpoint::new(s.local, s.port) == own)
+            })
+            .map(|(t, s)| {
+                let mut h = diagnose::holder(
+                    s,
+                    crate::event::Overlap::Exact,
+                    t.owner.clone(),
+                    t.left_by.clone(),
+                );
+                if !s.is_timewait() {
+                    h.outgoing = t.outgoing;
+                }
+                h
+            })
+            .collect();
+        diagnose::sort_holders(&mut holders);
+        let failure = Failure {
+            bound: Some(own.socket_addr()),
+            ..failure
+        };
+        let ctx = Context {
+            holders: holders.clone(),
+            ..base_ctx
+        };
+        return (holders, diagnose::diagnose(&failure, &ctx));
+    }
     if b.errno == libc::EADDRINUSE && b.requested.port() != 0 && b.syscall != Syscall::Connect {
         let listen = b.syscall == Syscall::Listen;
         let verdict = rules::predict(&new, &existing, env, listen);
@@ -1294,11 +1337,13 @@ mod late_look_tests {
     use super::*;
     use crate::event::TcpState;
 
-    /// The kernel's look at a failure's port, showing `sockets`.
-    struct Look(Vec<ExistingSocket>);
+    /// The kernel's look at a failure's port, showing `sockets`, and the
+    /// ports each look asked for.
+    struct Look(Vec<ExistingSocket>, Vec<Vec<u16>>);
 
     impl Evidence for Look {
-        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
+        fn snapshot(&mut self, _: u32, _: Option<u32>, ports: &[u16]) -> Option<Snapshot> {
+            self.1.push(ports.to_vec());
             Some(Snapshot {
                 sockets: self.0.clone(),
                 owners: Default::default(),
@@ -1331,7 +1376,7 @@ mod late_look_tests {
     /// looked at: the look alone explains nothing, the events do.
     #[test]
     fn a_holder_that_closed_right_after_the_failure_still_explains_it() {
-        let mut c = Correlator::new(Look(Vec::new()));
+        let mut c = Correlator::new(Look(Vec::new(), Vec::new()));
         c.process(ev(1, listen(8002, 11)));
         let out = c.process(failure("0.0.0.0:8002"));
         let (holders, code) = explained(&out);
@@ -1358,7 +1403,7 @@ mod late_look_tests {
         );
         tw.remote = Some("127.0.0.1:40000".parse().unwrap());
         tw.cookie = 77;
-        let mut c = Correlator::new(Look(vec![tw]));
+        let mut c = Correlator::new(Look(vec![tw], Vec::new()));
         c.process(ev(1, listen(8002, 11)));
         let out = c.process(failure("0.0.0.0:8002"));
         let (holders, code) = explained(&out);
@@ -1367,6 +1412,49 @@ mod late_look_tests {
             holders.iter().all(|h| h.state == TcpState::TimeWait),
             "{holders:?}"
         );
+    }
+
+    /// connect() to 127.0.0.1:9000 from 127.0.0.1:40000, which its socket
+    /// had bound: the look is at port 40000, and the one connection with
+    /// both ends is the holder; the same local port toward another peer,
+    /// and the listener on the peer's port, are not.
+    #[test]
+    fn a_connect_from_its_own_port_is_held_by_that_connection() {
+        let conn = |local: &str, remote: &str, cookie: u64| {
+            let mut s =
+                ExistingSocket::new(Proto::Tcp, local.parse().unwrap(), TcpState::Established);
+            s.remote = Some(remote.parse().unwrap());
+            s.cookie = cookie;
+            s
+        };
+        let mut listener = ExistingSocket::new(
+            Proto::Tcp,
+            "127.0.0.1:9000".parse().unwrap(),
+            TcpState::Listen,
+        );
+        listener.cookie = 3;
+        let look = Look(
+            vec![
+                conn("127.0.0.1:40000", "127.0.0.1:9000", 1),
+                conn("127.0.0.1:40000", "127.0.0.1:9999", 2),
+                listener,
+            ],
+            Vec::new(),
+        );
+        let mut c = Correlator::new(look);
+        let mut f = failure("127.0.0.1:9000");
+        if let Kind::BindFailed(b) = &mut f.kind {
+            b.syscall = Syscall::Connect;
+            b.errno = libc::EADDRNOTAVAIL;
+            b.local = Some("127.0.0.1:40000".parse().unwrap());
+        }
+        let out = c.process(f);
+        let (holders, code) = explained(&out);
+        assert_eq!(code, DiagnosisCode::Established);
+        assert_eq!(holders.len(), 1, "{holders:?}");
+        assert_eq!(holders[0].remote, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(holders[0].overlap, crate::event::Overlap::Exact);
+        assert_eq!(c.evidence.1, vec![vec![40000]]);
     }
 }
 

@@ -35,6 +35,11 @@ pub struct Failure {
     pub v6only: bool,
     pub uid: u32,
     pub bound_dev_if: u32,
+    /// connect() only: the local end the socket had before the call, when
+    /// it had a port of its own (bound first). connect() then needs that
+    /// exact pair of ends free and never searches ip_local_port_range, so
+    /// EADDRNOTAVAIL means the connection exists already.
+    pub bound: Option<SocketAddr>,
 }
 
 impl Failure {
@@ -50,8 +55,26 @@ impl Failure {
             v6only: new.v6only,
             uid: new.uid,
             bound_dev_if: new.bound_dev_if,
+            bound: None,
         }
     }
+
+    fn own_port_connect(&self) -> Option<SocketAddr> {
+        own_port_connect(self.syscall, self.errno, self.bound)
+    }
+}
+
+/// The local end of a connect() that failed with EADDRNOTAVAIL from a port
+/// its socket had bound (`bound`, as the call left it): see
+/// [`Failure::bound`].
+pub fn own_port_connect(
+    syscall: Syscall,
+    errno: i32,
+    bound: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    (syscall == Syscall::Connect && errno == libc::EADDRNOTAVAIL)
+        .then_some(bound?)
+        .filter(|b| b.port() != 0)
 }
 
 /// The evidence.
@@ -233,6 +256,13 @@ fn is_mapped(ip: IpAddr) -> bool {
 pub fn code(f: &Failure, ctx: &Context) -> DiagnosisCode {
     let ip = f.requested.ip();
     match (f.syscall, f.errno) {
+        // Its own port: the holder of that connection's two ends decides.
+        (Syscall::Connect, libc::EADDRNOTAVAIL) if f.own_port_connect().is_some() => ctx
+            .holders
+            .iter()
+            .map(state_code)
+            .min_by_key(|c| *c as u8)
+            .unwrap_or(DiagnosisCode::Unknown),
         (Syscall::Connect, libc::EADDRNOTAVAIL) => DiagnosisCode::EphemeralExhausted,
         (_, libc::EADDRINUSE) => {
             if ctx.holders.is_empty() {
@@ -329,6 +359,58 @@ fn comm_or(h: &Holder, default: &str) -> String {
     h.comm.clone().unwrap_or_else(|| default.to_string())
 }
 
+/// connect() to `req` from a port the socket had bound (`own`) failed with
+/// EADDRNOTAVAIL: __inet_hash_connect() tried that one pair of ends only and
+/// found it in use (`holder`, when the look found it). The range plays no
+/// part, and SO_REUSEADDR none: two sockets never share both ends. A
+/// timewait socket is taken over (tcp_twsk_unique(), whatever tcp_tw_reuse
+/// says) when its connection used TCP timestamps, so one that refused did not.
+fn connection_taken(
+    req: &Endpoint,
+    own: Endpoint,
+    holder: Option<&Holder>,
+    ctx: &Context,
+) -> (String, String) {
+    let bound =
+        format!("connect() to {req} had to use {own}, the local end its socket was bound to");
+    let choose = "let connect() choose the local port (bind no port, or bind port 0 with IP_BIND_ADDRESS_NO_PORT to keep only the address)";
+    let Some(h) = holder else {
+        let seen = ctx
+            .sockets_seen
+            .map(|n| format!(" among the {n} TCP/UDP sockets of this network namespace"))
+            .unwrap_or_default();
+        return (
+            format!("{bound}, and that connection was taken, but no socket with those two ends was found{seen} (it may have closed before twmon looked)."),
+            format!("If it keeps failing, {choose}."),
+        );
+    };
+    let pair = format!("{} -> {}", h.local, req);
+    if is_timewait_holder(h) {
+        let wait = secs(h.expires_in_ms.unwrap_or(60_000));
+        let left = h
+            .left_by
+            .as_ref()
+            .map(|p| format!(", left by {} (pid {})", p.comm, p.pid))
+            .unwrap_or_default();
+        return (
+            format!("{bound}, and that connection ({pair}) is still in {} for {wait} s{left}; connect() takes such a socket over only when its connection used TCP timestamps, and this one did not.", h.state),
+            format!("{}, wait {wait} s for the {} to expire, or turn TCP timestamps on at both ends (net.ipv4.tcp_timestamps=1).", upper_first(choose), h.state),
+        );
+    }
+    (
+        format!("{bound}, and {} already holds that connection ({pair}, {}): two sockets cannot have the same two ends.", who(h, ctx), h.state),
+        format!("{}, or close that connection first; SO_REUSEADDR cannot share one.", upper_first(choose)),
+    )
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
 /// The diagnosis.
 pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
     let mut holders = ctx.holders.clone();
@@ -339,6 +421,16 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
     let error = errno_name(f.errno);
     let sys = f.syscall.as_str();
     let first = holders.first();
+    if let Some(own) = f.own_port_connect() {
+        let (summary, fix) = connection_taken(&req, Endpoint::from(own), first, ctx);
+        return Diagnosis {
+            code: c,
+            summary,
+            fix,
+            reuseaddr_would_help: false,
+            reuseport_would_help: false,
+        };
+    }
     let (summary, fix) = match c {
         DiagnosisCode::Listener => {
             let h = first.expect("listener has a holder");
@@ -763,7 +855,25 @@ mod tests {
             v6only: false,
             uid: 0,
             bound_dev_if: 0,
+            bound: None,
         }
+    }
+
+    /// connect() to 127.0.0.1:9000 from `own`, a port its socket bound, in
+    /// a namespace whose range is full of TIME_WAIT.
+    fn connect_from_own_port(own: &str) -> (Failure, Context) {
+        (
+            Failure {
+                bound: Some(own.parse().unwrap()),
+                ..fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:9000")
+            },
+            Context {
+                local_port_range: Some((40000, 40001)),
+                timewait_in_range: Some(2),
+                sockets_seen: Some(7),
+                ..Context::default()
+            },
+        )
     }
 
     /// connect() found no free port in 40000-40001, `timewait` TIME_WAIT
@@ -1107,6 +1217,48 @@ mod tests {
                     &["TIME_WAIT stays on its side."],
                 )
             },
+            // connect() from a port its socket bound: that connection's
+            // holder, never the range (its TIME_WAIT count is beside the
+            // point, so it is given here and must not be said).
+            {
+                let (f, mut c) = connect_from_own_port("127.0.0.1:40000");
+                c.holders = vec![Holder {
+                    remote: Some("127.0.0.1:9000".parse().unwrap()),
+                    outgoing: Some(true),
+                    ..h(TcpState::Established, "127.0.0.1:40000")
+                }];
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &["connect() to 127.0.0.1:9000 had to use 127.0.0.1:40000, the local end its socket was bound to, and server (pid 42) already holds that connection (127.0.0.1:40000 -> 127.0.0.1:9000, ESTABLISHED)"],
+                    &["Let connect() choose the local port", "IP_BIND_ADDRESS_NO_PORT", "close that connection first; SO_REUSEADDR cannot share one."],
+                )
+            },
+            {
+                let (f, mut c) = connect_from_own_port("0.0.0.0:40000");
+                c.holders = vec![Holder {
+                    remote: Some("127.0.0.1:9000".parse().unwrap()),
+                    ..tw("127.0.0.1:40000", 41_500, true)
+                }];
+                (
+                    f,
+                    c,
+                    C::TimeWait,
+                    &["had to use 0.0.0.0:40000", "(127.0.0.1:40000 -> 127.0.0.1:9000) is still in TIME_WAIT for 42 s", "only when its connection used TCP timestamps, and this one did not"],
+                    &["wait 42 s for the TIME_WAIT to expire, or turn TCP timestamps on at both ends"],
+                )
+            },
+            {
+                let (f, c) = connect_from_own_port("127.0.0.1:40000");
+                (
+                    f,
+                    c,
+                    C::Unknown,
+                    &["that connection was taken, but no socket with those two ends was found among the 7 TCP/UDP sockets"],
+                    &["If it keeps failing, let connect() choose the local port"],
+                )
+            },
             (
                 fail(Syscall::Bind, libc::EADDRINUSE, "0.0.0.0:0"),
                 Context {
@@ -1213,6 +1365,9 @@ mod tests {
             }
             for w in in_fix {
                 assert!(d.fix.contains(w), "fix of {want:?} lacks {w:?}: {}", d.fix);
+            }
+            if f.bound.is_some() {
+                assert!(!d.summary.contains("ip_local_port_range"), "{}", d.summary);
             }
             one_sentence(&d.summary);
             one_sentence(&d.fix);

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::event::{Event, Kind};
+use crate::event::{Event, Kind, Syscall};
 
 pub fn json_line(ev: &Event) -> String {
     serde_json::to_string(ev)
@@ -36,9 +36,14 @@ pub fn human_line(ev: &Event) -> String {
     let actor = who(c.pid, c.comm.as_deref());
     let _ = match &ev.kind {
         Kind::BindFailed(b) => {
+            // A connect() from a port of its own failed for that port.
+            let from = match (b.syscall, b.local) {
+                (Syscall::Connect, Some(l)) => format!(" from {l}"),
+                _ => String::new(),
+            };
             let _ = write!(
                 s,
-                "BIND FAILED {} {} {} {}: {} (reuseaddr={} reuseport={} v6only={} uid={})",
+                "BIND FAILED {} {} {} {}{from}: {} (reuseaddr={} reuseport={} v6only={} uid={})",
                 actor,
                 c.proto.as_str(),
                 b.syscall.as_str(),

@@ -534,6 +534,94 @@ fn a_connection_given_the_service_port_is_told_as_outgoing() {
     assert!(done.exited_cleanly(), "{}", done.describe_exit());
 }
 
+/// A client that binds its own source port (SO_REUSEADDR, as such clients
+/// do) and connects where a connection with both ends already exists:
+/// connect() fails with EADDRNOTAVAIL from that one pair, not from an
+/// exhausted range. twmon must name the connection that has both ends, first
+/// live (ESTABLISHED, owned by this process), then in TIME_WAIT (left by
+/// this process), which connect() cannot take over here because the
+/// namespace runs without TCP timestamps.
+#[test]
+fn a_connect_from_its_own_port_is_held_by_its_connection() {
+    if !kernel_or_skip("a_connect_from_its_own_port_is_held_by_its_connection") {
+        return;
+    }
+    use socket2::{Domain, Socket, Type};
+    use std::net::{Shutdown, SocketAddr, TcpListener};
+    let ns = Netns::new().expect("network namespace");
+    ns.set_sysctl("net.ipv4.tcp_timestamps", "0")
+        .expect("sysctl");
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let server: SocketAddr = ([127, 0, 0, 1], 7910).into();
+    let own: SocketAddr = ([127, 0, 0, 1], 7911).into();
+    // A socket on `own`, connecting to the server; the error if it fails.
+    let client = move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&own.into()).unwrap();
+        s.connect(&server.into()).map(|()| s)
+    };
+    let (listener, first, accepted) = ns
+        .run(|| {
+            let l = TcpListener::bind(server).unwrap();
+            let c = client().expect("the first connect");
+            let (a, _) = l.accept().unwrap();
+            (l, c, a)
+        })
+        .unwrap();
+    let fail = |code: DiagnosisCode| {
+        let e = ns.run(|| client().map(drop).unwrap_err()).unwrap();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+        let got = watch.wait_for(Duration::from_secs(5), |e| {
+            matches!(&e.kind, Kind::BindFailed(b) if b.syscall == Syscall::Connect
+                && b.diagnosis.as_ref().is_some_and(|d| d.code == code))
+        });
+        let Some(Event {
+            kind: Kind::BindFailed(b),
+            ..
+        }) = got
+        else {
+            panic!("no connect failure told as {code:?}: {:?}", watch.lines());
+        };
+        assert_eq!(b.requested, server.into());
+        assert_eq!(b.local, Some(own.into()));
+        let d = b.diagnosis.as_ref().unwrap();
+        assert!(
+            d.summary.contains("had to use 127.0.0.1:7911"),
+            "{}",
+            d.summary
+        );
+        assert!(!d.summary.contains("ip_local_port_range"), "{}", d.summary);
+        assert!(!d.reuseaddr_would_help);
+        assert_eq!(b.holders.len(), 1, "{:?}", b.holders);
+        let h = &b.holders[0];
+        assert_eq!((h.local, h.remote), (own.into(), Some(server.into())));
+        h.clone()
+    };
+
+    let h = fail(DiagnosisCode::Established);
+    assert_eq!(h.state, TcpState::Established);
+    assert_eq!(h.pid, Some(std::process::id()));
+
+    // The client closes first: its end goes to TIME_WAIT.
+    first.shutdown(Shutdown::Both).unwrap();
+    drop(first);
+    drop(accepted);
+    let shown = watch.wait_for(Duration::from_secs(5), |e| {
+        matches!(&e.kind, Kind::TimewaitOpen(t) if t.local == own.into()
+            && t.substate == TcpState::TimeWait)
+    });
+    assert!(shown.is_some(), "no TIME_WAIT on {own}");
+    let h = fail(DiagnosisCode::TimeWait);
+    assert_eq!(h.state, TcpState::TimeWait);
+    assert_eq!(h.left_by.map(|p| p.pid), Some(std::process::id()));
+
+    drop(listener);
+    let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
+
 /// A bind refused on its port and binds refused for other reasons, told
 /// apart by the kernel's port function in precise mode (`kernel_port`
 /// names `inet_csk_get_port` and the port for the first, is all null for

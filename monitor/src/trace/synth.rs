@@ -181,6 +181,7 @@ impl Synth {
             v6only: false,
             uid: 1000,
             bound_dev_if: 0,
+            bound: None,
         };
         let context = Context {
             holders: holder.into_iter().collect(),
