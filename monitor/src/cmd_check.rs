@@ -252,30 +252,14 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
 pub fn check_against(new: &NewSocket, listen: bool, snap: &Snapshot) -> CheckReport {
     let verdict = rules::predict(new, &snap.sockets, &snap.env, listen);
     let owner_of = |s: &rules::ExistingSocket| snap.owner_of(s);
-    let (holders, mut diagnosis) =
-        diagnose::explain(new, &verdict, &snap.sockets, &snap.env, &owner_of);
-    if let (Some(d), Some(errno)) = (&mut diagnosis, verdict.errno) {
-        // Redo with what the snapshot knows beyond the rules.
-        let ctx = diagnose::Context {
-            holders: holders.clone(),
-            reuseaddr_would_help: verdict.reuseaddr_would_help,
-            reuseport_would_help: verdict.reuseport_would_help,
-            flags_uncertain: verdict.uncertain,
-            local_port_range: Some(snap.env.local_port_range),
-            unprivileged_port_start: Some(snap.env.unprivileged_port_start),
-            tcp_tw_reuse: Some(snap.env.tcp_tw_reuse),
-            timewait_in_range: Some(snap.timewait_in_range(snap.env.local_port_range)),
-            used_in_range: None,
-            sockets_seen: Some(snap.sockets.len()),
-            owners_hidden: snap.owners.unreadable > 0,
-            reason: verdict.reason.map(str::to_string),
-            unseen: None,
-        };
-        *d = diagnose::diagnose(
-            &diagnose::Failure::from_new(new, verdict.syscall, errno),
-            &ctx,
-        );
-    }
+    let (holders, diagnosis) = diagnose::explain(
+        new,
+        &verdict,
+        &snap.sockets,
+        &snap.env,
+        &owner_of,
+        snap.owners.unreadable > 0,
+    );
     let others_on_port = if new.port == 0 {
         0
     } else {

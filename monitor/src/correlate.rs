@@ -530,6 +530,7 @@ pub fn explain(
         timewait_in_range: Some(timewait_in_range),
         sockets_seen: Some(sockets_seen),
         unseen,
+        dad: env.dad_refusal(b.requested.ip()),
         ..Context::default()
     };
     if let Some(own) = own {

@@ -20,7 +20,7 @@ use crate::event::{
     errno_name, Diagnosis, DiagnosisCode, Endpoint, Holder, Overlap, Process, Proto, Syscall,
     TcpState,
 };
-use crate::rules::{ExistingSocket, NetEnv, NewSocket, Verdict};
+use crate::rules::{Dad, ExistingSocket, NetEnv, NewSocket, Verdict};
 
 /// What failed.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +104,10 @@ pub struct Context {
     /// Why the namespace's sockets could not be read for this failure (for
     /// `unknown`: nothing was found because nothing could be looked at).
     pub unseen: Option<String>,
+    /// The address asked for is an IPv6 one of this host that bind()
+    /// refuses until duplicate address detection passes: its interface and
+    /// how detection stands (for `address_not_local`).
+    pub dad: Option<(String, Dad)>,
 }
 
 /// A model socket as a contract holder. `owner` names the process holding it
@@ -154,12 +158,14 @@ pub fn holders_from_verdict(
 }
 
 /// Holders and diagnosis for a predicted verdict (None when it succeeds).
+/// `owners_hidden`: some processes' descriptors could not be read.
 pub fn explain(
     new: &NewSocket,
     verdict: &Verdict,
     existing: &[ExistingSocket],
     env: &NetEnv,
     owner_of: &dyn Fn(&ExistingSocket) -> Option<Process>,
+    owners_hidden: bool,
 ) -> (Vec<Holder>, Option<Diagnosis>) {
     let Some(errno) = verdict.errno else {
         return (Vec::new(), None);
@@ -192,9 +198,10 @@ pub fn explain(
                 .len(),
         ),
         sockets_seen: Some(existing.len()),
-        owners_hidden: false,
+        owners_hidden,
         reason: verdict.reason.map(str::to_string),
         unseen: None,
+        dad: env.dad_refusal(new.addr),
     };
     let f = Failure::from_new(new, verdict.syscall, errno);
     (holders, Some(diagnose(&f, &ctx)))
@@ -748,10 +755,25 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
         }
         DiagnosisCode::AddressNotLocal => {
             let ip = Endpoint::from(f.requested).ip();
-            (
-                format!("{ip} is not an address of this host (in this network namespace), so bind() cannot use it."),
-                format!("Bind to an address the host has (or to 0.0.0.0 / [::]), add {ip} to an interface first, or set IP_FREEBIND (or net.ipv4.ip_nonlocal_bind=1) to bind before the address exists."),
-            )
+            let nonlocal = if ip.is_ipv4() {
+                "net.ipv4.ip_nonlocal_bind=1"
+            } else {
+                "net.ipv6.ip_nonlocal_bind=1"
+            };
+            match &ctx.dad {
+                Some((dev, Dad::Failed)) => (
+                    format!("{ip} is on {dev} but failed duplicate address detection: another node on that link has it, and bind() refuses the address."),
+                    format!("Find the node on {dev}'s link that uses {ip}, or give this host another address; once the clash is gone, remove {ip} from {dev} and add it again so that detection runs again."),
+                ),
+                Some((dev, _)) => (
+                    format!("{ip} is on {dev} but still tentative: duplicate address detection has not finished (it cannot while the link is down), and bind() refuses the address until it has."),
+                    format!("Retry once detection has passed (about a second after the link is up), set IP_FREEBIND (or {nonlocal}) to bind before it has, or, where no other node can have the address, add it with `nodad` (or set net.ipv6.conf.{dev}.accept_dad=0)."),
+                ),
+                None => (
+                    format!("{ip} is not an address of this host (in this network namespace), so bind() cannot use it."),
+                    format!("Bind to an address the host has (or to 0.0.0.0 / [::]), add {ip} to an interface first, or set IP_FREEBIND (or {nonlocal}) to bind before the address exists."),
+                ),
+            }
         }
         DiagnosisCode::AlreadyBound => (
             "The socket is already bound: bind() was called a second time on the same socket."
@@ -1288,7 +1310,27 @@ mod tests {
                 Context::default(),
                 C::AddressNotLocal,
                 &["192.0.2.1 is not an address of this host"],
-                &["IP_FREEBIND"],
+                &["IP_FREEBIND (or net.ipv4.ip_nonlocal_bind=1)"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EADDRNOTAVAIL, "[fd00::7]:80"),
+                Context {
+                    dad: Some(("eth1".into(), Dad::Pending)),
+                    ..Context::default()
+                },
+                C::AddressNotLocal,
+                &["fd00::7 is on eth1 but still tentative: duplicate address detection has not finished"],
+                &["IP_FREEBIND (or net.ipv6.ip_nonlocal_bind=1)", "net.ipv6.conf.eth1.accept_dad=0"],
+            ),
+            (
+                fail(Syscall::Bind, libc::EADDRNOTAVAIL, "[fd00::7]:80"),
+                Context {
+                    dad: Some(("eth1".into(), Dad::Failed)),
+                    ..Context::default()
+                },
+                C::AddressNotLocal,
+                &["fd00::7 is on eth1 but failed duplicate address detection: another node on that link has it"],
+                &["remove fd00::7 from eth1 and add it again"],
             ),
             (
                 fail(Syscall::Bind, libc::EINVAL, "127.0.0.1:80"),
@@ -1505,7 +1547,7 @@ mod tests {
         old.expires_in_ms = Some(30_500);
         let new = NewSocket::new(Proto::Tcp, "0.0.0.0:8080".parse().unwrap());
         let v = crate::rules::predict(&new, std::slice::from_ref(&old), &env, true);
-        let (holders, d) = explain(&new, &v, std::slice::from_ref(&old), &env, &|_| None);
+        let (holders, d) = explain(&new, &v, std::slice::from_ref(&old), &env, &|_| None, false);
         let d = d.unwrap();
         assert_eq!(holders.len(), 1);
         assert_eq!(holders[0].overlap, Overlap::Wildcard);

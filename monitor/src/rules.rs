@@ -204,6 +204,41 @@ pub struct LocalAddr {
     pub loopback: bool,
     /// The interface's IPv4 broadcast address, if any.
     pub broadcast: Option<Ipv4Addr>,
+    /// The interface's name.
+    pub dev: String,
+    /// IPv6 only: where duplicate address detection stands.
+    pub dad: Dad,
+}
+
+/// Duplicate address detection of an IPv6 address (IFA_F_TENTATIVE,
+/// IFA_F_OPTIMISTIC, IFA_F_DADFAILED). bind() takes an address only once it
+/// passed (or while it is optimistic): `ipv6_chk_addr_and_flags()` with
+/// IFA_F_TENTATIVE banned, which a failed address keeps too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dad {
+    /// Passed, optimistic, or not an IPv6 address.
+    Usable,
+    /// Still tentative: detection has not finished (it cannot start while
+    /// the link is down).
+    Pending,
+    /// Another node on the link has the address.
+    Failed,
+}
+
+impl Dad {
+    /// From the address flags /proc/net/if_inet6 shows.
+    pub fn from_ifa_flags(flags: u32) -> Dad {
+        const IFA_F_OPTIMISTIC: u32 = 0x04;
+        const IFA_F_DADFAILED: u32 = 0x08;
+        const IFA_F_TENTATIVE: u32 = 0x40;
+        if flags & IFA_F_DADFAILED != 0 {
+            Dad::Failed
+        } else if flags & IFA_F_TENTATIVE != 0 && flags & IFA_F_OPTIMISTIC == 0 {
+            Dad::Pending
+        } else {
+            Dad::Usable
+        }
+    }
 }
 
 /// What the rules need to know about the network namespace.
@@ -244,12 +279,16 @@ impl Default for NetEnv {
                     prefix_len: 8,
                     loopback: true,
                     broadcast: None,
+                    dev: "lo".into(),
+                    dad: Dad::Usable,
                 },
                 LocalAddr {
                     addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
                     prefix_len: 128,
                     loopback: true,
                     broadcast: None,
+                    dev: "lo".into(),
+                    dad: Dad::Usable,
                 },
             ],
         }
@@ -273,11 +312,27 @@ impl NetEnv {
         })
     }
 
-    /// Is this (non-mapped) IPv6 address assigned here (`ipv6_chk_addr`)?
+    /// Is this (non-mapped) IPv6 address assigned here and past duplicate
+    /// address detection (`ipv6_chk_addr_and_flags`)?
     pub fn ipv6_local(&self, a: Ipv6Addr) -> bool {
         self.local_addrs
             .iter()
-            .any(|l| matches!(l.addr, IpAddr::V6(la) if la == a))
+            .any(|l| matches!(l.addr, IpAddr::V6(la) if la == a) && l.dad == Dad::Usable)
+    }
+
+    /// An IPv6 address assigned here that bind() refuses until duplicate
+    /// address detection passes: its interface, and how detection stands.
+    pub fn dad_refusal(&self, ip: IpAddr) -> Option<(String, Dad)> {
+        if self.ipv6_local(match ip {
+            IpAddr::V6(a) => a,
+            IpAddr::V4(_) => return None,
+        }) {
+            return None;
+        }
+        self.local_addrs
+            .iter()
+            .find(|l| l.addr == ip && l.dad != Dad::Usable)
+            .map(|l| (l.dev.clone(), l.dad))
     }
 
     fn reserved(&self, port: u16) -> bool {
@@ -541,6 +596,12 @@ fn precheck(new: &NewSocket, env: &NetEnv) -> Option<Verdict> {
             }
             let nonlocal_ok = env.ipv6_nonlocal_bind || new.freebind || new.transparent;
             if !a.is_multicast() && !nonlocal_ok && !env.ipv6_local(a) {
+                if env.dad_refusal(IpAddr::V6(a)).is_some() {
+                    return b(
+                        libc::EADDRNOTAVAIL,
+                        "the address has not passed duplicate address detection",
+                    );
+                }
                 return b(libc::EADDRNOTAVAIL, "the address is not local");
             }
             None
@@ -1525,6 +1586,47 @@ mod tests {
         env.ipv6_nonlocal_bind = true;
         assert_eq!(
             predict(&new_tcp("[2001:db8::1]:5000"), &[], &env, false).errno,
+            None
+        );
+
+        // IPv6 addresses that have not passed duplicate address detection
+        // are refused like absent ones, unless another interface has the
+        // same address for real.
+        let on = |addr: &str, dev: &str, dad: Dad| LocalAddr {
+            addr: addr.parse().unwrap(),
+            prefix_len: 64,
+            loopback: false,
+            broadcast: None,
+            dev: dev.into(),
+            dad,
+        };
+        let mut env = NetEnv::default();
+        env.local_addrs.extend([
+            on("fd00::7", "eth1", Dad::Pending),
+            on("fd00::8", "eth1", Dad::Failed),
+            on("fd00::9", "eth1", Dad::Failed),
+            on("fd00::9", "eth2", Dad::Usable),
+        ]);
+        for (addr, errno, refusal) in [
+            (
+                "fd00::7",
+                Some(EADDRNOTAVAIL),
+                Some(("eth1".to_string(), Dad::Pending)),
+            ),
+            (
+                "fd00::8",
+                Some(EADDRNOTAVAIL),
+                Some(("eth1".to_string(), Dad::Failed)),
+            ),
+            ("fd00::9", None, None),
+        ] {
+            let v = predict(&new_tcp(&format!("[{addr}]:5000")), &[], &env, false);
+            assert_eq!(v.errno, errno, "{addr}: {v:?}");
+            assert_eq!(env.dad_refusal(addr.parse().unwrap()), refusal, "{addr}");
+        }
+        env.ipv6_nonlocal_bind = true;
+        assert_eq!(
+            predict(&new_tcp("[fd00::7]:5000"), &[], &env, false).errno,
             None
         );
     }

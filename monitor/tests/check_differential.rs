@@ -525,3 +525,100 @@ fn hidden_bucket_uid() {
         Err(why) => panic!("cannot run: {why} (CI=true)"),
     }
 }
+
+/// IPv6 duplicate address detection, live: an address on an interface whose
+/// link is down stays tentative, and bind() refuses it (EADDRNOTAVAIL) as if
+/// it were not there; `check` must say so and name the interface. An
+/// address whose detection failed on one interface but that another
+/// interface has for real binds, and `check` must agree. The namespace's
+/// addresses are read from the checking thread's own namespace (a look at
+/// the main thread's would not see them).
+#[test]
+fn addresses_in_duplicate_address_detection_are_told_as_the_kernel_treats_them() {
+    let r = in_private_netns(|| {
+        let ip = |args: &str| {
+            let out = std::process::Command::new("ip")
+                .args(args.split_whitespace())
+                .output()
+                .unwrap_or_else(|e| panic!("ip {args}: {e} (iproute2 is needed)"));
+            assert!(
+                out.status.success(),
+                "ip {args}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        if socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+            .and_then(|s| s.bind(&sa("::1", 0).into()))
+            .is_err()
+        {
+            panic!("no IPv6 in this kernel");
+        }
+        // dad0's peer stays down: no carrier, so fd00::7 stays tentative.
+        ip("link add dad0 type veth peer name dad1");
+        ip("link set dad0 up");
+        ip("addr add fd00::7/64 dev dad0");
+        // twin0 and twin1 are one link: twin1 has fd00::8 without detection,
+        // so twin0's detection of the same address fails.
+        ip("link add twin0 type veth peer name twin1");
+        ip("link set twin0 up");
+        ip("link set twin1 up");
+        ip("addr add fd00::8/64 dev twin1 nodad");
+        ip("addr add fd00::8/64 dev twin0");
+        // Detection sends its probe after a random delay of up to a second.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let shown = std::process::Command::new("ip")
+            .args(["-6", "addr", "show", "dev", "twin0"])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+        assert!(
+            shown.contains("dadfailed"),
+            "twin0's fd00::8 did not fail detection: {shown}"
+        );
+        let ask = |addr: &str| {
+            cmd_check::check(&CheckArgs {
+                addr: addr.into(),
+                udp: false,
+                reuseaddr: false,
+                reuseport: false,
+                v6only: false,
+                uid: Some(0),
+                no_listen: true,
+                json: true,
+            })
+            .unwrap()
+        };
+        let real = |addr: &str| {
+            let a: SocketAddr = addr.parse().unwrap();
+            let s = socket(Proto::Tcp, a, Opts::default()).unwrap();
+            bind(&s, a).err()
+        };
+
+        assert_eq!(real("[fd00::7]:7930"), Some(libc::EADDRNOTAVAIL));
+        let r = ask("[fd00::7]:7930");
+        assert_eq!(r.verdict.errno, Some(libc::EADDRNOTAVAIL), "{}", r.human());
+        let d = r.diagnosis.clone().unwrap();
+        assert_eq!(d.code.as_str(), "address_not_local");
+        assert!(
+            d.summary.contains("fd00::7 is on dad0 but still tentative"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.fix.contains("net.ipv6.conf.dad0.accept_dad=0"),
+            "{}",
+            d.fix
+        );
+
+        assert_eq!(real("[fd00::8]:7930"), None);
+        let r = ask("[fd00::8]:7930");
+        assert_eq!(r.verdict.errno, None, "{}", r.human());
+    });
+    match r {
+        Ok(()) => {}
+        Err(why) if !strict() => {
+            eprintln!("addresses_in_duplicate_address_detection: SKIPPED: {why} (run as root)")
+        }
+        Err(why) => panic!("cannot run: {why} (CI=true)"),
+    }
+}

@@ -22,7 +22,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::event::{Proto, TcpState};
-use crate::rules::{ExistingSocket, Family, LocalAddr, NetEnv, NewSocket};
+use crate::rules::{Dad, ExistingSocket, Family, LocalAddr, NetEnv, NewSocket};
 
 pub use owners::{Owner, OwnerMap};
 pub use sockdiag::DiagSocket;
@@ -405,11 +405,18 @@ pub fn read_env(notes: &mut Vec<String>) -> NetEnv {
 }
 
 /// Addresses of the namespace's interfaces (getifaddrs, through rtnetlink in
-/// the calling thread's namespace).
+/// the calling thread's namespace), with how duplicate address detection
+/// stands for the IPv6 ones, which getifaddrs does not say
+/// (/proc/thread-self/net/if_inet6: /proc/net would be the main thread's
+/// namespace).
 pub fn local_addrs() -> anyhow::Result<Vec<LocalAddr>> {
     use nix::net::if_::InterfaceFlags;
+    let dad = fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .map(|s| parse_if_inet6(&s))
+        .unwrap_or_default();
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
+        let dev = ifa.interface_name.clone();
         let Some(addr) = ifa.address else { continue };
         let loopback = ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK);
         if let Some(v4) = addr.as_sockaddr_in() {
@@ -429,6 +436,8 @@ pub fn local_addrs() -> anyhow::Result<Vec<LocalAddr>> {
                 prefix_len,
                 loopback,
                 broadcast,
+                dev,
+                dad: Dad::Usable,
             });
         } else if let Some(v6) = addr.as_sockaddr_in6() {
             let prefix_len = ifa
@@ -442,15 +451,60 @@ pub fn local_addrs() -> anyhow::Result<Vec<LocalAddr>> {
                 prefix_len,
                 loopback,
                 broadcast: None,
+                dad: dad
+                    .iter()
+                    .find(|(a, d, _)| *a == v6.ip() && *d == dev)
+                    .map_or(Dad::Usable, |(_, _, flags)| Dad::from_ifa_flags(*flags)),
+                dev,
             });
         }
     }
     Ok(out)
 }
 
+/// /proc/net/if_inet6: address (32 hex digits), ifindex, prefix length,
+/// scope, flags (hex), interface name. Lines that do not read are skipped.
+fn parse_if_inet6(s: &str) -> Vec<(std::net::Ipv6Addr, String, u32)> {
+    s.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [addr, _, _, _, flags, dev] = f[..] else {
+                return None;
+            };
+            let addr = u128::from_str_radix(addr, 16).ok()?;
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            Some((addr.into(), dev.to_string(), flags))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_how_duplicate_address_detection_stands() {
+        let s = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                 fd000000000000000000000000000001 03 40 00 40       v0\n\
+                 fd000000000000000000000000000002 03 40 00 c8       v0\n\
+                 fd000000000000000000000000000003 03 40 00 44       v0\n\
+                 garbage\n";
+        let got: Vec<(String, String, Dad)> = parse_if_inet6(s)
+            .into_iter()
+            .map(|(a, d, f)| (a.to_string(), d, Dad::from_ifa_flags(f)))
+            .collect();
+        let want = [
+            ("::1", "lo", Dad::Usable),
+            ("fd00::1", "v0", Dad::Pending),
+            ("fd00::2", "v0", Dad::Failed),
+            ("fd00::3", "v0", Dad::Usable),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(a, d, s)| (a.to_string(), d.to_string(), s))
+                .to_vec()
+        );
+    }
 
     #[test]
     fn parses_sysctl_values() {
