@@ -531,6 +531,7 @@ pub fn explain(
         sockets_seen: Some(sockets_seen),
         unseen,
         dad: env.dad_refusal(b.requested.ip()),
+        reserved_in_range: env.reserved_in_range(),
         ..Context::default()
     };
     if let Some(own) = own {

@@ -93,6 +93,8 @@ pub struct Context {
     pub tcp_tw_reuse: Option<u8>,
     /// TIME_WAIT sockets whose local port is in `local_port_range`.
     pub timewait_in_range: Option<usize>,
+    /// Ports of `local_port_range` in net.ipv4.ip_local_reserved_ports.
+    pub reserved_in_range: usize,
     /// Sockets in use in that range (any state).
     pub used_in_range: Option<usize>,
     /// How many sockets were looked at (for `unknown`).
@@ -202,6 +204,7 @@ pub fn explain(
         reason: verdict.reason.map(str::to_string),
         unseen: None,
         dad: env.dad_refusal(new.addr),
+        reserved_in_range: env.reserved_in_range(),
     };
     let f = Failure::from_new(new, verdict.syscall, errno);
     (holders, Some(diagnose(&f, &ctx)))
@@ -708,9 +711,23 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 Syscall::Listen => "listen() without bind() found no free port".to_string(),
                 Syscall::Bind => "bind() to port 0 found no free port".to_string(),
             };
+            let reserved = ctx.reserved_in_range;
+            let total = ctx
+                .local_port_range
+                .map_or(0, |(lo, hi)| (hi as usize).saturating_sub(lo as usize) + 1);
             let range = match ctx.local_port_range {
+                Some((lo, hi)) if reserved > 0 => {
+                    let tw = ctx
+                        .timewait_in_range
+                        .map(|n| format!(", {n} of them by TIME_WAIT sockets"))
+                        .unwrap_or_default();
+                    format!(
+                        " in ip_local_port_range {lo}-{hi}: of its {total} ports, {reserved} {} reserved by net.ipv4.ip_local_reserved_ports and the other {} in use{tw}",
+                        if reserved == 1 { "is" } else { "are" },
+                        total.saturating_sub(reserved)
+                    )
+                }
                 Some((lo, hi)) => {
-                    let total = (hi as usize).saturating_sub(lo as usize) + 1;
                     let tw = ctx
                         .timewait_in_range
                         .map(|n| {
@@ -724,7 +741,14 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 }
                 None => " in ip_local_port_range".to_string(),
             };
-            let mut fix = "Widen net.ipv4.ip_local_port_range, reuse connections (keep-alive, pooling) instead of opening one per request, or let the server close first so the TIME_WAIT stays on its side".to_string();
+            // Reservations are a fix only where they take a good share of
+            // the range.
+            let widen = if reserved > 0 && reserved * 4 >= total {
+                format!("Take ports out of net.ipv4.ip_local_reserved_ports ({reserved} of the range are reserved) or widen")
+            } else {
+                "Widen".to_string()
+            };
+            let mut fix = format!("{widen} net.ipv4.ip_local_port_range, reuse connections (keep-alive, pooling) instead of opening one per request, or let the server close first so the TIME_WAIT stays on its side");
             // connect() may take a TIME_WAIT port over when tcp_tw_reuse
             // allows it (1, or 2 toward loopback), once the port has been
             // idle for a second and both ends use TCP timestamps.
@@ -1281,6 +1305,29 @@ mod tests {
                     &["If it keeps failing, let connect() choose the local port"],
                 )
             },
+            (
+                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:9000"),
+                Context {
+                    local_port_range: Some((40000, 40009)),
+                    timewait_in_range: Some(0),
+                    reserved_in_range: 8,
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &["40000-40009: of its 10 ports, 8 are reserved by net.ipv4.ip_local_reserved_ports and the other 2 in use, 0 of them by TIME_WAIT sockets."],
+                &["Take ports out of net.ipv4.ip_local_reserved_ports (8 of the range are reserved) or widen net.ipv4.ip_local_port_range"],
+            ),
+            (
+                fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:9000"),
+                Context {
+                    local_port_range: Some((40000, 40009)),
+                    reserved_in_range: 2,
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &["of its 10 ports, 2 are reserved by net.ipv4.ip_local_reserved_ports and the other 8 in use."],
+                &["Widen net.ipv4.ip_local_port_range"],
+            ),
             (
                 fail(Syscall::Bind, libc::EADDRINUSE, "0.0.0.0:0"),
                 Context {

@@ -340,6 +340,29 @@ impl NetEnv {
             .iter()
             .any(|&(lo, hi)| lo <= port && port <= hi)
     }
+
+    /// Ports of ip_local_port_range that ip_local_reserved_ports keeps
+    /// from the kernel's search (the list, as a person wrote it, may
+    /// overlap: merged first).
+    pub fn reserved_in_range(&self) -> usize {
+        let (lo, hi) = self.local_port_range;
+        let mut clipped: Vec<(u16, u16)> = self
+            .reserved_ports
+            .iter()
+            .map(|&(a, b)| (a.max(lo), b.min(hi)))
+            .filter(|(a, b)| a <= b)
+            .collect();
+        clipped.sort_unstable();
+        let (mut n, mut next) = (0usize, 0u32);
+        for (a, b) in clipped {
+            let start = (a as u32).max(next);
+            if start <= b as u32 {
+                n += (b as u32 - start + 1) as usize;
+            }
+            next = next.max(b as u32 + 1);
+        }
+        n
+    }
 }
 
 fn same_prefix_v4(a: Ipv4Addr, b: Ipv4Addr, len: u8) -> bool {
@@ -1629,6 +1652,29 @@ mod tests {
             predict(&new_tcp("[fd00::7]:5000"), &[], &env, false).errno,
             None
         );
+    }
+
+    #[test]
+    fn reserved_ports_counted_inside_the_range_once() {
+        let env = |reserved: Vec<(u16, u16)>| NetEnv {
+            local_port_range: (40000, 40009),
+            reserved_ports: reserved,
+            ..NetEnv::default()
+        };
+        for (reserved, want) in [
+            (vec![], 0),
+            (vec![(40000, 40007)], 8),
+            (vec![(39990, 40001), (40009, 50000)], 3),
+            (vec![(40002, 40005), (40004, 40006), (40006, 40006)], 5),
+            (vec![(8080, 8080)], 0),
+            (vec![(0, 65535)], 10),
+        ] {
+            assert_eq!(
+                env(reserved.clone()).reserved_in_range(),
+                want,
+                "{reserved:?}"
+            );
+        }
     }
 
     #[test]

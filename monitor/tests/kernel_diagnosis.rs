@@ -622,6 +622,58 @@ fn a_connect_from_its_own_port_is_held_by_its_connection() {
     assert!(done.exited_cleanly(), "{}", done.describe_exit());
 }
 
+/// A range mostly kept by ip_local_reserved_ports: connect() finds no port,
+/// and the sentence must count the reserved ports, which no socket shows,
+/// beside the one in use.
+#[test]
+fn an_exhausted_range_counts_its_reserved_ports() {
+    if !kernel_or_skip("an_exhausted_range_counts_its_reserved_ports") {
+        return;
+    }
+    use std::net::{TcpListener, TcpStream};
+    let ns = Netns::new().expect("network namespace");
+    ns.set_sysctl("net.ipv4.ip_local_port_range", "7940 7943")
+        .expect("sysctl");
+    ns.set_sysctl("net.ipv4.ip_local_reserved_ports", "7940-7942")
+        .expect("sysctl");
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let held = ns
+        .run(|| {
+            let l = TcpListener::bind("127.0.0.1:7950").unwrap();
+            let c = TcpStream::connect("127.0.0.1:7950").unwrap();
+            assert_eq!(c.local_addr().unwrap().port(), 7943);
+            let e = TcpStream::connect("127.0.0.1:7950").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+            (l, c)
+        })
+        .unwrap();
+    let got = watch.wait_for(
+        Duration::from_secs(5),
+        |e| matches!(&e.kind, Kind::BindFailed(b) if b.syscall == Syscall::Connect),
+    );
+    let Some(Event {
+        kind: Kind::BindFailed(b),
+        ..
+    }) = got
+    else {
+        panic!("no connect failure: {:?}", watch.lines());
+    };
+    let d = b.diagnosis.as_ref().expect("a diagnosis");
+    assert_eq!(d.code, DiagnosisCode::EphemeralExhausted, "{}", d.summary);
+    let want = "7940-7943: of its 4 ports, 3 are reserved by net.ipv4.ip_local_reserved_ports and the other 1 in use";
+    assert!(d.summary.contains(want), "{}", d.summary);
+    assert!(
+        d.fix
+            .starts_with("Take ports out of net.ipv4.ip_local_reserved_ports"),
+        "{}",
+        d.fix
+    );
+    drop(held);
+    let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
+
 /// A bind refused on its port and binds refused for other reasons, told
 /// apart by the kernel's port function in precise mode (`kernel_port`
 /// names `inet_csk_get_port` and the port for the first, is all null for

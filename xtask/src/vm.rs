@@ -85,6 +85,8 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             "a_connection_given_the_service_port_is_told_as_outgoing",
             // connect() from a port of its own: its connection, not the range.
             "a_connect_from_its_own_port_is_held_by_its_connection",
+            // An exhausted range mostly reserved: the reserved ports counted.
+            "an_exhausted_range_counts_its_reserved_ports",
             // Precise mode's port verdict: a conflict vs. other failures.
             "the_kernel_port_verdict_tells_a_conflict_from_other_failures",
         ],
