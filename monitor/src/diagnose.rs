@@ -345,6 +345,29 @@ fn who(h: &Holder, ctx: &Context) -> String {
     }
 }
 
+/// A listener that its program holds for others, known by its comm: there
+/// "stop it (another instance of this server?)" would be wrong advice, since
+/// stopping systemd or docker-proxy is not what frees the port. What it is
+/// held for (appended to "is listening on ADDR"), and the fix.
+fn held_for_others(h: &Holder, port: u16) -> Option<(&'static str, String)> {
+    let no_sharing = if h.state == TcpState::Listen {
+        "; SO_REUSEADDR cannot share a port with a listening socket"
+    } else {
+        ""
+    };
+    match h.comm.as_deref()? {
+        "systemd" => Some((
+            " for socket activation",
+            format!("Stop the socket unit that listens on port {port} (`systemctl list-sockets` names it, then `systemctl stop NAME.socket`), or let systemd start the service instead of starting it by hand{no_sharing}."),
+        )),
+        "docker-proxy" => Some((
+            " for a container that publishes this port",
+            format!("Stop the container that publishes port {port} (`docker ps --filter publish={port}` names it) or publish it on another host port{no_sharing}."),
+        )),
+        _ => None,
+    }
+}
+
 /// ", with a socket that nginx (pid 1234) opened and no longer holds (...)"
 /// for a holder that did not open its socket, else "".
 fn handed_on(h: &Holder) -> String {
@@ -453,14 +476,18 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else {
                 String::new()
             };
+            let held_for = held_for_others(h, port);
             let summary = format!(
-                "{req} is taken: {} is listening on {}{more}{}.",
+                "{req} is taken: {} is listening on {}{}{more}{}.",
                 who(h, ctx),
                 h.local,
+                held_for.as_ref().map_or("", |(what, _)| what),
                 handed_on(h)
             );
             let fix = if ctx.reuseport_would_help {
                 format!("Set SO_REUSEPORT on the new socket to share the port with {} (it has SO_REUSEPORT and the same uid), or stop it.", who(h, ctx))
+            } else if let Some((_, fix)) = held_for {
+                fix
             } else if h.opened_by.is_some() {
                 format!("Stop {} or have it close the socket it was handed; open listening sockets with SOCK_CLOEXEC and close them in forked children, so that what a server starts does not keep its port.", who(h, ctx))
             } else {
@@ -607,16 +634,20 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else {
                 " that is neither listening nor connected"
             };
+            let held_for = held_for_others(h, port);
             let summary = format!(
-                "{} has {what} {}{tail}{}.",
+                "{} has {what} {}{tail}{}{}.",
                 who(h, ctx),
                 h.local,
+                held_for.as_ref().map_or("", |(what, _)| what),
                 handed_on(h)
             );
             let fix = if ctx.reuseaddr_would_help {
                 format!("Set SO_REUSEADDR on the new socket (the bound socket has it too), or have {} close that socket.", who(h, ctx))
             } else if ctx.reuseport_would_help {
                 format!("Set SO_REUSEPORT on the new socket (the bound socket has it and the same uid), or have {} close that socket.", who(h, ctx))
+            } else if let Some((_, fix)) = held_for {
+                fix
             } else {
                 format!("Have {} close that socket or stop it; SO_REUSEADDR on the new socket alone will not help because the bound socket did not set it.", who(h, ctx))
             };
@@ -1261,6 +1292,49 @@ mod tests {
                     C::EphemeralExhausted,
                     &["(2 ports, 0 TIME_WAIT sockets of them)"],
                     &["TIME_WAIT stays on its side."],
+                )
+            },
+            // Listeners held for others: not "another instance".
+            {
+                let (f, c) = inuse(vec![Holder {
+                    pid: Some(1),
+                    comm: Some("systemd".into()),
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &["systemd (pid 1) is listening on 0.0.0.0:8080 for socket activation."],
+                    &["Stop the socket unit that listens on port 8080 (`systemctl list-sockets` names it"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![Holder {
+                    comm: Some("docker-proxy".into()),
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &["docker-proxy (pid 42) is listening on 0.0.0.0:8080 for a container that publishes this port."],
+                    &["`docker ps --filter publish=8080` names it"],
+                )
+            },
+            {
+                let (mut f, c) = inuse(vec![Holder {
+                    pid: Some(1),
+                    comm: Some("systemd".into()),
+                    ..h(TcpState::Bound, "0.0.0.0:8080")
+                }]);
+                f.proto = Proto::Udp;
+                (
+                    f,
+                    c,
+                    C::Bound,
+                    &["systemd (pid 1) has a UDP socket bound to 0.0.0.0:8080 for socket activation."],
+                    &["let systemd start the service instead of starting it by hand."],
                 )
             },
             // connect() from a port its socket bound: that connection's
