@@ -145,7 +145,10 @@ impl Lister {
                     .iter()
                     .map(|s| {
                         let owner = (s.inode != 0).then(|| owners.first(s.inode)).flatten();
-                        correlate::socket_seen(s, owner)
+                        let shared = owners.shared_with(s.inode, owner.as_ref().map(|o| o.pid));
+                        let mut seen = correlate::socket_seen(s, owner);
+                        seen.shared_with = shared;
+                        seen
                     })
                     .collect(),
                 gone: w.gone,

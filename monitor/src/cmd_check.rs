@@ -251,7 +251,11 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
 /// Predict `new` against a snapshot (for tests and the live model's use).
 pub fn check_against(new: &NewSocket, listen: bool, snap: &Snapshot) -> CheckReport {
     let verdict = rules::predict(new, &snap.sockets, &snap.env, listen);
-    let owner_of = |s: &rules::ExistingSocket| snap.owner_of(s);
+    let owner_of = |s: &rules::ExistingSocket| {
+        let owner = snap.owner_of(s);
+        let shared = snap.shared_with(s, owner.as_ref().map(|o| o.pid));
+        (owner, shared)
+    };
     let (holders, diagnosis) = diagnose::explain(
         new,
         &verdict,

@@ -152,7 +152,12 @@ impl<E: Evidence> Correlator<E> {
                 retired = Some(r);
                 for s in &snap.sockets {
                     let opener = self.model.opener(ev.common.netns, s.cookie, s.inode);
-                    let seen = socket_event(&ev, s, snap.owner_preferring(s, opener));
+                    let owner = snap.owner_preferring(s, opener);
+                    let shared = snap.shared_with(s, owner.as_ref().map(|o| o.pid));
+                    let mut seen = socket_event(&ev, s, owner);
+                    if let Kind::Socket(seen) = &mut seen.kind {
+                        seen.shared_with = shared;
+                    }
                     self.model.apply(&seen);
                     out.push(seen);
                 }
@@ -480,6 +485,7 @@ pub fn socket_seen(s: &ExistingSocket, owner: Option<Process>) -> SocketSeen {
         expires_in_ms: s.expires_in_ms,
         owner,
         gone: false,
+        shared_with: Vec::new(),
     }
 }
 
@@ -494,6 +500,28 @@ fn new_socket(proto: Proto, b: &BindFailed) -> NewSocket {
     n.freebind = b.freebind;
     n.transparent = b.transparent;
     n
+}
+
+/// A model socket as a holder, with what the events and looks told about
+/// it: who left a timewait socket, who opened a listener that its opener
+/// no longer holds, how a connection began, who else holds its file.
+fn tracked_holder(
+    t: &crate::model::Tracked,
+    s: &ExistingSocket,
+    overlap: crate::event::Overlap,
+) -> crate::event::Holder {
+    let mut h = diagnose::holder(s, overlap, t.owner.clone(), t.left_by.clone());
+    if matches!(
+        h.state,
+        crate::event::TcpState::Listen | crate::event::TcpState::Bound
+    ) {
+        h.opened_by = t.handed_on_by().cloned();
+    }
+    if !s.is_timewait() {
+        h.outgoing = t.outgoing;
+        h.shared_with = t.shared_with.to_vec();
+    }
+    h
 }
 
 /// See [`diagnose::own_port_connect`].
@@ -543,18 +571,7 @@ pub fn explain(
                 s.remote.map(Endpoint::from) == Some(b.requested)
                     && (own.is_unspecified() || Endpoint::new(s.local, s.port) == own)
             })
-            .map(|(t, s)| {
-                let mut h = diagnose::holder(
-                    s,
-                    crate::event::Overlap::Exact,
-                    t.owner.clone(),
-                    t.left_by.clone(),
-                );
-                if !s.is_timewait() {
-                    h.outgoing = t.outgoing;
-                }
-                h
-            })
+            .map(|(t, s)| tracked_holder(t, s, crate::event::Overlap::Exact))
             .collect();
         diagnose::sort_holders(&mut holders);
         let failure = Failure {
@@ -580,18 +597,7 @@ pub fn explain(
                 .iter()
                 .filter_map(|blocker| {
                     let (t, s) = (tracked.get(blocker.index)?, existing.get(blocker.index)?);
-                    let mut h =
-                        diagnose::holder(s, blocker.overlap, t.owner.clone(), t.left_by.clone());
-                    if matches!(
-                        h.state,
-                        crate::event::TcpState::Listen | crate::event::TcpState::Bound
-                    ) {
-                        h.opened_by = t.handed_on_by().cloned();
-                    }
-                    if !s.is_timewait() {
-                        h.outgoing = t.outgoing;
-                    }
-                    Some(h)
+                    Some(tracked_holder(t, s, blocker.overlap))
                 })
                 .collect();
             diagnose::sort_holders(&mut holders);
@@ -914,6 +920,7 @@ mod kernel_holder_tests {
             left_by: None,
             opened_by: None,
             outgoing: None,
+            shared_with: Vec::new(),
         }
     }
 

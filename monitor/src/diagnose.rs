@@ -137,22 +137,32 @@ pub fn holder(
         left_by: if tw { left_by } else { None },
         opened_by: None,
         outgoing: None,
+        shared_with: Vec::new(),
     }
 }
+
+/// Who holds a socket's file: the process to name, and the others that
+/// hold it too (see [`Holder::shared_with`]).
+pub type HoldersOf<'a> = dyn Fn(&ExistingSocket) -> (Option<Process>, Vec<Process>) + 'a;
 
 /// The holders behind a verdict, most decisive first.
 pub fn holders_from_verdict(
     verdict: &Verdict,
     existing: &[ExistingSocket],
-    owner_of: &dyn Fn(&ExistingSocket) -> Option<Process>,
+    owner_of: &HoldersOf,
 ) -> Vec<Holder> {
     let mut hs: Vec<Holder> = verdict
         .blockers
         .iter()
         .filter_map(|b| {
-            existing
-                .get(b.index)
-                .map(|s| holder(s, b.overlap, owner_of(s), None))
+            existing.get(b.index).map(|s| {
+                let (owner, shared) = owner_of(s);
+                let mut h = holder(s, b.overlap, owner, None);
+                if !s.is_timewait() {
+                    h.shared_with = shared;
+                }
+                h
+            })
         })
         .collect();
     sort_holders(&mut hs);
@@ -166,7 +176,7 @@ pub fn explain(
     verdict: &Verdict,
     existing: &[ExistingSocket],
     env: &NetEnv,
-    owner_of: &dyn Fn(&ExistingSocket) -> Option<Process>,
+    owner_of: &HoldersOf,
     owners_hidden: bool,
 ) -> (Vec<Holder>, Option<Diagnosis>) {
     let Some(errno) = verdict.errno else {
@@ -345,6 +355,78 @@ fn who(h: &Holder, ctx: &Context) -> String {
     }
 }
 
+/// "log-helper (pid 11)", "nginx (pids 101, 102, 103)": processes grouped
+/// by name, in pid order.
+fn processes(ps: &[Process]) -> String {
+    let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
+    for p in ps {
+        match groups.iter_mut().find(|(c, _)| *c == p.comm) {
+            Some((_, pids)) => pids.push(p.pid),
+            None => groups.push((&p.comm, vec![p.pid])),
+        }
+    }
+    let named: Vec<String> = groups
+        .iter()
+        .map(|(comm, pids)| {
+            let list = pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let s = if pids.len() == 1 { "" } else { "s" };
+            format!("{comm} (pid{s} {list})")
+        })
+        .collect();
+    let more = if ps.len() >= crate::event::SocketSeen::SHARED_MAX {
+        " and possibly more"
+    } else {
+        ""
+    };
+    match named.as_slice() {
+        [] => String::new(),
+        [one] => format!("{one}{more}"),
+        [init @ .., last] => format!("{} and {last}{more}", init.join(", ")),
+    }
+}
+
+/// "; log-helper (pid 11) holds the same socket", for a summary whose
+/// holder's file other processes hold too (else "").
+fn also_held(h: &Holder) -> String {
+    match h.shared_with.len() {
+        0 => String::new(),
+        n => format!(
+            "; {} {} the same socket",
+            processes(&h.shared_with),
+            if n == 1 { "holds" } else { "hold" }
+        ),
+    }
+}
+
+/// Everyone who must let go of the holder: "nginx (pid 100) and
+/// log-helper (pid 11)"; with [`it_or_them`] for the pronoun after it.
+fn who_all(h: &Holder, ctx: &Context) -> String {
+    match (&h.comm, h.pid) {
+        _ if h.shared_with.is_empty() => who(h, ctx),
+        (Some(comm), Some(pid)) => {
+            let mut all = vec![Process {
+                pid,
+                comm: comm.clone(),
+            }];
+            all.extend(h.shared_with.iter().cloned());
+            processes(&all)
+        }
+        _ => format!("{} and {}", who(h, ctx), processes(&h.shared_with)),
+    }
+}
+
+fn it_or_them(h: &Holder) -> &'static str {
+    if h.shared_with.is_empty() {
+        "it"
+    } else {
+        "them"
+    }
+}
+
 /// A listener that its program holds for others, known by its comm: there
 /// "stop it (another instance of this server?)" would be wrong advice, since
 /// stopping systemd or docker-proxy is not what frees the port. What it is
@@ -478,20 +560,21 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             };
             let held_for = held_for_others(h, port);
             let summary = format!(
-                "{req} is taken: {} is listening on {}{}{more}{}.",
+                "{req} is taken: {} is listening on {}{}{more}{}{}.",
                 who(h, ctx),
                 h.local,
                 held_for.as_ref().map_or("", |(what, _)| what),
-                handed_on(h)
+                handed_on(h),
+                also_held(h)
             );
             let fix = if ctx.reuseport_would_help {
                 format!("Set SO_REUSEPORT on the new socket to share the port with {} (it has SO_REUSEPORT and the same uid), or stop it.", who(h, ctx))
             } else if let Some((_, fix)) = held_for {
                 fix
             } else if h.opened_by.is_some() {
-                format!("Stop {} or have it close the socket it was handed; open listening sockets with SOCK_CLOEXEC and close them in forked children, so that what a server starts does not keep its port.", who(h, ctx))
+                format!("Stop {} or have {} close the socket {} handed; open listening sockets with SOCK_CLOEXEC and close them in forked children, so that what a server starts does not keep its port.", who_all(h, ctx), it_or_them(h), if h.shared_with.is_empty() { "it was" } else { "they were" })
             } else {
-                format!("Stop {} (another instance of this server?) or use another port; SO_REUSEADDR cannot share a port with a listening socket.", who(h, ctx))
+                format!("Stop {} (another instance of this server?) or use another port; SO_REUSEADDR cannot share a port with a listening socket.", who_all(h, ctx))
             };
             (summary, fix)
         }
@@ -575,11 +658,16 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 };
                 let fix = match range {
                     Some(r) => format!(
-                        "Let {} close {them} or stop it, and {}",
-                        who(h, ctx),
+                        "Let {} close {them} or stop {}, and {}",
+                        who_all(h, ctx),
+                        it_or_them(h),
                         reserve(r)
                     ),
-                    None => format!("Let {} close {them} or stop it", who(h, ctx)),
+                    None => format!(
+                        "Let {} close {them} or stop {}",
+                        who_all(h, ctx),
+                        it_or_them(h)
+                    ),
                 };
                 (format!("{conns}{why}."), fix)
             } else {
@@ -588,7 +676,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                     plural(n, "connection", "connections"),
                     h.local,
                     if n == 1 { "is" } else { "are" },
-                    who(h, ctx)
+                    who_all(h, ctx)
                 );
                 let summary = if est.iter().all(|h| h.outgoing == Some(false)) {
                     format!("{alive}: connections that outlived their listener.")
@@ -598,7 +686,11 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                     // outgoing ones given the port.
                     format!("{alive}.")
                 };
-                let mut fix = format!("Let {} finish {them} or stop it", who(h, ctx));
+                let mut fix = format!(
+                    "Let {} finish {them} or stop {}",
+                    who_all(h, ctx),
+                    it_or_them(h)
+                );
                 if let Some(r) = range.filter(|_| est.iter().any(|h| h.outgoing != Some(false))) {
                     fix.push_str(&format!(
                         "; if {} outgoing, {}",
@@ -636,11 +728,12 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             };
             let held_for = held_for_others(h, port);
             let summary = format!(
-                "{} has {what} {}{tail}{}{}.",
+                "{} has {what} {}{tail}{}{}{}.",
                 who(h, ctx),
                 h.local,
                 held_for.as_ref().map_or("", |(what, _)| what),
-                handed_on(h)
+                handed_on(h),
+                also_held(h)
             );
             let fix = if ctx.reuseaddr_would_help {
                 format!("Set SO_REUSEADDR on the new socket (the bound socket has it too), or have {} close that socket.", who(h, ctx))
@@ -649,7 +742,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else if let Some((_, fix)) = held_for {
                 fix
             } else {
-                format!("Have {} close that socket or stop it; SO_REUSEADDR on the new socket alone will not help because the bound socket did not set it.", who(h, ctx))
+                format!("Have {} close that socket or stop {}; SO_REUSEADDR on the new socket alone will not help because the bound socket did not set it.", who_all(h, ctx), it_or_them(h))
             };
             (summary, fix)
         }
@@ -907,6 +1000,7 @@ mod tests {
             left_by: None,
             opened_by: None,
             outgoing: None,
+            shared_with: Vec::new(),
         }
     }
 
@@ -965,6 +1059,30 @@ mod tests {
                 ..Context::default()
             },
         )
+    }
+
+    fn proc_(comm: &str, pid: u32) -> Process {
+        Process {
+            pid,
+            comm: comm.into(),
+        }
+    }
+
+    #[test]
+    fn processes_sharing_a_socket_are_named_by_program() {
+        let many: Vec<Process> = (0..crate::event::SocketSeen::SHARED_MAX as u32)
+            .map(|i| proc_("nginx", 100 + i))
+            .collect();
+        assert!(
+            processes(&many).ends_with(", 115) and possibly more"),
+            "{}",
+            processes(&many)
+        );
+        assert_eq!(processes(&[]), "");
+        assert_eq!(
+            processes(&[proc_("a", 1), proc_("b", 2), proc_("c", 3)]),
+            "a (pid 1), b (pid 2) and c (pid 3)"
+        );
     }
 
     fn inuse(holders: Vec<Holder>) -> (Failure, Context) {
@@ -1292,6 +1410,49 @@ mod tests {
                     C::EphemeralExhausted,
                     &["(2 ports, 0 TIME_WAIT sockets of them)"],
                     &["TIME_WAIT stays on its side."],
+                )
+            },
+            // A listener whose file a child also holds: stopping the
+            // server alone does not free the port.
+            {
+                let (f, c) = inuse(vec![Holder {
+                    shared_with: vec![proc_("log-helper", 43)],
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &["server (pid 42) is listening on 0.0.0.0:8080; log-helper (pid 43) holds the same socket."],
+                    &["Stop server (pid 42) and log-helper (pid 43) (another instance of this server?)"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![Holder {
+                    shared_with: vec![proc_("worker", 43), proc_("worker", 44)],
+                    remote: Some("127.0.0.1:9999".parse().unwrap()),
+                    outgoing: Some(false),
+                    ..h(TcpState::Established, "127.0.0.1:8080")
+                }]);
+                (
+                    f,
+                    c,
+                    C::Established,
+                    &["held by server (pid 42) and worker (pids 43, 44): connections that outlived"],
+                    &["Let server (pid 42) and worker (pids 43, 44) finish that connection or stop them;"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![Holder {
+                    shared_with: vec![proc_("a", 43), proc_("b", 44), proc_("a", 45)],
+                    ..h(TcpState::Bound, "0.0.0.0:8080")
+                }]);
+                (
+                    f,
+                    c,
+                    C::Bound,
+                    &["; a (pids 43, 45) and b (pid 44) hold the same socket."],
+                    &["Have server (pid 42), a (pids 43, 45) and b (pid 44) close that socket or stop them;"],
                 )
             },
             // Listeners held for others: not "another instance".
@@ -1668,7 +1829,14 @@ mod tests {
         old.expires_in_ms = Some(30_500);
         let new = NewSocket::new(Proto::Tcp, "0.0.0.0:8080".parse().unwrap());
         let v = crate::rules::predict(&new, std::slice::from_ref(&old), &env, true);
-        let (holders, d) = explain(&new, &v, std::slice::from_ref(&old), &env, &|_| None, false);
+        let (holders, d) = explain(
+            &new,
+            &v,
+            std::slice::from_ref(&old),
+            &env,
+            &|_| (None, Vec::new()),
+            false,
+        );
         let d = d.unwrap();
         assert_eq!(holders.len(), 1);
         assert_eq!(holders[0].overlap, Overlap::Wildcard);

@@ -250,6 +250,11 @@ pub struct Holder {
     /// was accepted; absent when no event showed how it began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outgoing: Option<bool>,
+    /// Other processes holding the same socket (its file) beside `pid`:
+    /// a server's workers, a child that inherited it. Stopping `pid` alone
+    /// does not free the port while any of them lives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<Process>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -534,6 +539,16 @@ pub struct SocketSeen {
     /// The kernel no longer has it (its state is the last one known).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gone: bool,
+    /// Other processes holding its file beside `owner`, lowest pid first
+    /// (at most [`SocketSeen::SHARED_MAX`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<Process>,
+}
+
+impl SocketSeen {
+    /// Enough to name who else must let go; a thousand workers would make
+    /// every look of the port a long line.
+    pub const SHARED_MAX: usize = 16;
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

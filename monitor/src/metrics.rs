@@ -627,6 +627,7 @@ mod tests {
                 expires_in_ms: None,
                 owner: None,
                 gone: false,
+                shared_with: Vec::new(),
             }),
         ));
         let text = m.render();

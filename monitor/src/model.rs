@@ -90,6 +90,10 @@ pub struct Tracked {
     /// (Some(false)), as its first transition told; None when no event
     /// showed how it began (seen first by a look).
     pub outgoing: Option<bool>,
+    /// Other processes the last failure's look found holding it beside
+    /// `owner` (see [`SocketSeen::shared_with`]). A boxed slice: empty for
+    /// nearly every socket, and the model holds tens of thousands.
+    pub shared_with: Box<[Process]>,
     seq: u64,
 }
 
@@ -405,6 +409,10 @@ impl Model {
                 unretired: state == TcpState::Bound,
                 opened_by,
                 owner_looked: false,
+                shared_with: prev
+                    .as_ref()
+                    .map(|p| p.shared_with.clone())
+                    .unwrap_or_default(),
                 outgoing: prev.and_then(|p| p.outgoing),
                 seq: 0,
             },
@@ -462,6 +470,10 @@ impl Model {
                 (TcpState::SynRecv | TcpState::NewSynRecv, _) => Some(false),
                 _ => None,
             });
+        let shared_with = prev
+            .as_ref()
+            .map(|p| p.shared_with.clone())
+            .unwrap_or_default();
         self.insert(
             netns,
             id,
@@ -475,6 +487,7 @@ impl Model {
                 opened_by,
                 owner_looked: false,
                 outgoing,
+                shared_with,
                 seq: 0,
             },
         );
@@ -502,6 +515,7 @@ impl Model {
                 opened_by: None,
                 owner_looked: false,
                 outgoing: None,
+                shared_with: Box::default(),
                 seq: 0,
             },
         );
@@ -593,6 +607,14 @@ impl Model {
             opened_by.or(opener)
         };
         let retired_by_events = s.timewait || (proto == Proto::Tcp && s.state != TcpState::Bound);
+        // A look that names the holder names who shares it too.
+        let shared_with = if s.owner.is_some() {
+            s.shared_with.clone().into_boxed_slice()
+        } else {
+            prev.as_ref()
+                .map(|p| p.shared_with.clone())
+                .unwrap_or_default()
+        };
         self.insert(
             netns,
             id,
@@ -606,6 +628,7 @@ impl Model {
                 opened_by,
                 owner_looked,
                 outgoing,
+                shared_with,
                 seq: 0,
             },
         );
@@ -1027,6 +1050,47 @@ mod tests {
         let t = listener(&m);
         assert_eq!(t.owner.as_ref().unwrap().pid, 12);
         assert_eq!(t.handed_on_by(), None);
+    }
+
+    /// Who else holds a socket's file comes from a look that names its
+    /// holder, stays through later transitions and looks that name none,
+    /// and is replaced by the next look that does.
+    #[test]
+    fn who_shares_a_socket_is_what_the_last_look_said() {
+        use TcpState::*;
+        let l = "0.0.0.0:80";
+        let shared = |m: &Model| -> Vec<u32> {
+            let t = m.namespace(1).unwrap().sockets().next().unwrap();
+            t.shared_with.iter().map(|p| p.pid).collect()
+        };
+        let looked = |sharers: &[u32]| {
+            let mut e = look(3, l, None, Listen, (5, 77), Some(9));
+            if let Kind::Socket(s) = &mut e.kind {
+                s.shared_with = sharers
+                    .iter()
+                    .map(|&pid| Process {
+                        pid,
+                        comm: "helper".into(),
+                    })
+                    .collect();
+            }
+            e
+        };
+        let mut m = Model::new();
+        m.apply(&ev(1, Some(9), st(l, "0.0.0.0:0", Close, Listen, 5, 77)));
+        assert_eq!(shared(&m), Vec::<u32>::new());
+        m.apply(&looked(&[12, 13]));
+        assert_eq!(shared(&m), vec![12, 13]);
+        m.apply(&ev(4, Some(9), st(l, "0.0.0.0:0", Listen, Listen, 5, 77)));
+        assert_eq!(shared(&m), vec![12, 13], "a transition keeps it");
+        let mut nobody = looked(&[]);
+        if let Kind::Socket(s) = &mut nobody.kind {
+            s.owner = None;
+        }
+        m.apply(&nobody);
+        assert_eq!(shared(&m), vec![12, 13], "a look that named no holder");
+        m.apply(&looked(&[13]));
+        assert_eq!(shared(&m), vec![13]);
     }
 
     /// How a connection began is kept from its first transition through

@@ -60,10 +60,18 @@ pub fn human_line(ev: &Event) -> String {
                     (None, Some(l)) => format!("left by {}", who(Some(l.pid), Some(&l.comm))),
                     _ => "-".into(),
                 };
-                let owner = match &h.opened_by {
+                let mut owner = match &h.opened_by {
                     Some(o) => format!("{owner}, opened by {}", who(Some(o.pid), Some(&o.comm))),
                     None => owner,
                 };
+                if !h.shared_with.is_empty() {
+                    let others: Vec<String> = h
+                        .shared_with
+                        .iter()
+                        .map(|p| who(Some(p.pid), Some(&p.comm)))
+                        .collect();
+                    owner = format!("{owner}, also held by {}", others.join(" "));
+                }
                 let _ = write!(s, "\n    held by {} {}", h.state, h.local);
                 if let Some(r) = h.remote {
                     let _ = write!(s, " <-> {r}");

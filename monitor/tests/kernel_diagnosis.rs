@@ -674,6 +674,80 @@ fn an_exhausted_range_counts_its_reserved_ports() {
     assert!(done.exited_cleanly(), "{}", done.describe_exit());
 }
 
+/// A listener whose file a helper also holds (inherited across exec): the
+/// look names the server that opened it as the holder and the helper as
+/// sharing it, and the fix asks to stop both, since stopping the server
+/// alone would leave the port taken.
+#[test]
+fn a_listener_a_helper_also_holds_names_both() {
+    if !kernel_or_skip("a_listener_a_helper_also_holds_names_both") {
+        return;
+    }
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = Netns::new().expect("network namespace");
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let listener = ns
+        .run(|| TcpListener::bind("127.0.0.1:7960").unwrap())
+        .unwrap();
+    let fd = listener.as_raw_fd();
+    let mut helper = std::process::Command::new("sleep");
+    helper.arg("30");
+    // SAFETY: only fcntl between fork and exec, on a descriptor this
+    // process owns: the helper keeps the listener across exec.
+    unsafe {
+        helper.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut helper = helper.spawn().expect("sleep");
+    let shown = watch.wait_for(Duration::from_secs(5), |e| {
+        matches!(&e.kind, Kind::State(s) if s.local.port() == 7960 && s.new == TcpState::Listen)
+    });
+    assert!(shown.is_some(), "no LISTEN on 7960");
+    let e = ns
+        .run(|| TcpListener::bind("127.0.0.1:7960").unwrap_err())
+        .unwrap();
+    assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+    let got = watch.wait_for(
+        Duration::from_secs(5),
+        |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == 7960),
+    );
+    let _ = helper.kill();
+    let _ = helper.wait();
+    let Some(Event {
+        kind: Kind::BindFailed(b),
+        ..
+    }) = got
+    else {
+        panic!("no failure on 7960: {:?}", watch.lines());
+    };
+    let d = b.diagnosis.as_ref().expect("a diagnosis");
+    assert_eq!(d.code, DiagnosisCode::Listener, "{}", d.summary);
+    let h = &b.holders[0];
+    assert_eq!(h.pid, Some(std::process::id()), "the opener is named");
+    let sharers: Vec<u32> = h.shared_with.iter().map(|p| p.pid).collect();
+    assert!(sharers.contains(&helper.id()), "{:?}", h.shared_with);
+    let named = format!("sleep (pid {})", helper.id());
+    assert!(
+        d.summary
+            .contains(&format!("{named} holds the same socket"))
+            || d.summary.contains("hold the same socket"),
+        "{}",
+        d.summary
+    );
+    assert!(d.fix.contains(&named), "{}", d.fix);
+    drop(listener);
+    let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
+
 /// A bind refused on its port and binds refused for other reasons, told
 /// apart by the kernel's port function in precise mode (`kernel_port`
 /// names `inet_csk_get_port` and the port for the first, is all null for

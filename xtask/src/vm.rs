@@ -87,6 +87,8 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             "a_connect_from_its_own_port_is_held_by_its_connection",
             // An exhausted range mostly reserved: the reserved ports counted.
             "an_exhausted_range_counts_its_reserved_ports",
+            // A listener a helper also holds: both named.
+            "a_listener_a_helper_also_holds_names_both",
             // Precise mode's port verdict: a conflict vs. other failures.
             "the_kernel_port_verdict_tells_a_conflict_from_other_failures",
         ],

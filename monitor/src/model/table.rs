@@ -210,6 +210,7 @@ mod tests {
             opened_by: None,
             owner_looked: false,
             outgoing: None,
+            shared_with: Box::default(),
             seq: 0,
         }
     }

@@ -200,6 +200,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
                 left_by: None,
                 opened_by: None,
                 outgoing: None,
+                shared_with: Vec::new(),
             }],
             diagnosis: None,
             freebind: false,

@@ -70,6 +70,16 @@ impl Snapshot {
         self.owners.first(s.inode)
     }
 
+    /// The processes beside `owner` (a pid) that hold the socket's file,
+    /// each once, lowest pid first, at most `SocketSeen::SHARED_MAX`.
+    pub fn shared_with(
+        &self,
+        s: &ExistingSocket,
+        owner: Option<u32>,
+    ) -> Vec<crate::event::Process> {
+        self.owners.shared_with(s.inode, owner)
+    }
+
     /// The process to name for a socket: `opener` (the pid that bound it,
     /// as the events told) while it still holds it, otherwise the lowest
     /// pid. A server's workers share its listener: naming the server is what

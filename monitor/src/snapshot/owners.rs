@@ -150,6 +150,24 @@ impl OwnerMap {
     pub fn first(&self, inode: u64) -> Option<Process> {
         self.owners(inode).first().map(Owner::process)
     }
+
+    /// The processes beside `owner` (a pid) holding the socket, each once,
+    /// lowest pid first, at most `SocketSeen::SHARED_MAX`.
+    pub fn shared_with(&self, inode: u64, owner: Option<u32>) -> Vec<Process> {
+        let mut out: Vec<Process> = Vec::new();
+        if inode == 0 {
+            return out;
+        }
+        for o in self.owners(inode) {
+            // Lowest pid first: a process with several descriptors of the
+            // socket comes in a run.
+            if Some(o.pid) != owner && out.last().is_none_or(|p| p.pid != o.pid) {
+                out.push(o.process());
+            }
+        }
+        out.truncate(crate::event::SocketSeen::SHARED_MAX);
+        out
+    }
 }
 
 fn socket_inode(link: &str) -> Option<u64> {

@@ -168,6 +168,7 @@ impl Synth {
             }),
             opened_by: None,
             outgoing: None,
+            shared_with: Vec::new(),
         });
         // Explained by the product's own rules, so that what tests and
         // snapshots show of a synthetic trace is what twmon would say.

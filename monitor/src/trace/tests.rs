@@ -617,6 +617,7 @@ fn a_carry_over_larger_than_the_limit_is_at_most_as_large_as_the_new_events() {
                 expires_in_ms: None,
                 owner: None,
                 gone: false,
+                shared_with: Vec::new(),
             }),
         });
     }

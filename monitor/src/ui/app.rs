@@ -836,6 +836,7 @@ mod tests {
             expires_in_ms: timewait.then_some(60_000),
             owner: None,
             gone: false,
+            shared_with: Vec::new(),
         }
     }
 

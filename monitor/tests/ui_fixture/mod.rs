@@ -199,6 +199,7 @@ pub fn events() -> Vec<Event> {
                 }),
                 opened_by: None,
                 outgoing: None,
+                shared_with: Vec::new(),
             }],
             Diagnosis {
                 code: DiagnosisCode::TimeWait,
@@ -277,6 +278,7 @@ pub fn events() -> Vec<Event> {
                 comm: CW.1.into(),
             }),
             gone: false,
+            shared_with: Vec::new(),
         }),
     );
     seen.common.pid = None;
@@ -300,6 +302,7 @@ pub fn events() -> Vec<Event> {
                 left_by: None,
                 opened_by: None,
                 outgoing: None,
+                shared_with: Vec::new(),
             }],
             Diagnosis {
                 code: DiagnosisCode::CloseWait,
