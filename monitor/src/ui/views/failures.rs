@@ -5,15 +5,22 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Row, Table};
 use ratatui::Frame;
 
-use crate::event::DiagnosisCode;
+use crate::event::{BindFailed, DiagnosisCode};
 use crate::ui::app::App;
 use crate::ui::format::{fit, hms, who_fit};
 use crate::ui::rows;
 use crate::ui::theme::Theme;
 
-/// A few words for a diagnosis code, for narrow columns.
-pub(crate) fn short_why(code: DiagnosisCode) -> &'static str {
+/// A few words for a failure's diagnosis, for narrow columns.
+pub(crate) fn short_why(b: &BindFailed, code: DiagnosisCode) -> &'static str {
     use DiagnosisCode::*;
+    // A connect() from its own port: whatever the holder's state, the
+    // connection exists already (not "old connections" of a server).
+    let own_port =
+        crate::diagnose::own_port_connect(b.syscall, b.errno, b.local.map(|l| l.socket_addr()));
+    if own_port.is_some() && code != Unknown {
+        return "connection in use";
+    }
     match code {
         Listener => "LISTEN holder",
         CloseWait => "CLOSE_WAIT leak",
@@ -78,8 +85,8 @@ pub(super) fn render(f: &mut Frame, area: Rect, app: &App, theme: &Theme, focuse
             let why = match &b.diagnosis {
                 Some(d) if wide => d.summary.clone(),
                 // Too narrow for the sentence: the detail has it.
-                Some(d) if why_w < 28 => short_why(d.code).to_string(),
-                Some(d) => format!("{}: {}", short_why(d.code), d.summary),
+                Some(d) if why_w < 28 => short_why(b, d.code).to_string(),
+                Some(d) => format!("{}: {}", short_why(b, d.code), d.summary),
                 None => "-".into(),
             };
             let mut cells = vec![
@@ -127,4 +134,36 @@ pub(super) fn render(f: &mut Frame, area: Rect, app: &App, theme: &Theme, focuse
         theme.selected(),
         sel,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(syscall: &str, errno: i32, local: Option<&str>) -> BindFailed {
+        let mut v = serde_json::json!({
+            "syscall": syscall, "errno": errno, "error": "E", "requested": "127.0.0.1:9000",
+            "reuseaddr": true, "reuseport": false, "v6only": false, "uid": 0,
+            "holders": [], "diagnosis": null,
+        });
+        if let Some(l) = local {
+            v["local"] = l.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// A connect() from a port its socket bound is told as the connection
+    /// in use, whatever state held it; other failures by their code.
+    #[test]
+    fn a_connect_from_its_own_port_reads_as_a_connection_in_use() {
+        use DiagnosisCode::*;
+        let own = failure("connect", libc::EADDRNOTAVAIL, Some("127.0.0.1:40000"));
+        assert_eq!(short_why(&own, Established), "connection in use");
+        assert_eq!(short_why(&own, TimeWait), "connection in use");
+        assert_eq!(short_why(&own, Unknown), "unexplained");
+        let search = failure("connect", libc::EADDRNOTAVAIL, None);
+        assert_eq!(short_why(&search, EphemeralExhausted), "ports exhausted");
+        let bind = failure("bind", libc::EADDRINUSE, None);
+        assert_eq!(short_why(&bind, Established), "old connections");
+    }
 }
