@@ -598,18 +598,47 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 .copied()
                 .unwrap_or(cw[0]);
             let name = comm_or(h, "its owner");
+            // Others holding any of that process's CLOSE_WAIT sockets (a
+            // forked child's copies) keep them open after it stops.
+            let mut sharers: Vec<Process> = cw
+                .iter()
+                .filter(|c| c.pid == top_pid)
+                .flat_map(|c| c.shared_with.iter().cloned())
+                .collect();
+            sharers.sort_by_key(|p| p.pid);
+            sharers.dedup_by_key(|p| p.pid);
+            let mine = || cw.iter().filter(|c| c.pid == top_pid);
+            let every = mine().all(|c| {
+                sharers
+                    .iter()
+                    .all(|p| c.shared_with.iter().any(|q| q.pid == p.pid))
+            });
+            let all = Holder {
+                shared_with: sharers,
+                ..(*h).clone()
+            };
             let summary = format!(
-                "{} holds {} on port {port}: the peers closed those connections but {name} never called close() on them.",
+                "{} holds {} on port {port}: the peers closed those connections but {name} never called close() on them{}.",
                 who(h, ctx),
-                plural(n, "CLOSE_WAIT socket", "CLOSE_WAIT sockets")
+                plural(n, "CLOSE_WAIT socket", "CLOSE_WAIT sockets"),
+                match all.shared_with.len() {
+                    0 => String::new(),
+                    k => format!(
+                        "; {} {} {} too",
+                        processes(&all.shared_with),
+                        if k == 1 { "holds" } else { "hold" },
+                        if every { "them" } else { "some of them" }
+                    ),
+                }
             );
             let fix = if ctx.reuseaddr_would_help {
                 format!("Set SO_REUSEADDR on the new socket (the CLOSE_WAIT sockets have it too), and fix {name} to close connections its peers ended.")
             } else {
-                let stop = h
-                    .pid
-                    .map(|p| format!(" or stop it (pid {p})"))
-                    .unwrap_or_default();
+                let stop = match h.pid {
+                    Some(p) if all.shared_with.is_empty() => format!(" or stop it (pid {p})"),
+                    Some(_) => format!(" or stop {}", who_all(&all, ctx)),
+                    None => String::new(),
+                };
                 format!("Make {name} close the connections its peers ended{stop}; SO_REUSEADDR on the new socket alone will not help because those sockets did not set it.")
             };
             (summary, fix)
@@ -826,7 +855,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             };
             (
                 format!("Port sharing with SO_REUSEPORT is refused: {reason}."),
-                format!("Set SO_REUSEPORT on every socket that shares port {port} and run them all as the same uid, or stop {}.", who(h, ctx)),
+                format!("Set SO_REUSEPORT on every socket that shares port {port} and run them all as the same uid, or stop {}.", who_all(h, ctx)),
             )
         }
         DiagnosisCode::EphemeralExhausted => {
@@ -1453,6 +1482,36 @@ mod tests {
                     C::Bound,
                     &["; a (pids 43, 45) and b (pid 44) hold the same socket."],
                     &["Have server (pid 42), a (pids 43, 45) and b (pid 44) close that socket or stop them;"],
+                )
+            },
+            // CLOSE_WAIT sockets a forked child holds too.
+            {
+                let (f, c) = inuse(vec![
+                    Holder {
+                        shared_with: vec![proc_("app7", 70)],
+                        ..cw(7)
+                    },
+                    cw(7),
+                ]);
+                (
+                    f,
+                    c,
+                    C::CloseWait,
+                    &["never called close() on them; app7 (pid 70) holds some of them too."],
+                    &["or stop app7 (pids 7, 70);"],
+                )
+            },
+            {
+                let (f, c) = inuse(vec![Holder {
+                    shared_with: vec![proc_("child", 71), proc_("child", 72)],
+                    ..cw(7)
+                }]);
+                (
+                    f,
+                    c,
+                    C::CloseWait,
+                    &["; child (pids 71, 72) hold them too."],
+                    &["or stop app7 (pid 7) and child (pids 71, 72);"],
                 )
             },
             // Listeners held for others: not "another instance".
