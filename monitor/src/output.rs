@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::event::{Event, Kind, Syscall};
+use crate::event::{Event, Holder, Kind, Process, Syscall};
 
 pub fn json_line(ev: &Event) -> String {
     serde_json::to_string(ev)
@@ -30,6 +30,27 @@ fn who(pid: Option<u32>, comm: Option<&str>) -> String {
     }
 }
 
+/// Who a holder names, in the short "comm[pid]" style of the watch lines,
+/// the report and the dashboard's detail: its owner, or who left a
+/// timewait socket ("left by ..."), or `unknown`; then who opened a socket
+/// it was handed and who else holds it.
+pub fn holder_owner(h: &Holder, unknown: &str) -> String {
+    let named = |p: &Process| who(Some(p.pid), Some(&p.comm));
+    let mut s = match (h.pid, &h.left_by) {
+        (Some(p), _) => who(Some(p), h.comm.as_deref()),
+        (None, Some(l)) => format!("left by {}", named(l)),
+        _ => unknown.to_string(),
+    };
+    if let Some(o) = &h.opened_by {
+        let _ = write!(s, ", opened by {}", named(o));
+    }
+    if !h.shared_with.is_empty() {
+        let others: Vec<String> = h.shared_with.iter().map(named).collect();
+        let _ = write!(s, ", also held by {}", others.join(" "));
+    }
+    s
+}
+
 pub fn human_line(ev: &Event) -> String {
     let c = &ev.common;
     let mut s = format!("{} {:>9} ", clock(&c.ts), c.netns);
@@ -55,23 +76,7 @@ pub fn human_line(ev: &Event) -> String {
                 b.uid
             );
             for h in &b.holders {
-                let owner = match (&h.pid, &h.left_by) {
-                    (Some(p), _) => who(Some(*p), h.comm.as_deref()),
-                    (None, Some(l)) => format!("left by {}", who(Some(l.pid), Some(&l.comm))),
-                    _ => "-".into(),
-                };
-                let mut owner = match &h.opened_by {
-                    Some(o) => format!("{owner}, opened by {}", who(Some(o.pid), Some(&o.comm))),
-                    None => owner,
-                };
-                if !h.shared_with.is_empty() {
-                    let others: Vec<String> = h
-                        .shared_with
-                        .iter()
-                        .map(|p| who(Some(p.pid), Some(&p.comm)))
-                        .collect();
-                    owner = format!("{owner}, also held by {}", others.join(" "));
-                }
+                let owner = holder_owner(h, "-");
                 let _ = write!(s, "\n    held by {} {}", h.state, h.local);
                 if let Some(r) = h.remote {
                     let _ = write!(s, " <-> {r}");
@@ -156,6 +161,39 @@ pub fn human_line(ev: &Event) -> String {
 mod tests {
     use super::*;
     use crate::trace::synth::Synth;
+
+    /// The owner phrase the watch lines, the report and the detail share.
+    #[test]
+    fn a_holder_names_its_owner_or_who_left_it_then_the_others() {
+        use crate::event::{Overlap, TcpState};
+        let p = |comm: &str, pid| Process {
+            pid,
+            comm: comm.into(),
+        };
+        let listener = crate::rules::ExistingSocket::new(
+            crate::event::Proto::Tcp,
+            "0.0.0.0:80".parse().unwrap(),
+            TcpState::Listen,
+        );
+        let base = crate::diagnose::holder(&listener, Overlap::Exact, None, None);
+        assert_eq!(holder_owner(&base, "owner ?"), "owner ?");
+        let tw = Holder {
+            left_by: Some(p("nginx", 7)),
+            ..base.clone()
+        };
+        assert_eq!(holder_owner(&tw, "-"), "left by nginx[7]");
+        let shared = Holder {
+            pid: Some(201),
+            comm: Some("log-helper".into()),
+            opened_by: Some(p("nginx", 200)),
+            shared_with: vec![p("a", 202), p("b", 203)],
+            ..base
+        };
+        assert_eq!(
+            holder_owner(&shared, "-"),
+            "log-helper[201], opened by nginx[200], also held by a[202] b[203]"
+        );
+    }
 
     /// One human line per kind of event the synthetic trace makes (the
     /// first of each), as `twmon watch` prints them.

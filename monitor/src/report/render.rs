@@ -48,15 +48,7 @@ fn duration(ms: u64) -> String {
 }
 
 fn holder_line(h: &Holder) -> String {
-    let owner = match (h.pid, &h.left_by) {
-        (Some(p), _) => who(Some(p), h.comm.as_deref()),
-        (None, Some(l)) => format!("left by {}", who(Some(l.pid), Some(&l.comm))),
-        _ => "owner unknown".into(),
-    };
-    let owner = match &h.opened_by {
-        Some(o) => format!("{owner}, opened by {}", who(Some(o.pid), Some(&o.comm))),
-        None => owner,
-    };
+    let owner = crate::output::holder_owner(h, "owner unknown");
     let mut s = format!("{} {}", h.state, h.local);
     if let Some(r) = h.remote {
         let _ = write!(s, " <-> {r}");

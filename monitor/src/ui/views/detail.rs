@@ -11,7 +11,7 @@ use ratatui::Frame;
 use crate::event::{Holder, Overlap, Proto, Syscall, TcpState};
 use crate::model::{Model, Tracked};
 use crate::ui::app::{App, FailureRow, REFUSED_WINDOW_NS};
-use crate::ui::format::{dur_ms, hms, process, who};
+use crate::ui::format::{dur_ms, hms, who};
 use crate::ui::theme::Theme;
 
 use super::wrap;
@@ -161,16 +161,12 @@ fn lines<'a>(
         if let Some(r) = h.remote {
             l1.push(Span::raw(format!(" → {r}")));
         }
-        let owner = match (&h.pid, &h.left_by) {
-            (Some(p), _) => who(Some(*p), h.comm.as_deref()),
-            (None, Some(l)) => format!("left by {}", process(Some(l))),
-            (None, None) if h.state == TcpState::TimeWait => "left by ?".into(),
-            _ => "owner ?".into(),
+        let unknown = if h.state == TcpState::TimeWait {
+            "left by ?"
+        } else {
+            "owner ?"
         };
-        let owner = match &h.opened_by {
-            Some(o) => format!("{owner}, opened by {}", process(Some(o))),
-            None => owner,
-        };
+        let owner = crate::output::holder_owner(h, unknown);
         let mut l2 = vec![Span::raw("   "), Span::styled(owner, theme.accent())];
         let tw = matches!(h.state, TcpState::TimeWait | TcpState::FinWait2);
         let (now_text, now_style) = match now_sock {
