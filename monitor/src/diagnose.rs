@@ -486,8 +486,14 @@ fn connection_taken(
     holder: Option<&Holder>,
     ctx: &Context,
 ) -> (String, String) {
-    let bound =
-        format!("connect() to {req} had to use {own}, the local end its socket was bound to");
+    let bound = if own.is_unspecified() {
+        format!(
+            "connect() to {req} had to use port {}, which its socket was bound to",
+            own.port()
+        )
+    } else {
+        format!("connect() to {req} had to use {own}, the local end its socket was bound to")
+    };
     let choose = "let connect() choose the local port (bind no port, or bind port 0 with IP_BIND_ADDRESS_NO_PORT to keep only the address)";
     let Some(h) = holder else {
         let seen = ctx
@@ -1585,7 +1591,7 @@ mod tests {
                     f,
                     c,
                     C::TimeWait,
-                    &["had to use 0.0.0.0:40000", "(127.0.0.1:40000 -> 127.0.0.1:9000) is still in TIME_WAIT for 42 s", "only when its connection used TCP timestamps, and this one did not"],
+                    &["had to use port 40000, which its socket was bound to, and that connection (127.0.0.1:40000 -> 127.0.0.1:9000) is still in TIME_WAIT for 42 s", "only when its connection used TCP timestamps, and this one did not"],
                     &["wait 42 s for the TIME_WAIT to expire, or turn TCP timestamps on at both ends"],
                 )
             },
