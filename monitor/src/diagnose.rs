@@ -312,6 +312,7 @@ pub fn code(f: &Failure, ctx: &Context) -> DiagnosisCode {
             _ => DiagnosisCode::PrivilegedPort,
         },
         (Syscall::Bind, libc::EADDRNOTAVAIL) => DiagnosisCode::AddressNotLocal,
+        (Syscall::Listen, libc::EINVAL) => DiagnosisCode::AlreadyBound,
         (Syscall::Bind, libc::EINVAL) => {
             let invalid = match ip {
                 IpAddr::V6(a) => {
@@ -958,8 +959,14 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 ),
             }
         }
+        // listen() refuses EINVAL for a socket that is not in CLOSE or
+        // LISTEN (inet_listen()): one that connect() bound and connected.
+        DiagnosisCode::AlreadyBound if f.syscall == Syscall::Listen => (
+            format!("listen() needs a socket that has no connection, and this one is already connected (or connecting, or closing a connection) from {req}."),
+            "Listen on a socket of its own (socket(), bind() to the port, listen()); a socket that called connect() cannot become a listener.".to_string(),
+        ),
         DiagnosisCode::AlreadyBound => (
-            "The socket is already bound: bind() was called a second time on the same socket."
+            "The socket is already bound: bind() was called a second time on it, or after connect() or listen() had bound it."
                 .to_string(),
             "Create a new socket for each bind(), or drop the second bind() call.".to_string(),
         ),
@@ -1678,6 +1685,13 @@ mod tests {
                 C::AddressNotLocal,
                 &["fd00::7 is on eth1 but failed duplicate address detection: another node on that link has it"],
                 &["remove fd00::7 from eth1 and add it again"],
+            ),
+            (
+                fail(Syscall::Listen, libc::EINVAL, "127.0.0.1:40008"),
+                Context::default(),
+                C::AlreadyBound,
+                &["this one is already connected (or connecting, or closing a connection) from 127.0.0.1:40008."],
+                &["a socket that called connect() cannot become a listener."],
             ),
             (
                 fail(Syscall::Bind, libc::EINVAL, "127.0.0.1:80"),

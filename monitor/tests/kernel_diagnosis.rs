@@ -748,6 +748,49 @@ fn a_listener_a_helper_also_holds_names_both() {
     assert!(done.exited_cleanly(), "{}", done.describe_exit());
 }
 
+/// listen() on a socket that connect() connected fails with EINVAL: told
+/// as such, not as an unexplained failure of a bind.
+#[test]
+fn listen_on_a_connected_socket_is_told_as_connected() {
+    if !kernel_or_skip("listen_on_a_connected_socket_is_told_as_connected") {
+        return;
+    }
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    let ns = Netns::new().expect("network namespace");
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let held = ns
+        .run(|| {
+            let l = TcpListener::bind("127.0.0.1:7970").unwrap();
+            let c = TcpStream::connect("127.0.0.1:7970").unwrap();
+            // SAFETY: listen() on a descriptor this closure owns.
+            let r = unsafe { libc::listen(c.as_raw_fd(), 8) };
+            let e = std::io::Error::last_os_error();
+            assert_eq!((r, e.raw_os_error()), (-1, Some(libc::EINVAL)), "{e}");
+            (l, c)
+        })
+        .unwrap();
+    let got = watch.wait_for(
+        Duration::from_secs(5),
+        |e| matches!(&e.kind, Kind::BindFailed(b) if b.syscall == Syscall::Listen),
+    );
+    let Some(Event {
+        kind: Kind::BindFailed(b),
+        ..
+    }) = got
+    else {
+        panic!("no listen failure: {:?}", watch.lines());
+    };
+    assert_eq!(b.errno, libc::EINVAL);
+    let d = b.diagnosis.as_ref().expect("a diagnosis");
+    assert_eq!(d.code, DiagnosisCode::AlreadyBound, "{}", d.summary);
+    assert!(d.summary.contains("already connected"), "{}", d.summary);
+    drop(held);
+    let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
+
 /// A bind refused on its port and binds refused for other reasons, told
 /// apart by the kernel's port function in precise mode (`kernel_port`
 /// names `inet_csk_get_port` and the port for the first, is all null for

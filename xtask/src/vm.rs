@@ -89,6 +89,8 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             "an_exhausted_range_counts_its_reserved_ports",
             // A listener a helper also holds: both named.
             "a_listener_a_helper_also_holds_names_both",
+            // listen() on a connected socket: EINVAL told as such.
+            "listen_on_a_connected_socket_is_told_as_connected",
             // Precise mode's port verdict: a conflict vs. other failures.
             "the_kernel_port_verdict_tells_a_conflict_from_other_failures",
         ],
