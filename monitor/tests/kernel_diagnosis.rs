@@ -36,6 +36,28 @@ fn failure_of<'a>(events: &'a [Event], a: &Attempt) -> Option<&'a BindFailed> {
     })
 }
 
+/// The first failure twmon printed that satisfies `pred` (waiting up to
+/// 5 s); `what` names it when there is none.
+fn failure_shown(watch: &Watch, what: &str, pred: impl Fn(&BindFailed) -> bool) -> Box<BindFailed> {
+    let got = watch.wait_for(
+        Duration::from_secs(5),
+        |e| matches!(&e.kind, Kind::BindFailed(b) if pred(b)),
+    );
+    match got {
+        Some(Event {
+            kind: Kind::BindFailed(b),
+            ..
+        }) => b,
+        _ => panic!("no {what}: {:?}", watch.lines()),
+    }
+}
+
+/// twmon stops on SIGTERM and exits cleanly.
+fn stop_cleanly(watch: Watch) {
+    let done = watch.stop(libc::SIGTERM);
+    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+}
+
 fn check_failure(id: u8, a: &Attempt, b: &BindFailed) -> Vec<String> {
     let mut problems = Vec::new();
     let expect = a.expect.as_ref().expect("a failure with expectations");
@@ -388,23 +410,17 @@ fn a_failure_is_explained_by_sockets_older_than_twmon() {
         .unwrap();
     let inode = ns.inode().to_string();
     let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
-    let codes: Vec<(u16, Option<DiagnosisCode>)> = ns
-        .run(|| {
-            [7801u16, 7802, 7803]
-                .iter()
-                .map(|&port| {
-                    // A plain socket: std's TcpListener would set SO_REUSEADDR.
-                    let s =
-                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                            .unwrap();
-                    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-                    let e = s.bind(&addr.into()).unwrap_err();
-                    assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "port {port}");
-                    (port, None)
-                })
-                .collect()
-        })
-        .unwrap();
+    ns.run(|| {
+        for port in [7801u16, 7802, 7803] {
+            // A plain socket: std's TcpListener would set SO_REUSEADDR.
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+            let e = s.bind(&addr.into()).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "port {port}");
+        }
+    })
+    .unwrap();
     let me = std::process::id();
     let want = [
         (7801u16, DiagnosisCode::TimeWait),
@@ -412,17 +428,9 @@ fn a_failure_is_explained_by_sockets_older_than_twmon() {
         (7803, DiagnosisCode::Listener),
     ];
     for (port, code) in want {
-        let got = watch.wait_for(
-            Duration::from_secs(5),
-            |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == port),
-        );
-        let Some(Event {
-            kind: Kind::BindFailed(b),
-            ..
-        }) = got
-        else {
-            panic!("no bind_failed for port {port}; got {:?}", codes)
-        };
+        let b = failure_shown(&watch, &format!("bind_failed for port {port}"), |b| {
+            b.requested.port() == port
+        });
         let d = b.diagnosis.as_ref().expect("a diagnosis");
         assert_eq!(d.code, code, "port {port}: {}", d.summary);
         if code != DiagnosisCode::TimeWait {
@@ -434,8 +442,7 @@ fn a_failure_is_explained_by_sockets_older_than_twmon() {
         }
     }
     drop(held);
-    let done = watch.stop(libc::SIGTERM);
-    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+    stop_cleanly(watch);
 }
 
 /// The service port inside ip_local_port_range: connect() is given it, and
@@ -485,17 +492,9 @@ fn a_connection_given_the_service_port_is_told_as_outgoing() {
             assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "port {port}");
         })
         .unwrap();
-        let got = watch.wait_for(
-            Duration::from_secs(5),
-            |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == port),
-        );
-        match got {
-            Some(Event {
-                kind: Kind::BindFailed(b),
-                ..
-            }) => b,
-            _ => panic!("no bind_failed for port {port}"),
-        }
+        failure_shown(&watch, &format!("bind_failed for port {port}"), |b| {
+            b.requested.port() == port
+        })
     };
 
     let b = failed(7901);
@@ -530,8 +529,7 @@ fn a_connection_given_the_service_port_is_told_as_outgoing() {
         .all(|h| h.state != TcpState::Listen || h.outgoing.is_none()));
 
     drop(held);
-    let done = watch.stop(libc::SIGTERM);
-    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+    stop_cleanly(watch);
 }
 
 /// A client that binds its own source port (SO_REUSEADDR, as such clients
@@ -573,17 +571,9 @@ fn a_connect_from_its_own_port_is_held_by_its_connection() {
     let fail = |code: DiagnosisCode| {
         let e = ns.run(|| client().map(drop).unwrap_err()).unwrap();
         assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
-        let got = watch.wait_for(Duration::from_secs(5), |e| {
-            matches!(&e.kind, Kind::BindFailed(b) if b.syscall == Syscall::Connect
-                && b.diagnosis.as_ref().is_some_and(|d| d.code == code))
+        let b = failure_shown(&watch, &format!("connect failure told as {code:?}"), |b| {
+            b.syscall == Syscall::Connect && b.diagnosis.as_ref().is_some_and(|d| d.code == code)
         });
-        let Some(Event {
-            kind: Kind::BindFailed(b),
-            ..
-        }) = got
-        else {
-            panic!("no connect failure told as {code:?}: {:?}", watch.lines());
-        };
         assert_eq!(b.requested, server.into());
         assert_eq!(b.local, Some(own.into()));
         let d = b.diagnosis.as_ref().unwrap();
@@ -618,8 +608,7 @@ fn a_connect_from_its_own_port_is_held_by_its_connection() {
     assert_eq!(h.left_by.map(|p| p.pid), Some(std::process::id()));
 
     drop(listener);
-    let done = watch.stop(libc::SIGTERM);
-    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+    stop_cleanly(watch);
 }
 
 /// A range mostly kept by ip_local_reserved_ports: connect() finds no port,
@@ -648,17 +637,7 @@ fn an_exhausted_range_counts_its_reserved_ports() {
             (l, c)
         })
         .unwrap();
-    let got = watch.wait_for(
-        Duration::from_secs(5),
-        |e| matches!(&e.kind, Kind::BindFailed(b) if b.syscall == Syscall::Connect),
-    );
-    let Some(Event {
-        kind: Kind::BindFailed(b),
-        ..
-    }) = got
-    else {
-        panic!("no connect failure: {:?}", watch.lines());
-    };
+    let b = failure_shown(&watch, "connect failure", |b| b.syscall == Syscall::Connect);
     let d = b.diagnosis.as_ref().expect("a diagnosis");
     assert_eq!(d.code, DiagnosisCode::EphemeralExhausted, "{}", d.summary);
     let want = "7940-7943: of its 4 ports, 3 are reserved by net.ipv4.ip_local_reserved_ports and the other 1 in use";
@@ -670,8 +649,7 @@ fn an_exhausted_range_counts_its_reserved_ports() {
         d.fix
     );
     drop(held);
-    let done = watch.stop(libc::SIGTERM);
-    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+    stop_cleanly(watch);
 }
 
 /// A listener whose file a helper also holds (inherited across exec): the
@@ -715,19 +693,9 @@ fn a_listener_a_helper_also_holds_names_both() {
         .run(|| TcpListener::bind("127.0.0.1:7960").unwrap_err())
         .unwrap();
     assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
-    let got = watch.wait_for(
-        Duration::from_secs(5),
-        |e| matches!(&e.kind, Kind::BindFailed(b) if b.requested.port() == 7960),
-    );
+    let b = failure_shown(&watch, "failure on 7960", |b| b.requested.port() == 7960);
     let _ = helper.kill();
     let _ = helper.wait();
-    let Some(Event {
-        kind: Kind::BindFailed(b),
-        ..
-    }) = got
-    else {
-        panic!("no failure on 7960: {:?}", watch.lines());
-    };
     let d = b.diagnosis.as_ref().expect("a diagnosis");
     assert_eq!(d.code, DiagnosisCode::Listener, "{}", d.summary);
     let h = &b.holders[0];
@@ -744,8 +712,7 @@ fn a_listener_a_helper_also_holds_names_both() {
     );
     assert!(d.fix.contains(&named), "{}", d.fix);
     drop(listener);
-    let done = watch.stop(libc::SIGTERM);
-    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+    stop_cleanly(watch);
 }
 
 /// listen() on a socket that connect() connected fails with EINVAL: told
@@ -771,24 +738,13 @@ fn listen_on_a_connected_socket_is_told_as_connected() {
             (l, c)
         })
         .unwrap();
-    let got = watch.wait_for(
-        Duration::from_secs(5),
-        |e| matches!(&e.kind, Kind::BindFailed(b) if b.syscall == Syscall::Listen),
-    );
-    let Some(Event {
-        kind: Kind::BindFailed(b),
-        ..
-    }) = got
-    else {
-        panic!("no listen failure: {:?}", watch.lines());
-    };
+    let b = failure_shown(&watch, "listen failure", |b| b.syscall == Syscall::Listen);
     assert_eq!(b.errno, libc::EINVAL);
     let d = b.diagnosis.as_ref().expect("a diagnosis");
     assert_eq!(d.code, DiagnosisCode::AlreadyBound, "{}", d.summary);
     assert!(d.summary.contains("already connected"), "{}", d.summary);
     drop(held);
-    let done = watch.stop(libc::SIGTERM);
-    assert!(done.exited_cleanly(), "{}", done.describe_exit());
+    stop_cleanly(watch);
 }
 
 /// A bind refused on its port and binds refused for other reasons, told
