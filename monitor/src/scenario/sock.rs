@@ -171,9 +171,11 @@ impl Sock {
     }
 
     fn set_timeouts(&self, d: Duration) -> io::Result<()> {
+        // The field types, not libc's names for them: on musl those names
+        // are deprecated (they are to become 64-bit).
         let tv = libc::timeval {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_usec: d.subsec_micros() as libc::suseconds_t,
+            tv_sec: d.as_secs() as _,
+            tv_usec: d.subsec_micros() as _,
         };
         for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
             cvt(unsafe {
