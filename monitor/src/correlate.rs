@@ -973,10 +973,22 @@ mod kernel_holder_tests {
         // Exhaustion, but the socket had a port of its own: its 4-tuple was
         // taken, the range was never searched.
         let own = port_failed("__inet_hash_connect", 40000, -99, libc::EADDRNOTAVAIL);
-        let m = kernel_port_disagreement(&diagnosed(b.clone(), EphemeralExhausted, own)).unwrap();
+        let m = kernel_port_disagreement(&diagnosed(b.clone(), EphemeralExhausted, own.clone()))
+            .unwrap();
         assert!(
             m.contains("__inet_hash_connect failed for port 40000"),
             "{m}"
+        );
+        // ... which twmon now tells as the connection holding that pair.
+        let mut pair = b.clone();
+        pair.holders = vec![holder(
+            TcpState::Established,
+            "127.0.0.1:40000",
+            Some("127.0.0.1:7800"),
+        )];
+        assert_eq!(
+            kernel_port_disagreement(&diagnosed(pair, Established, own)),
+            None
         );
         // Exhaustion, and no port function failed at all.
         let m = kernel_port_disagreement(&diagnosed(b, EphemeralExhausted, KernelPort::default()))

@@ -584,6 +584,9 @@ fn a_connect_from_its_own_port_is_held_by_its_connection() {
         );
         assert!(!d.summary.contains("ip_local_port_range"), "{}", d.summary);
         assert!(!d.reuseaddr_would_help);
+        // Precise mode: the kernel's port verdict (__inet_hash_connect
+        // failed for this port) agrees.
+        assert_eq!(b.port_mismatch, None);
         assert_eq!(b.holders.len(), 1, "{:?}", b.holders);
         let h = &b.holders[0];
         assert_eq!((h.local, h.remote), (own.into(), Some(server.into())));
