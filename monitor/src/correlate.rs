@@ -26,8 +26,17 @@ use crate::snapshot::{self, Snapshot};
 /// Where the evidence for a failure comes from.
 pub trait Evidence {
     /// A snapshot of namespace `netns` for `ports` (all ports when empty),
-    /// or None when it cannot be seen (gone, no privileges).
-    fn snapshot(&mut self, netns: u32, hint_pid: Option<u32>, ports: &[u16]) -> Option<Snapshot>;
+    /// or None when it cannot be seen (gone, no privileges) or was skipped
+    /// because the same look was taken a moment ago. `fresh`: look even
+    /// then, the model may be wrong about these ports in a way no event
+    /// will correct.
+    fn snapshot(
+        &mut self,
+        netns: u32,
+        hint_pid: Option<u32>,
+        ports: &[u16],
+        fresh: bool,
+    ) -> Option<Snapshot>;
 
     /// Every socket of `protos` in `netns` on `ports` (all ports when
     /// empty) as (inode, cookie), without owners or flags; None when it
@@ -85,7 +94,7 @@ const UNSEEN_RETRY: Duration = Duration::from_secs(60);
 pub struct EventsOnly;
 
 impl Evidence for EventsOnly {
-    fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
+    fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16], _: bool) -> Option<Snapshot> {
         None
     }
 }
@@ -139,9 +148,15 @@ impl<E: Evidence> Correlator<E> {
                 (None, Syscall::Connect, _) | (None, _, 0) => Vec::new(),
                 (None, _, p) => vec![p],
             };
-            if let Some(snap) = self
-                .evidence
-                .snapshot(ev.common.netns, ev.common.pid, &ports)
+            // A FIN_WAIT2 timewait sock on the port may have become
+            // TIME_WAIT without any tracepoint firing (kernel-notes.md):
+            // only the kernel can say which it is now.
+            let fresh =
+                self.model
+                    .timewait_may_have_changed(ev.common.netns, ev.common.proto, &ports);
+            if let Some(snap) =
+                self.evidence
+                    .snapshot(ev.common.netns, ev.common.pid, &ports, fresh)
             {
                 let seen: Vec<(u64, u64)> =
                     snap.sockets.iter().map(|s| (s.inode, s.cookie)).collect();
@@ -829,11 +844,17 @@ impl Evidence for Kernel {
         .flatten()
     }
 
-    fn snapshot(&mut self, netns: u32, hint_pid: Option<u32>, ports: &[u16]) -> Option<Snapshot> {
+    fn snapshot(
+        &mut self,
+        netns: u32,
+        hint_pid: Option<u32>,
+        ports: &[u16],
+        fresh: bool,
+    ) -> Option<Snapshot> {
         self.failure = None;
         let key = (netns, ports.to_vec());
         if let Some(at) = self.cache.get(&key) {
-            if at.elapsed() < self.cache_for {
+            if !fresh && at.elapsed() < self.cache_for {
                 // The model got this evidence a moment ago.
                 return None;
             }
@@ -1090,7 +1111,7 @@ mod resync_tests {
     struct Census(Vec<(u64, u64)>, usize);
 
     impl Evidence for Census {
-        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
+        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16], _: bool) -> Option<Snapshot> {
             None
         }
         fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
@@ -1292,7 +1313,7 @@ mod unseen_namespace_tests {
     }
 
     impl Evidence for Hidden {
-        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16]) -> Option<Snapshot> {
+        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16], _: bool) -> Option<Snapshot> {
             None
         }
         fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
@@ -1359,12 +1380,18 @@ mod late_look_tests {
     use crate::event::TcpState;
 
     /// The kernel's look at a failure's port, showing `sockets`, and the
-    /// ports each look asked for.
-    struct Look(Vec<ExistingSocket>, Vec<Vec<u16>>);
+    /// ports each look asked for, with whether it had to be fresh.
+    struct Look(Vec<ExistingSocket>, Vec<(Vec<u16>, bool)>);
 
     impl Evidence for Look {
-        fn snapshot(&mut self, _: u32, _: Option<u32>, ports: &[u16]) -> Option<Snapshot> {
-            self.1.push(ports.to_vec());
+        fn snapshot(
+            &mut self,
+            _: u32,
+            _: Option<u32>,
+            ports: &[u16],
+            fresh: bool,
+        ) -> Option<Snapshot> {
+            self.1.push((ports.to_vec(), fresh));
             Some(Snapshot {
                 sockets: self.0.clone(),
                 owners: Default::default(),
@@ -1475,7 +1502,42 @@ mod late_look_tests {
         assert_eq!(holders.len(), 1, "{holders:?}");
         assert_eq!(holders[0].remote, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(holders[0].overlap, crate::event::Overlap::Exact);
-        assert_eq!(c.evidence.1, vec![vec![40000]]);
+        assert_eq!(c.evidence.1, vec![(vec![40000], false)]);
+    }
+
+    /// A FIN_WAIT2 timewait sock in the model: its peer's FIN may have
+    /// made it TIME_WAIT without a tracepoint, so the failure's look must
+    /// be fresh, and what the kernel shows now is the holder's state.
+    #[test]
+    fn a_fin_wait2_timewait_makes_the_look_fresh() {
+        let (local, remote) = ("127.0.0.1:8003", "127.0.0.1:40001");
+        let mut now = ExistingSocket::new(Proto::Tcp, local.parse().unwrap(), TcpState::TimeWait);
+        now.remote = Some(remote.parse().unwrap());
+        now.cookie = 5;
+        let mut c = Correlator::new(Look(vec![now], Vec::new()));
+        let open = |substate| {
+            Kind::TimewaitOpen(crate::event::TimewaitOpen {
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+                substate,
+                expires_in_ms: 60_000,
+                left_by: None,
+                cookie: 5,
+                reuseaddr: false,
+                reuseport: false,
+            })
+        };
+        c.process(ev(1, open(TcpState::FinWait2)));
+        let out = c.process(failure("0.0.0.0:8003"));
+        let (holders, code) = explained(&out);
+        assert_eq!(code, DiagnosisCode::TimeWait);
+        assert_eq!(holders.len(), 1, "{holders:?}");
+        assert_eq!(holders[0].state, TcpState::TimeWait);
+        assert_eq!(c.evidence.1, vec![(vec![8003], true)]);
+
+        // Now TIME_WAIT in the model: the next look may come from the cache.
+        c.process(failure("0.0.0.0:8003"));
+        assert_eq!(c.evidence.1[1], (vec![8003], false));
     }
 }
 
@@ -1595,13 +1657,13 @@ mod kernel_evidence_tests {
     fn a_namespace_nothing_names_is_said_and_not_searched_again_at_once() {
         // Inode 1 is never a network namespace's.
         let mut k = Kernel::new();
-        assert!(k.snapshot(1, None, &[80]).is_none());
+        assert!(k.snapshot(1, None, &[80], false).is_none());
         let why = k.snapshot_failure().expect("a reason");
         assert!(why.contains("names network namespace 1"), "{why}");
         let searched_at = k.missing[&1];
         // Another failure in it, another port (so not the snapshot cache):
         // the same answer, from the memory of the search.
-        assert!(k.snapshot(1, None, &[81]).is_none());
+        assert!(k.snapshot(1, None, &[81], false).is_none());
         assert_eq!(k.snapshot_failure().as_deref(), Some(why.as_str()));
         assert_eq!(k.missing[&1], searched_at, "not searched again");
     }
@@ -1621,7 +1683,9 @@ mod kernel_evidence_tests {
             .expect("a listener");
         let port = listener.local_addr().unwrap().port();
         let mut k = Kernel::new();
-        let snap = k.snapshot(ns.inode(), None, &[port]).expect("a snapshot");
+        let snap = k
+            .snapshot(ns.inode(), None, &[port], false)
+            .expect("a snapshot");
         assert!(
             snap.sockets
                 .iter()
@@ -1630,7 +1694,9 @@ mod kernel_evidence_tests {
             snap.sockets
         );
         assert!((CACHE_FOR..=CACHE_AT_MOST).contains(&k.cache_for));
-        assert!(k.snapshot(ns.inode(), None, &[port]).is_none());
+        assert!(k.snapshot(ns.inode(), None, &[port], false).is_none());
         assert_eq!(k.snapshot_failure(), None, "skipped, not failed");
+        // ... unless the model may be wrong about the port.
+        assert!(k.snapshot(ns.inode(), None, &[port], true).is_some());
     }
 }

@@ -787,6 +787,23 @@ impl Model {
     /// nothing else, and a copy of every socket per failure cost a churning
     /// host's `watch` tens of MiB at its peak (heaptrack). The failing
     /// socket itself (by its cookie or inode, `me`) is left out.
+    /// Does the model hold, on one of `ports` (not the whole range: that
+    /// look is the costly one, and its exhaustion counts do not depend on
+    /// the substate), a timewait sock in FIN_WAIT2? The peer's FIN turns it
+    /// into TIME_WAIT by re-arming its timer, and a re-arm that lands in
+    /// the same timer-wheel bucket fires no tracepoint: only a look at the
+    /// kernel tells which it is now.
+    pub fn timewait_may_have_changed(&self, netns: u32, proto: Proto, ports: &[u16]) -> bool {
+        let Some(ns) = self.ns.get(&netns) else {
+            return false;
+        };
+        ports.iter().any(|&port| {
+            ns.socks
+                .on_port(proto, port)
+                .any(|(_, t)| t.sock.timewait && t.sock.state == TcpState::FinWait2)
+        })
+    }
+
     pub fn look_at_port(
         &self,
         netns: u32,

@@ -597,21 +597,67 @@ fn a_connect_from_its_own_port_is_held_by_its_connection() {
     assert_eq!(h.state, TcpState::Established);
     assert_eq!(h.pid, Some(std::process::id()));
 
-    // The client closes first: its end goes to TIME_WAIT.
-    first.shutdown(Shutdown::Both).unwrap();
+    // The client closes first: its end goes to TIME_WAIT. Whether the
+    // kernel makes the timewait sock in FIN_WAIT2 (close() after the ACK
+    // of its FIN) or straight in TIME_WAIT (the peer's FIN came first)
+    // depends on timing, and a slow guest took the first path where the
+    // host took the second. Wait for FIN_WAIT2 so the test always takes
+    // the longer one: open as FIN_WAIT2, then the substate change.
+    first.shutdown(Shutdown::Write).unwrap();
+    wait_for_tcp_state(&first, TCP_FIN_WAIT2);
     drop(first);
-    drop(accepted);
     let shown = watch.wait_for(Duration::from_secs(5), |e| {
         matches!(&e.kind, Kind::TimewaitOpen(t) if t.local == own.into()
-            && t.substate == TcpState::TimeWait)
+            && t.substate == TcpState::FinWait2)
     });
-    assert!(shown.is_some(), "no TIME_WAIT on {own}");
+    assert!(shown.is_some(), "no FIN_WAIT2 timewait on {own}");
+    // The server's FIN makes it TIME_WAIT. That change may fire no
+    // tracepoint (its timer re-armed within the same wheel bucket), so
+    // wait for what follows it: the server's LAST_ACK ending on our ACK.
+    drop(accepted);
+    let shown = watch.wait_for(Duration::from_secs(5), |e| {
+        matches!(&e.kind, Kind::State(t) if t.remote == own.into()
+            && t.old == TcpState::LastAck && t.new == TcpState::Close)
+    });
+    assert!(shown.is_some(), "the server's end of {own} did not close");
     let h = fail(DiagnosisCode::TimeWait);
     assert_eq!(h.state, TcpState::TimeWait);
     assert_eq!(h.left_by.map(|p| p.pid), Some(std::process::id()));
 
     drop(listener);
     stop_cleanly(watch);
+}
+
+/// The kernel's TCP_FIN_WAIT2 (include/net/tcp_states.h).
+const TCP_FIN_WAIT2: u8 = 5;
+
+/// Wait (at most 5 s, scaled) until the kernel says `s` is in `state`
+/// (tcpi_state, the first byte of TCP_INFO); panics otherwise.
+fn wait_for_tcp_state(s: &impl std::os::fd::AsRawFd, state: u8) {
+    let end = std::time::Instant::now() + support::scaled(Duration::from_secs(5));
+    let mut last = 0u8;
+    while std::time::Instant::now() < end {
+        let mut info = [0u8; 256];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: the buffer and its length are this frame's own; the
+        // kernel writes at most `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        last = info[0];
+        if last == state {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("socket still in state {last}, not {state}");
 }
 
 /// A range mostly kept by ip_local_reserved_ports: connect() finds no port,
