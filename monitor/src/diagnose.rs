@@ -357,8 +357,9 @@ fn who(h: &Holder, ctx: &Context) -> String {
 }
 
 /// "log-helper (pid 11)", "nginx (pids 101, 102, 103)": processes grouped
-/// by name, in pid order.
-fn processes(ps: &[Process]) -> String {
+/// by name, in pid order; "and possibly more" when the list they come from
+/// was cut at [`SocketSeen::SHARED_MAX`](crate::event::SocketSeen::SHARED_MAX).
+fn processes(ps: &[Process], cut: bool) -> String {
     let mut groups: Vec<(&str, Vec<u32>)> = Vec::new();
     for p in ps {
         match groups.iter_mut().find(|(c, _)| *c == p.comm) {
@@ -378,11 +379,7 @@ fn processes(ps: &[Process]) -> String {
             format!("{comm} (pid{s} {list})")
         })
         .collect();
-    let more = if ps.len() >= crate::event::SocketSeen::SHARED_MAX {
-        " and possibly more"
-    } else {
-        ""
-    };
+    let more = if cut { " and possibly more" } else { "" };
     match named.as_slice() {
         [] => String::new(),
         [one] => format!("{one}{more}"),
@@ -397,7 +394,7 @@ fn also_held(h: &Holder) -> String {
         0 => String::new(),
         n => format!(
             "; {} {} the same socket",
-            processes(&h.shared_with),
+            processes(&h.shared_with, cut(h)),
             if n == 1 { "holds" } else { "hold" }
         ),
     }
@@ -414,10 +411,15 @@ fn who_all(h: &Holder, ctx: &Context) -> String {
                 comm: comm.clone(),
             }];
             all.extend(h.shared_with.iter().cloned());
-            processes(&all)
+            processes(&all, cut(h))
         }
-        _ => format!("{} and {}", who(h, ctx), processes(&h.shared_with)),
+        _ => format!("{} and {}", who(h, ctx), processes(&h.shared_with, cut(h))),
     }
+}
+
+/// Was `h`'s list of other holders cut at its maximum?
+fn cut(h: &Holder) -> bool {
+    h.shared_with.len() >= crate::event::SocketSeen::SHARED_MAX
 }
 
 fn it_or_them(h: &Holder) -> &'static str {
@@ -632,7 +634,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                     0 => String::new(),
                     k => format!(
                         "; {} {} {} too",
-                        processes(&all.shared_with),
+                        processes(&all.shared_with, cut(h)),
                         if k == 1 { "holds" } else { "hold" },
                         if every { "them" } else { "some of them" }
                     ),
@@ -1116,15 +1118,32 @@ mod tests {
             .map(|i| proc_("nginx", 100 + i))
             .collect();
         assert!(
-            processes(&many).ends_with(", 115) and possibly more"),
+            processes(&many, true).ends_with(", 115) and possibly more"),
             "{}",
-            processes(&many)
+            processes(&many, true)
         );
-        assert_eq!(processes(&[]), "");
+        assert_eq!(processes(&[], false), "");
         assert_eq!(
-            processes(&[proc_("a", 1), proc_("b", 2), proc_("c", 3)]),
+            processes(&[proc_("a", 1), proc_("b", 2), proc_("c", 3)], false),
             "a (pid 1), b (pid 2) and c (pid 3)"
         );
+        // The owner and 15 others: 16 named, none left out.
+        let fifteen = Holder {
+            shared_with: many[1..].to_vec(),
+            pid: Some(100),
+            comm: Some("nginx".into()),
+            ..h(TcpState::Listen, "0.0.0.0:80")
+        };
+        let all = who_all(&fifteen, &Context::default());
+        assert!(all.ends_with(", 115)"), "{all}");
+        let sixteen = Holder {
+            shared_with: many.iter().map(|p| proc_("nginx", p.pid + 1)).collect(),
+            pid: Some(100),
+            comm: Some("nginx".into()),
+            ..h(TcpState::Listen, "0.0.0.0:80")
+        };
+        let all = who_all(&sixteen, &Context::default());
+        assert!(all.ends_with(", 116) and possibly more"), "{all}");
     }
 
     fn inuse(holders: Vec<Holder>) -> (Failure, Context) {

@@ -22,12 +22,19 @@ fn clock(ts: &str) -> &str {
     ts.get(11..23).unwrap_or(ts)
 }
 
-fn who(pid: Option<u32>, comm: Option<&str>) -> String {
+/// A process in the short style of every view: "comm[pid]", "[pid]",
+/// "comm", or `unknown` (each view has its own word for nobody known).
+pub fn who_or(pid: Option<u32>, comm: Option<&str>, unknown: &str) -> String {
     match (pid, comm) {
         (Some(p), Some(c)) => format!("{c}[{p}]"),
         (Some(p), None) => format!("[{p}]"),
-        _ => "-".into(),
+        (None, Some(c)) => c.to_string(),
+        (None, None) => unknown.to_string(),
     }
+}
+
+fn who(pid: Option<u32>, comm: Option<&str>) -> String {
+    who_or(pid, comm, "-")
 }
 
 /// Who a holder names, in the short "comm[pid]" style of the watch lines,

@@ -29,12 +29,7 @@ fn when(ts: &str) -> String {
 }
 
 fn who(pid: Option<u32>, comm: Option<&str>) -> String {
-    match (pid, comm) {
-        (Some(p), Some(c)) => format!("{c}[{p}]"),
-        (Some(p), None) => format!("[{p}]"),
-        (None, Some(c)) => c.to_string(),
-        (None, None) => "unknown".into(),
-    }
+    crate::output::who_or(pid, comm, "unknown")
 }
 
 fn duration(ms: u64) -> String {

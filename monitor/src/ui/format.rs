@@ -4,12 +4,7 @@ use crate::event::Process;
 
 /// "comm[pid]", "[pid]" or "?".
 pub fn who(pid: Option<u32>, comm: Option<&str>) -> String {
-    match (pid, comm) {
-        (Some(p), Some(c)) => format!("{c}[{p}]"),
-        (Some(p), None) => format!("[{p}]"),
-        (None, Some(c)) => c.to_string(),
-        (None, None) => "?".into(),
-    }
+    crate::output::who_or(pid, comm, "?")
 }
 
 /// [`who`] cut to `width`, shortening the name rather than the pid:
