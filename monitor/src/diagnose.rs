@@ -453,6 +453,38 @@ fn held_for_others(h: &Holder, port: u16) -> Option<(&'static str, String)> {
     }
 }
 
+/// A holder of the other address family than the failing socket: one of
+/// the two is a [::] socket without IPV6_V6ONLY, which takes the IPv4 port
+/// as well (the rules found them in conflict, and only that puts an IPv6
+/// and an IPv4 socket in one). The clause for the summary, and the way
+/// out for the fix (lowercase, to follow "or").
+fn dual_stack(f: &Failure, h: &Holder) -> Option<(String, String)> {
+    let v6 = |ip: IpAddr| ip.is_ipv6() && !is_mapped(ip);
+    let port = f.requested.port();
+    match (v6(f.requested.ip()), v6(h.local.ip())) {
+        (false, true) => Some((
+            format!(", which takes IPv4 port {port} too (IPV6_V6ONLY is off)"),
+            format!(
+                "set IPV6_V6ONLY on the socket on {} so that it leaves IPv4 to others",
+                h.local
+            ),
+        )),
+        (true, false) if !f.v6only => Some((
+            format!(", and the new [::] socket, without IPV6_V6ONLY, wants IPv4 port {port} too"),
+            "set IPV6_V6ONLY on the new socket if it is to serve IPv6 only".to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// `fix` with the dual-stack way out first, when there is one.
+fn dual_stack_fix(dual: &Option<(String, String)>, fix: String) -> String {
+    match dual {
+        Some((_, way)) => format!("{}, or {}", upper_first(way), lowercase_first(&fix)),
+        None => fix,
+    }
+}
+
 /// ", with a socket that nginx (pid 1234) opened and no longer holds (...)"
 /// for a holder that did not open its socket, else "".
 fn handed_on(h: &Holder) -> String {
@@ -568,10 +600,12 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 String::new()
             };
             let held_for = held_for_others(h, port);
+            let dual = dual_stack(f, h);
             let summary = format!(
-                "{req} is taken: {} is listening on {}{}{more}{}{}.",
+                "{req} is taken: {} is listening on {}{}{}{more}{}{}.",
                 who(h, ctx),
                 h.local,
+                dual.as_ref().map_or("", |(what, _)| what),
                 held_for.as_ref().map_or("", |(what, _)| what),
                 handed_on(h),
                 also_held(h)
@@ -585,7 +619,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else {
                 format!("Stop {} (another instance of this server?) or use another port; SO_REUSEADDR cannot share a port with a listening socket.", who_all(h, ctx))
             };
-            (summary, fix)
+            (summary, dual_stack_fix(&dual, fix))
         }
         DiagnosisCode::CloseWait => {
             let cw: Vec<&Holder> = holders
@@ -765,10 +799,12 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 " that is neither listening nor connected"
             };
             let held_for = held_for_others(h, port);
+            let dual = dual_stack(f, h);
             let summary = format!(
-                "{} has {what} {}{tail}{}{}{}.",
+                "{} has {what} {}{tail}{}{}{}{}.",
                 who(h, ctx),
                 h.local,
+                dual.as_ref().map_or("", |(what, _)| what),
                 held_for.as_ref().map_or("", |(what, _)| what),
                 handed_on(h),
                 also_held(h)
@@ -782,7 +818,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else {
                 format!("Have {} close that socket or stop {}; SO_REUSEADDR on the new socket alone will not help because the bound socket did not set it.", who_all(h, ctx), it_or_them(h))
             };
-            (summary, fix)
+            (summary, dual_stack_fix(&dual, fix))
         }
         DiagnosisCode::TimeWait => {
             let tw: Vec<&Holder> = holders.iter().filter(|h| is_timewait_holder(h)).collect();
@@ -1773,6 +1809,49 @@ mod tests {
                 &["EACCES"],
                 &["cgroup BPF"],
             ),
+            // Dual stack: a [::] listener without IPV6_V6ONLY holds the
+            // IPv4 port; a [::] bind without it wants an IPv4 listener's.
+            {
+                let (f, c) = inuse(vec![h(TcpState::Listen, "[::]:8080")]);
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &[
+                        "listening on [::]:8080, which takes IPv4 port 8080 too (IPV6_V6ONLY is off)",
+                    ],
+                    &[
+                        "Set IPV6_V6ONLY on the socket on [::]:8080 so that it leaves IPv4 to others, or stop server (pid 42)",
+                    ],
+                )
+            },
+            (
+                fail(Syscall::Bind, libc::EADDRINUSE, "[::]:8080"),
+                Context {
+                    holders: vec![h(TcpState::Listen, "127.0.0.1:8080")],
+                    ..Context::default()
+                },
+                C::Listener,
+                &["listening on 127.0.0.1:8080, and the new [::] socket, without IPV6_V6ONLY, wants IPv4 port 8080 too"],
+                &["Set IPV6_V6ONLY on the new socket if it is to serve IPv6 only, or stop server"],
+            ),
+            {
+                let (f, c) = inuse(vec![Holder {
+                    pid: Some(7),
+                    comm: Some("dns".into()),
+                    ..h(TcpState::Bound, "[::]:8080")
+                }]);
+                (
+                    Failure {
+                        proto: Proto::Udp,
+                        ..f
+                    },
+                    c,
+                    C::Bound,
+                    &["dns (pid 7) has a UDP socket bound to [::]:8080, which takes IPv4 port 8080 too"],
+                    &["Set IPV6_V6ONLY on the socket on [::]:8080", "or have dns (pid 7) close"],
+                )
+            },
         ];
         let mut seen = std::collections::HashSet::new();
         for (f, ctx, want, in_summary, in_fix) in rows {
