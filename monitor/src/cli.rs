@@ -206,6 +206,10 @@ pub struct CheckArgs {
     /// The uid the new socket will belong to (default: yours).
     #[arg(long, value_name = "N")]
     pub uid: Option<u32>,
+    /// The new socket will be bound to this device (SO_BINDTODEVICE, a VRF
+    /// device too), in this network namespace.
+    #[arg(long, value_name = "NAME")]
+    pub device: Option<String>,
     /// Also predict listen() (default for TCP: yes, as a server would).
     #[arg(long)]
     pub no_listen: bool,

@@ -151,7 +151,11 @@ fn fmt_requested(sa: SocketAddr) -> String {
 }
 
 fn fmt_holder(h: &Holder) -> String {
-    let mut s = format!("{:<11} {}", h.state.as_str(), h.local);
+    let mut s = format!(
+        "{:<11} {}",
+        h.state.as_str(),
+        crate::output::holder_local(h)
+    );
     if let Some(r) = h.remote {
         s.push_str(&format!(" <-> {r}"));
     }
@@ -220,12 +224,25 @@ pub fn new_socket(args: &CheckArgs, addr: SocketAddr) -> Result<NewSocket, BadUs
     } else {
         uid == 0
     };
+    let bound_dev_if = match &args.device {
+        None => 0,
+        Some(name) => snapshot::devices()
+            .into_iter()
+            .find(|(_, n)| n == name)
+            .map(|(i, _)| i)
+            .ok_or_else(|| {
+                BadUsage(format!(
+                    "--device {name}: this network namespace has no such device (`ip link` lists them)."
+                ))
+            })?,
+    };
     Ok(NewSocket {
         reuseaddr: args.reuseaddr,
         reuseport: args.reuseport,
         v6only: args.v6only,
         uid,
         cap_net_bind_service: cap,
+        bound_dev_if,
         ..NewSocket::new(if args.udp { Proto::Udp } else { Proto::Tcp }, addr)
     })
 }
@@ -329,6 +346,7 @@ mod tests {
             reuseport: false,
             v6only: false,
             uid: None,
+            device: None,
             no_listen: false,
             json: true,
         }

@@ -524,8 +524,9 @@ fn tracked_holder(
     t: &crate::model::Tracked,
     s: &ExistingSocket,
     overlap: crate::event::Overlap,
+    env: &NetEnv,
 ) -> crate::event::Holder {
-    let mut h = diagnose::holder(s, overlap, t.owner.clone(), t.left_by.clone());
+    let mut h = diagnose::holder(s, overlap, t.owner.clone(), t.left_by.clone(), env);
     if matches!(
         h.state,
         crate::event::TcpState::Listen | crate::event::TcpState::Bound
@@ -575,6 +576,7 @@ pub fn explain(
         unseen,
         dad: env.dad_refusal(b.requested.ip()),
         reserved_in_range: env.reserved_in_range(),
+        device: env.device_name(b.bound_dev_if),
         ..Context::default()
     };
     if let Some(own) = own {
@@ -586,7 +588,7 @@ pub fn explain(
                 s.remote.map(Endpoint::from) == Some(b.requested)
                     && (own.is_unspecified() || Endpoint::new(s.local, s.port) == own)
             })
-            .map(|(t, s)| tracked_holder(t, s, crate::event::Overlap::Exact))
+            .map(|(t, s)| tracked_holder(t, s, crate::event::Overlap::Exact, env))
             .collect();
         diagnose::sort_holders(&mut holders);
         let failure = Failure {
@@ -612,7 +614,7 @@ pub fn explain(
                 .iter()
                 .filter_map(|blocker| {
                     let (t, s) = (tracked.get(blocker.index)?, existing.get(blocker.index)?);
-                    Some(tracked_holder(t, s, blocker.overlap))
+                    Some(tracked_holder(t, s, blocker.overlap, env))
                 })
                 .collect();
             diagnose::sort_holders(&mut holders);
@@ -928,6 +930,7 @@ mod kernel_holder_tests {
 
     fn holder(state: TcpState, local: &str, remote: Option<&str>) -> Holder {
         Holder {
+            device: None,
             state,
             local: local.parse().unwrap(),
             remote: remote.map(|r| r.parse().unwrap()),

@@ -110,6 +110,8 @@ pub struct Context {
     /// refuses until duplicate address detection passes: its interface and
     /// how detection stands (for `address_not_local`).
     pub dad: Option<(String, Dad)>,
+    /// The device the failing socket is bound to (SO_BINDTODEVICE), by name.
+    pub device: Option<String>,
 }
 
 /// A model socket as a contract holder. `owner` names the process holding it
@@ -120,6 +122,7 @@ pub fn holder(
     overlap: Overlap,
     owner: Option<Process>,
     left_by: Option<Process>,
+    env: &NetEnv,
 ) -> Holder {
     let tw = sock.is_timewait();
     let owner = if tw { None } else { owner };
@@ -138,6 +141,7 @@ pub fn holder(
         opened_by: None,
         outgoing: None,
         shared_with: Vec::new(),
+        device: env.device_name(sock.bound_dev_if),
     }
 }
 
@@ -149,6 +153,7 @@ pub type HoldersOf<'a> = dyn Fn(&ExistingSocket) -> (Option<Process>, Vec<Proces
 pub fn holders_from_verdict(
     verdict: &Verdict,
     existing: &[ExistingSocket],
+    env: &NetEnv,
     owner_of: &HoldersOf,
 ) -> Vec<Holder> {
     let mut hs: Vec<Holder> = verdict
@@ -157,7 +162,7 @@ pub fn holders_from_verdict(
         .filter_map(|b| {
             existing.get(b.index).map(|s| {
                 let (owner, shared) = owner_of(s);
-                let mut h = holder(s, b.overlap, owner, None);
+                let mut h = holder(s, b.overlap, owner, None, env);
                 if !s.is_timewait() {
                     h.shared_with = shared;
                 }
@@ -182,7 +187,7 @@ pub fn explain(
     let Some(errno) = verdict.errno else {
         return (Vec::new(), None);
     };
-    let holders = holders_from_verdict(verdict, existing, owner_of);
+    let holders = holders_from_verdict(verdict, existing, env, owner_of);
     let range = env.local_port_range;
     let in_range =
         |s: &&ExistingSocket| s.proto == new.proto && s.port >= range.0 && s.port <= range.1;
@@ -215,6 +220,7 @@ pub fn explain(
         unseen: None,
         dad: env.dad_refusal(new.addr),
         reserved_in_range: env.reserved_in_range(),
+        device: env.device_name(new.bound_dev_if),
     };
     let f = Failure::from_new(new, verdict.syscall, errno);
     (holders, Some(diagnose(&f, &ctx)))
@@ -477,11 +483,55 @@ fn dual_stack(f: &Failure, h: &Holder) -> Option<(String, String)> {
     }
 }
 
-/// `fix` with the dual-stack way out first, when there is one.
-fn dual_stack_fix(dual: &Option<(String, String)>, fix: String) -> String {
-    match dual {
-        Some((_, way)) => format!("{}, or {}", upper_first(way), lowercase_first(&fix)),
-        None => fix,
+/// Devices (SO_BINDTODEVICE) where they play a part: sockets bound to
+/// different devices never conflict, one bound to none conflicts with
+/// every device's (inet_bind_conflict). The clause for the summary, and a
+/// way out for the fix when binding the new socket to a device is one.
+fn devices(h: &Holder, ctx: &Context) -> Option<(String, Option<String>)> {
+    match (&h.device, &ctx.device) {
+        (Some(d), None) => Some((
+            format!(" on device {d} (SO_BINDTODEVICE), which a socket bound to no device conflicts with"),
+            Some(format!("bind the new socket to another device than {d} with SO_BINDTODEVICE")),
+        )),
+        (Some(d), Some(_)) => Some((format!(" on device {d}, the new socket's device too"), None)),
+        (None, Some(mine)) => Some((
+            format!(" on every device (bound to none), {mine} included"),
+            None,
+        )),
+        (None, None) => None,
+    }
+}
+
+/// The clauses of [`dual_stack`] and [`devices`] for a summary.
+fn placement(dual: &Option<(String, String)>, dev: &Option<(String, Option<String>)>) -> String {
+    format!(
+        "{}{}",
+        dev.as_ref().map_or("", |(what, _)| what),
+        dual.as_ref().map_or("", |(what, _)| what)
+    )
+}
+
+/// `fix` with the ways out of [`dual_stack`] and [`devices`] first, when
+/// there are any.
+fn placement_fix(
+    dual: &Option<(String, String)>,
+    dev: &Option<(String, Option<String>)>,
+    fix: String,
+) -> String {
+    let ways: Vec<&str> = [
+        dev.as_ref().and_then(|(_, w)| w.as_deref()),
+        dual.as_ref().map(|(_, w)| w.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    match ways.as_slice() {
+        [] => fix,
+        _ => format!(
+            "{}, or {}",
+            upper_first(&ways.join(", or ")),
+            lowercase_first(&fix)
+        ),
     }
 }
 
@@ -600,12 +650,12 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 String::new()
             };
             let held_for = held_for_others(h, port);
-            let dual = dual_stack(f, h);
+            let (dual, dev) = (dual_stack(f, h), devices(h, ctx));
             let summary = format!(
                 "{req} is taken: {} is listening on {}{}{}{more}{}{}.",
                 who(h, ctx),
                 h.local,
-                dual.as_ref().map_or("", |(what, _)| what),
+                placement(&dual, &dev),
                 held_for.as_ref().map_or("", |(what, _)| what),
                 handed_on(h),
                 also_held(h)
@@ -619,7 +669,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else {
                 format!("Stop {} (another instance of this server?) or use another port; SO_REUSEADDR cannot share a port with a listening socket.", who_all(h, ctx))
             };
-            (summary, dual_stack_fix(&dual, fix))
+            (summary, placement_fix(&dual, &dev, fix))
         }
         DiagnosisCode::CloseWait => {
             let cw: Vec<&Holder> = holders
@@ -796,15 +846,15 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             let tail = if f.proto == Proto::Udp {
                 ""
             } else {
-                " that is neither listening nor connected"
+                " (neither listening nor connected)"
             };
             let held_for = held_for_others(h, port);
-            let dual = dual_stack(f, h);
+            let (dual, dev) = (dual_stack(f, h), devices(h, ctx));
             let summary = format!(
                 "{} has {what} {}{tail}{}{}{}{}.",
                 who(h, ctx),
                 h.local,
-                dual.as_ref().map_or("", |(what, _)| what),
+                placement(&dual, &dev),
                 held_for.as_ref().map_or("", |(what, _)| what),
                 handed_on(h),
                 also_held(h)
@@ -818,7 +868,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             } else {
                 format!("Have {} close that socket or stop {}; SO_REUSEADDR on the new socket alone will not help because the bound socket did not set it.", who_all(h, ctx), it_or_them(h))
             };
-            (summary, dual_stack_fix(&dual, fix))
+            (summary, placement_fix(&dual, &dev, fix))
         }
         DiagnosisCode::TimeWait => {
             let tw: Vec<&Holder> = holders.iter().filter(|h| is_timewait_holder(h)).collect();
@@ -1067,6 +1117,7 @@ mod tests {
 
     fn h(state: TcpState, local: &str) -> Holder {
         Holder {
+            device: None,
             state,
             local: local.parse().unwrap(),
             remote: None,
@@ -1852,6 +1903,46 @@ mod tests {
                     &["Set IPV6_V6ONLY on the socket on [::]:8080", "or have dns (pid 7) close"],
                 )
             },
+            // Devices: a listener on one, a new socket on none; on the
+            // same one; a listener on none, a new socket on one.
+            {
+                let (f, c) = inuse(vec![Holder {
+                    device: Some("vrf-blue".into()),
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &["listening on 0.0.0.0:8080 on device vrf-blue (SO_BINDTODEVICE), which a socket bound to no device conflicts with"],
+                    &["Bind the new socket to another device than vrf-blue with SO_BINDTODEVICE, or stop server (pid 42)"],
+                )
+            },
+            {
+                let (f, mut c) = inuse(vec![Holder {
+                    device: Some("vrf-blue".into()),
+                    ..h(TcpState::Listen, "0.0.0.0:8080")
+                }]);
+                c.device = Some("vrf-blue".into());
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &["on device vrf-blue, the new socket's device too"],
+                    &["Stop server (pid 42)"],
+                )
+            },
+            {
+                let (f, mut c) = inuse(vec![h(TcpState::Listen, "[::]:8080")]);
+                c.device = Some("eth1".into());
+                (
+                    f,
+                    c,
+                    C::Listener,
+                    &["listening on [::]:8080 on every device (bound to none), eth1 included, which takes IPv4 port 8080 too"],
+                    &["Set IPV6_V6ONLY on the socket on [::]:8080 so that it leaves IPv4 to others, or stop"],
+                )
+            },
         ];
         let mut seen = std::collections::HashSet::new();
         for (f, ctx, want, in_summary, in_fix) in rows {
@@ -1964,6 +2055,7 @@ mod tests {
         );
         s.expires_in_ms = Some(1234);
         s.uid = 0;
+        let env = NetEnv::default();
         let hh = holder(
             &s,
             Overlap::V4mapped,
@@ -1972,14 +2064,17 @@ mod tests {
                 comm: "x".into(),
             }),
             None,
+            &env,
         );
+        assert_eq!(hh.device, None);
         assert_eq!(hh.local.to_string(), "127.0.0.1:8080");
         assert_eq!((hh.pid, hh.uid, hh.expires_in_ms), (None, None, Some(1234)));
-        let l = ExistingSocket::new(
+        let mut l = ExistingSocket::new(
             Proto::Tcp,
             "0.0.0.0:8080".parse().unwrap(),
             TcpState::Listen,
         );
+        l.bound_dev_if = 1;
         let hh = holder(
             &l,
             Overlap::Wildcard,
@@ -1988,11 +2083,18 @@ mod tests {
                 comm: "x".into(),
             }),
             None,
+            &env,
         );
         assert_eq!(
             (hh.pid, hh.comm.as_deref(), hh.uid, hh.expires_in_ms),
             (Some(1), Some("x"), Some(0), None)
         );
+        // The device by its name in the namespace; one it no longer has
+        // by its index.
+        assert_eq!(hh.device.as_deref(), Some("lo"));
+        l.bound_dev_if = 9;
+        let hh = holder(&l, Overlap::Wildcard, None, None, &env);
+        assert_eq!(hh.device.as_deref(), Some("ifindex 9"));
     }
 
     #[test]

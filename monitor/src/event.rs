@@ -255,6 +255,11 @@ pub struct Holder {
     /// does not free the port while any of them lives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<Process>,
+    /// The device the socket is bound to (SO_BINDTODEVICE), by name; absent
+    /// when it is bound to none. Sockets bound to different devices do not
+    /// conflict; one bound to none conflicts with all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

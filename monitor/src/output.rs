@@ -37,6 +37,16 @@ fn who(pid: Option<u32>, comm: Option<&str>) -> String {
     who_or(pid, comm, "-")
 }
 
+/// A holder's local end, with its device as `ss` writes one
+/// (SO_BINDTODEVICE): "0.0.0.0%eth1:8080", "[::]%vrf-blue:443".
+pub fn holder_local(h: &Holder) -> String {
+    match (&h.device, h.local.ip()) {
+        (None, _) => h.local.to_string(),
+        (Some(d), std::net::IpAddr::V4(a)) => format!("{a}%{d}:{}", h.local.port()),
+        (Some(d), std::net::IpAddr::V6(a)) => format!("[{a}]%{d}:{}", h.local.port()),
+    }
+}
+
 /// Who a holder names, in the short "comm[pid]" style of the watch lines,
 /// the report and the dashboard's detail: its owner, or who left a
 /// timewait socket ("left by ..."), or `unknown`; then who opened a socket
@@ -84,7 +94,7 @@ pub fn human_line(ev: &Event) -> String {
             );
             for h in &b.holders {
                 let owner = holder_owner(h, "-");
-                let _ = write!(s, "\n    held by {} {}", h.state, h.local);
+                let _ = write!(s, "\n    held by {} {}", h.state, holder_local(h));
                 if let Some(r) = h.remote {
                     let _ = write!(s, " <-> {r}");
                 }
@@ -182,7 +192,13 @@ mod tests {
             "0.0.0.0:80".parse().unwrap(),
             TcpState::Listen,
         );
-        let base = crate::diagnose::holder(&listener, Overlap::Exact, None, None);
+        let base = crate::diagnose::holder(
+            &listener,
+            Overlap::Exact,
+            None,
+            None,
+            &crate::rules::NetEnv::default(),
+        );
         assert_eq!(holder_owner(&base, "owner ?"), "owner ?");
         let tw = Holder {
             left_by: Some(p("nginx", 7)),
@@ -250,6 +266,7 @@ mod tests {
             Overlap::Exact,
             Some(process(201, "log-helper")),
             None,
+            &crate::rules::NetEnv::default(),
         );
         h.opened_by = Some(process(200, "nginx"));
         b.holders = vec![h];
@@ -261,5 +278,25 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    /// A holder's device shows as `ss` writes it.
+    #[test]
+    fn a_holder_on_a_device_is_written_as_ss_does() {
+        use crate::diagnose::holder;
+        use crate::event::{Overlap, Proto, TcpState};
+        use crate::rules::{ExistingSocket, NetEnv};
+        let env = NetEnv {
+            devices: vec![(1, "lo".into()), (4, "vrf-blue".into())],
+            ..NetEnv::default()
+        };
+        let at = |addr: &str, dev| {
+            let mut s = ExistingSocket::new(Proto::Tcp, addr.parse().unwrap(), TcpState::Listen);
+            s.bound_dev_if = dev;
+            holder_local(&holder(&s, Overlap::Exact, None, None, &env))
+        };
+        assert_eq!(at("0.0.0.0:8080", 0), "0.0.0.0:8080");
+        assert_eq!(at("0.0.0.0:8080", 4), "0.0.0.0%vrf-blue:8080");
+        assert_eq!(at("[::]:443", 1), "[::]%lo:443");
     }
 }

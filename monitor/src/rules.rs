@@ -260,6 +260,9 @@ pub struct NetEnv {
     /// Only connect() uses it; told in the fix of an exhausted range.
     pub tcp_tw_reuse: u8,
     pub local_addrs: Vec<LocalAddr>,
+    /// The namespace's interfaces, (ifindex, name): a socket's
+    /// SO_BINDTODEVICE is an ifindex, which means something only here.
+    pub devices: Vec<(u32, String)>,
 }
 
 impl Default for NetEnv {
@@ -291,11 +294,27 @@ impl Default for NetEnv {
                     dad: Dad::Usable,
                 },
             ],
+            devices: vec![(1, "lo".into())],
         }
     }
 }
 
 impl NetEnv {
+    /// The name of the device a socket is bound to (SO_BINDTODEVICE), None
+    /// when it is bound to none; "ifindex N" for one this namespace no
+    /// longer has.
+    pub fn device_name(&self, ifindex: u32) -> Option<String> {
+        if ifindex == 0 {
+            return None;
+        }
+        Some(
+            self.devices
+                .iter()
+                .find(|(i, _)| *i == ifindex)
+                .map_or_else(|| format!("ifindex {ifindex}"), |(_, n)| n.clone()),
+        )
+    }
+
     /// Is this IPv4 address one the kernel accepts for bind() without
     /// IP_FREEBIND (RTN_LOCAL, RTN_MULTICAST, RTN_BROADCAST, or 0.0.0.0)?
     pub fn ipv4_bindable(&self, a: Ipv4Addr) -> bool {

@@ -245,6 +245,7 @@ fn args(c: &Case) -> CheckArgs {
         reuseport: c.new_opts.reuseport,
         v6only: c.new_opts.v6only,
         uid: Some(c.new_opts.uid),
+        device: None,
         no_listen: !c.listen,
         json: true,
     }
@@ -375,6 +376,7 @@ fn scenarios_against_the_kernel() {
                 reuseport,
                 v6only: false,
                 uid: Some(uid),
+                device: None,
                 no_listen: !listen,
                 json: true,
             };
@@ -493,6 +495,7 @@ fn hidden_bucket_uid() {
             reuseport: true,
             v6only: false,
             uid: Some(65534),
+            device: None,
             no_listen: true,
             json: true,
         };
@@ -533,20 +536,23 @@ fn hidden_bucket_uid() {
 /// interface has for real binds, and `check` must agree. The namespace's
 /// addresses are read from the checking thread's own namespace (a look at
 /// the main thread's would not see them).
+/// `ip ARGS` in the calling thread's network namespace (a child process
+/// inherits it); panics when it fails.
+fn ip(args: &str) {
+    let out = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args}: {e} (iproute2 is needed)"));
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn addresses_in_duplicate_address_detection_are_told_as_the_kernel_treats_them() {
     let r = in_private_netns(|| {
-        let ip = |args: &str| {
-            let out = std::process::Command::new("ip")
-                .args(args.split_whitespace())
-                .output()
-                .unwrap_or_else(|e| panic!("ip {args}: {e} (iproute2 is needed)"));
-            assert!(
-                out.status.success(),
-                "ip {args}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         if socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
             .and_then(|s| s.bind(&sa("::1", 0).into()))
             .is_err()
@@ -583,6 +589,7 @@ fn addresses_in_duplicate_address_detection_are_told_as_the_kernel_treats_them()
                 reuseport: false,
                 v6only: false,
                 uid: Some(0),
+                device: None,
                 no_listen: true,
                 json: true,
             })
@@ -618,6 +625,107 @@ fn addresses_in_duplicate_address_detection_are_told_as_the_kernel_treats_them()
         Ok(()) => {}
         Err(why) if !strict() => {
             eprintln!("addresses_in_duplicate_address_detection: SKIPPED: {why} (run as root)")
+        }
+        Err(why) => panic!("cannot run: {why} (CI=true)"),
+    }
+}
+
+/// A listener bound to a device (SO_BINDTODEVICE) and a dual-stack [::]
+/// listener: `check` must agree with real binds from no device, from
+/// another device and from the same one, and from IPv4, and its sentences
+/// must say what decided.
+#[test]
+fn devices_and_dual_stack_are_told_as_the_kernel_treats_them() {
+    use socket2::{Domain, Socket, Type};
+    let r = in_private_netns(|| {
+        ip("link add dev0 type veth peer name dev1");
+        ip("link set dev0 up");
+        ip("link set dev1 up");
+        let on_dev0 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        on_dev0.bind_device(Some(b"dev0")).unwrap();
+        on_dev0.bind(&sa("0.0.0.0", 7931).into()).unwrap();
+        on_dev0.listen(8).unwrap();
+        let dual = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        dual.set_only_v6(false).unwrap();
+        dual.bind(&sa("::", 7932).into()).unwrap();
+        dual.listen(8).unwrap();
+
+        let ask = |addr: &str, device: Option<&str>| {
+            cmd_check::check(&CheckArgs {
+                addr: addr.into(),
+                udp: false,
+                reuseaddr: false,
+                reuseport: false,
+                v6only: false,
+                uid: Some(0),
+                device: device.map(str::to_string),
+                no_listen: true,
+                json: true,
+            })
+            .unwrap()
+        };
+        let real = |addr: &str, device: Option<&str>| {
+            let a: SocketAddr = addr.parse().unwrap();
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.bind_device(device.map(str::as_bytes)).unwrap();
+            s.bind(&a.into()).err().and_then(|e| e.raw_os_error())
+        };
+        let agree = |addr: &str, device: Option<&str>| {
+            let (r, k) = (ask(addr, device), real(addr, device));
+            assert_eq!(r.verdict.errno, k, "{addr} on {device:?}: {}", r.human());
+            r
+        };
+
+        let r = agree("0.0.0.0:7931", None);
+        let d = r.diagnosis.clone().expect("a diagnosis");
+        assert!(
+            d.summary.contains("on device dev0 (SO_BINDTODEVICE), which a socket bound to no device conflicts with"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.fix
+                .starts_with("Bind the new socket to another device than dev0"),
+            "{}",
+            d.fix
+        );
+        assert_eq!(r.holders[0].device.as_deref(), Some("dev0"));
+        assert_eq!(agree("0.0.0.0:7931", Some("dev1")).verdict.errno, None);
+        let r = agree("0.0.0.0:7931", Some("dev0"));
+        let d = r.diagnosis.clone().expect("a diagnosis");
+        assert!(
+            d.summary.contains("the new socket's device too"),
+            "{}",
+            d.summary
+        );
+
+        let r = agree("0.0.0.0:7932", None);
+        let d = r.diagnosis.clone().expect("a diagnosis");
+        assert!(
+            d.summary
+                .contains("listening on [::]:7932, which takes IPv4 port 7932 too"),
+            "{}",
+            d.summary
+        );
+        assert!(
+            d.fix
+                .starts_with("Set IPV6_V6ONLY on the socket on [::]:7932"),
+            "{}",
+            d.fix
+        );
+        let r = agree("0.0.0.0:7932", Some("dev1"));
+        let d = r.diagnosis.clone().expect("a diagnosis");
+        assert!(
+            d.summary
+                .contains("on every device (bound to none), dev1 included"),
+            "{}",
+            d.summary
+        );
+    });
+    match r {
+        Ok(()) => {}
+        Err(why) if !strict() => {
+            eprintln!("devices_and_dual_stack: SKIPPED: {why} (run as root)")
         }
         Err(why) => panic!("cannot run: {why} (CI=true)"),
     }

@@ -44,7 +44,7 @@ fn duration(ms: u64) -> String {
 
 fn holder_line(h: &Holder) -> String {
     let owner = crate::output::holder_owner(h, "owner unknown");
-    let mut s = format!("{} {}", h.state, h.local);
+    let mut s = format!("{} {}", h.state, crate::output::holder_local(h));
     if let Some(r) = h.remote {
         let _ = write!(s, " <-> {r}");
     }

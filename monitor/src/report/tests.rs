@@ -187,6 +187,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
             v6only: false,
             uid: 0,
             holders: vec![Holder {
+                device: None,
                 state: CloseWait,
                 local: "10.0.0.1:90".parse().unwrap(),
                 remote: Some("10.0.0.3:2001".parse().unwrap()),

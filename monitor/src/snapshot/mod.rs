@@ -411,7 +411,20 @@ pub fn read_env(notes: &mut Vec<String>) -> NetEnv {
             .and_then(|s| s.parse().ok())
             .unwrap_or(d.tcp_tw_reuse),
         local_addrs,
+        devices: devices(),
     }
+}
+
+/// The calling thread's namespace's interfaces as (ifindex, name):
+/// if_nameindex asks rtnetlink through a socket of that namespace.
+pub fn devices() -> Vec<(u32, String)> {
+    nix::net::if_::if_nameindex()
+        .map(|ifs| {
+            ifs.iter()
+                .map(|i| (i.index(), i.name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Addresses of the namespace's interfaces (getifaddrs, through rtnetlink in

@@ -152,6 +152,7 @@ impl Synth {
         self.server_pid += 1;
         let pid = self.server_pid;
         let holder = self.tw.front().map(|(at, l, r, _)| Holder {
+            device: None,
             state: TcpState::TimeWait,
             local: *l,
             remote: Some(*r),

@@ -183,6 +183,7 @@ pub fn events() -> Vec<Event> {
         failed(
             "127.0.0.1:7100",
             vec![Holder {
+                device: None,
                 state: TimeWait,
                 local: ep("127.0.0.1:7100"),
                 remote: Some(ep("127.0.0.1:40000")),
@@ -289,6 +290,7 @@ pub fn events() -> Vec<Event> {
         failed(
             "0.0.0.0:7400",
             vec![Holder {
+                device: None,
                 state: CloseWait,
                 local: ep("127.0.0.1:7400"),
                 remote: Some(ep("127.0.0.1:41000")),

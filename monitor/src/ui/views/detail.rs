@@ -156,7 +156,7 @@ fn lines<'a>(
         let mut l1 = vec![
             Span::raw(" "),
             Span::styled(format!("{:<11} ", h.state.as_str()), theme.state(h.state)),
-            Span::raw(h.local.to_string()),
+            Span::raw(crate::output::holder_local(h)),
         ];
         if let Some(r) = h.remote {
             l1.push(Span::raw(format!(" → {r}")));
