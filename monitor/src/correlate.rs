@@ -572,6 +572,8 @@ pub fn explain(
         unprivileged_port_start: Some(env.unprivileged_port_start),
         tcp_tw_reuse: Some(env.tcp_tw_reuse),
         timewait_in_range: Some(timewait_in_range),
+        timewait_toward: (b.syscall == Syscall::Connect)
+            .then(|| model.timewait_toward(netns, b.requested.socket_addr())),
         sockets_seen: Some(sockets_seen),
         unseen,
         dad: env.dad_refusal(b.requested.ip()),

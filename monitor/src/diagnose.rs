@@ -91,8 +91,11 @@ pub struct Context {
     pub unprivileged_port_start: Option<u32>,
     /// net.ipv4.tcp_tw_reuse (see [`NetEnv::tcp_tw_reuse`]).
     pub tcp_tw_reuse: Option<u8>,
-    /// TIME_WAIT sockets whose local port is in `local_port_range`.
+    /// Ports of `local_port_range` that a timewait sock holds.
     pub timewait_in_range: Option<usize>,
+    /// connect(): timewait sockets toward the destination, the only ones
+    /// that keep it from a port (a port serves many destinations).
+    pub timewait_toward: Option<usize>,
     /// Ports of `local_port_range` in net.ipv4.ip_local_reserved_ports.
     pub reserved_in_range: usize,
     /// Sockets in use in that range (any state).
@@ -204,8 +207,11 @@ pub fn explain(
                 .iter()
                 .filter(in_range)
                 .filter(|s| s.is_timewait())
-                .count(),
+                .map(|s| s.port)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
         ),
+        timewait_toward: None,
         used_in_range: Some(
             existing
                 .iter()
@@ -963,12 +969,23 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             let total = ctx
                 .local_port_range
                 .map_or(0, |(lo, hi)| (hi as usize).saturating_sub(lo as usize) + 1);
+            // The TIME_WAIT evidence: for connect(), only the sockets
+            // toward its destination keep it from a port (a port serves
+            // any number of destinations); for a port of its own, any.
+            let timewait = match f.syscall {
+                Syscall::Connect => ctx.timewait_toward,
+                _ => ctx.timewait_in_range,
+            };
+            let tw = timewait
+                .map(|n| match (f.syscall, n) {
+                    (Syscall::Connect, 0) => format!(", none of them in TIME_WAIT toward {req}"),
+                    (Syscall::Connect, n) => format!(", {n} of them in TIME_WAIT toward {req}"),
+                    (_, 0) => ", none of them held by a TIME_WAIT socket".to_string(),
+                    (_, n) => format!(", {n} of them held by TIME_WAIT sockets"),
+                })
+                .unwrap_or_default();
             let range = match ctx.local_port_range {
                 Some((lo, hi)) if reserved > 0 => {
-                    let tw = ctx
-                        .timewait_in_range
-                        .map(|n| format!(", {n} of them by TIME_WAIT sockets"))
-                        .unwrap_or_default();
                     format!(
                         " in ip_local_port_range {lo}-{hi}: of its {total} ports, {reserved} {} reserved by net.ipv4.ip_local_reserved_ports and the other {} in use{tw}",
                         if reserved == 1 { "is" } else { "are" },
@@ -976,15 +993,6 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                     )
                 }
                 Some((lo, hi)) => {
-                    let tw = ctx
-                        .timewait_in_range
-                        .map(|n| {
-                            format!(
-                                ", {} of them",
-                                plural(n, "TIME_WAIT socket", "TIME_WAIT sockets")
-                            )
-                        })
-                        .unwrap_or_default();
                     format!(" in ip_local_port_range {lo}-{hi} ({total} ports{tw})")
                 }
                 None => " in ip_local_port_range".to_string(),
@@ -1001,7 +1009,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             // allows it (1, or 2 toward loopback), once the port has been
             // idle for a second and both ends use TCP timestamps.
             if let (Syscall::Connect, Some(1..), Some(reuse)) =
-                (f.syscall, ctx.timewait_in_range, ctx.tcp_tw_reuse)
+                (f.syscall, timewait, ctx.tcp_tw_reuse)
             {
                 let ip = Endpoint::from(f.requested).ip();
                 if reuse == 1 || (reuse == 2 && ip.is_loopback()) {
@@ -1185,7 +1193,7 @@ mod tests {
             fail(Syscall::Connect, libc::EADDRNOTAVAIL, to),
             Context {
                 local_port_range: Some((40000, 40001)),
-                timewait_in_range: Some(timewait),
+                timewait_toward: Some(timewait),
                 tcp_tw_reuse: Some(reuse),
                 ..Context::default()
             },
@@ -1520,14 +1528,14 @@ mod tests {
                 fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:80"),
                 Context {
                     local_port_range: Some((40000, 40001)),
+                    // Ports with a TIME_WAIT toward anywhere: not the
+                    // evidence for a connect().
                     timewait_in_range: Some(2),
+                    timewait_toward: Some(1),
                     ..Context::default()
                 },
                 C::EphemeralExhausted,
-                &[
-                    "connect() to 127.0.0.1:80",
-                    "40000-40001 (2 ports, 2 TIME_WAIT sockets",
-                ],
+                &["connect() to 127.0.0.1:80 found no free local port in ip_local_port_range 40000-40001 (2 ports, 1 of them in TIME_WAIT toward 127.0.0.1:80)."],
                 &["ip_local_port_range"],
             ),
             {
@@ -1556,7 +1564,7 @@ mod tests {
                     f,
                     c,
                     C::EphemeralExhausted,
-                    &["(2 ports, 0 TIME_WAIT sockets of them)"],
+                    &["(2 ports, none of them in TIME_WAIT toward 10.0.0.1:80)."],
                     &["TIME_WAIT stays on its side."],
                 )
             },
@@ -1722,12 +1730,12 @@ mod tests {
                 fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:9000"),
                 Context {
                     local_port_range: Some((40000, 40009)),
-                    timewait_in_range: Some(0),
+                    timewait_toward: Some(0),
                     reserved_in_range: 8,
                     ..Context::default()
                 },
                 C::EphemeralExhausted,
-                &["40000-40009: of its 10 ports, 8 are reserved by net.ipv4.ip_local_reserved_ports and the other 2 in use, 0 of them by TIME_WAIT sockets."],
+                &["40000-40009: of its 10 ports, 8 are reserved by net.ipv4.ip_local_reserved_ports and the other 2 in use, none of them in TIME_WAIT toward 127.0.0.1:9000."],
                 &["Take ports out of net.ipv4.ip_local_reserved_ports (8 of the range are reserved) or widen net.ipv4.ip_local_port_range"],
             ),
             (
@@ -1749,7 +1757,7 @@ mod tests {
                     ..Context::default()
                 },
                 C::EphemeralExhausted,
-                &["bind() to port 0", "10 ports, 3 TIME_WAIT sockets"],
+                &["bind() to port 0", "(10 ports, 3 of them held by TIME_WAIT sockets)."],
                 &["Widen"],
             ),
             (

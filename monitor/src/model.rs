@@ -804,6 +804,14 @@ impl Model {
         })
     }
 
+    /// Timewait socks in `netns` whose remote end is `remote`: those that
+    /// keep connect() toward it from their ports.
+    pub fn timewait_toward(&self, netns: u32, remote: SocketAddr) -> usize {
+        self.ns
+            .get(&netns)
+            .map_or(0, |ns| ns.socks.timewait_toward(remote))
+    }
+
     pub fn look_at_port(
         &self,
         netns: u32,
@@ -820,7 +828,7 @@ impl Model {
         let is_me = |t: &Tracked| {
             (cookie != 0 && t.sock.cookie == cookie) || (inode != 0 && t.sock.inode == inode)
         };
-        look.timewait_in_range = ns.socks.timewait_in(range.0, range.1);
+        look.timewait_in_range = ns.socks.timewait_ports_in(range.0, range.1);
         // The failing socket, wherever it sits, under any key it may have.
         let mine = [
             SockId::Cookie(cookie),
@@ -854,8 +862,8 @@ pub struct PortLook<'a> {
     pub on_port: Vec<(&'a Tracked, ExistingSocket)>,
     /// Sockets of the protocol in the namespace.
     pub sockets: usize,
-    /// Timewait socks (TCP's, whatever `proto` asked) whose local port is
-    /// in the range.
+    /// Ports of the range that a timewait sock (TCP's, whatever `proto`
+    /// asked) holds.
     pub timewait_in_range: usize,
 }
 

@@ -162,7 +162,13 @@ fn check_failure(id: u8, a: &Attempt, b: &BindFailed) -> Vec<String> {
         }
     }
     if let Some(n) = expect.time_wait_count {
-        if !d.summary.contains(&n.to_string()) {
+        // Every TIME_WAIT of the scenario is toward the one server; a port
+        // of its own (bind, listen) is kept from any of them.
+        let want = match a.syscall {
+            Syscall::Connect => format!("{n} of them in TIME_WAIT toward {}", a.requested),
+            _ => format!("{n} of them held by TIME_WAIT sockets"),
+        };
+        if !d.summary.contains(&want) {
             problems.push(format!(
                 "{what}: the summary does not give the TIME_WAIT count {n}"
             ));
@@ -698,6 +704,83 @@ fn an_exhausted_range_counts_its_reserved_ports() {
         d.fix
     );
     drop(held);
+    stop_cleanly(watch);
+}
+
+/// connect() picks a port per destination: a TIME_WAIT toward one server
+/// leaves its port free for connections to another. With a two-port range
+/// holding two TIME_WAITs toward A, two live connections to B fill it, and
+/// the failure toward B must not count A's TIME_WAITs; once B's own
+/// connections are in TIME_WAIT (tcp_tw_reuse off), it counts those.
+#[test]
+fn an_exhausted_range_counts_the_time_waits_toward_the_destination() {
+    if !kernel_or_skip("an_exhausted_range_counts_the_time_waits_toward_the_destination") {
+        return;
+    }
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    let ns = Netns::new().expect("network namespace");
+    ns.set_sysctl("net.ipv4.ip_local_port_range", "7970 7971")
+        .expect("sysctl");
+    ns.set_sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
+    let inode = ns.inode().to_string();
+    let watch = Watch::start_or_panic(&["--json", "--netns", &inode]);
+    let (a, b): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:7980".parse().unwrap(),
+        "127.0.0.1:7981".parse().unwrap(),
+    );
+    // Two connections to `to`, closed by the client first: two TIME_WAITs
+    // toward it.
+    let leave_timewaits = |l: &TcpListener, to: SocketAddr, conns: Vec<TcpStream>| {
+        let conns = if conns.is_empty() {
+            (0..2).map(|_| TcpStream::connect(to).unwrap()).collect()
+        } else {
+            conns
+        };
+        let accepted: Vec<TcpStream> = (0..2).map(|_| l.accept().unwrap().0).collect();
+        for c in &conns {
+            c.shutdown(Shutdown::Write).unwrap();
+        }
+        for mut s in accepted {
+            // The client's FIN read, then ours: the client's end is left
+            // in TIME_WAIT.
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
+        }
+        drop(conns);
+    };
+    let (la, lb, live) = ns
+        .run(move || {
+            let (la, lb) = (TcpListener::bind(a).unwrap(), TcpListener::bind(b).unwrap());
+            leave_timewaits(&la, a, Vec::new());
+            let live: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(b).unwrap()).collect();
+            let e = TcpStream::connect(b).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+            (la, lb, live)
+        })
+        .unwrap();
+    let toward = |n: &str| format!("7970-7971 (2 ports, {n} of them in TIME_WAIT toward {b})");
+    let d = failure_shown(&watch, "connect failure", |f| f.syscall == Syscall::Connect)
+        .diagnosis
+        .expect("a diagnosis");
+    assert_eq!(d.code, DiagnosisCode::EphemeralExhausted, "{}", d.summary);
+    assert!(d.summary.contains(&toward("none")), "{}", d.summary);
+
+    // B's connections to TIME_WAIT as well: now they are the evidence.
+    ns.run(move || {
+        leave_timewaits(&lb, b, live);
+        let e = TcpStream::connect(b).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{e}");
+    })
+    .unwrap();
+    let d = failure_shown(&watch, "a second connect failure", |f| {
+        f.syscall == Syscall::Connect
+            && f.diagnosis
+                .as_ref()
+                .is_some_and(|d| !d.summary.contains(&toward("none")))
+    })
+    .diagnosis
+    .expect("a diagnosis");
+    assert!(d.summary.contains(&toward("2")), "{}", d.summary);
+    drop(la);
     stop_cleanly(watch);
 }
 

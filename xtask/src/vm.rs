@@ -87,6 +87,7 @@ const GUEST_TESTS: &[(&str, &[&str])] = &[
             "a_connect_from_its_own_port_is_held_by_its_connection",
             // An exhausted range mostly reserved: the reserved ports counted.
             "an_exhausted_range_counts_its_reserved_ports",
+            "an_exhausted_range_counts_the_time_waits_toward_the_destination",
             // A listener a helper also holds: both named.
             "a_listener_a_helper_also_holds_names_both",
             // listen() on a connected socket: EINVAL told as such.

@@ -1,16 +1,17 @@
 //! One namespace's socket table, with what explaining a failure needs kept
 //! beside it so that a failure costs no walk of the table: the keys of the
-//! sockets on each port, the timewait socks per local port, and the
-//! sockets per protocol. A crash-looping server fails many times a second;
+//! sockets on each port, the timewait socks per local port and per remote
+//! end, and the sockets per protocol. A crash-looping server fails many times a second;
 //! each walk was the whole table (12 % of `record`'s perf samples beside
 //! 100 failures/s and 30,000 timewait socks), and on a host with a million
 //! sockets (10-20 ms a walk) 100 failures/s would have taken a core.
 //!
 //! Every change goes through here, so the indexes cannot drift from the
-//! table: the fields they key on (protocol, port, timewait) are only ever
-//! set by [`Table::insert`].
+//! table: the fields they key on (protocol, port, timewait, remote) are
+//! only ever set by [`Table::insert`].
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 /// foldhash instead of SipHash: the table is hashed a few times per
 /// transition, a quarter of a million times a second under churn, and the
@@ -37,6 +38,9 @@ pub(super) struct Table {
     /// Timewait socks per local port: ordered, for a sum over the
     /// ephemeral range.
     timewait: BTreeMap<u16, u32>,
+    /// Timewait socks per remote end: what keeps connect() toward one
+    /// destination from a port (those toward others do not).
+    timewait_to: HashMap<SocketAddr, u32>,
     tcp: usize,
     udp: usize,
 }
@@ -87,33 +91,45 @@ impl Table {
             .filter_map(|id| self.socks.get(id).map(|t| (id, &**t)))
     }
 
-    /// Timewait socks whose local port is in `lo..=hi`.
-    pub fn timewait_in(&self, lo: u16, hi: u16) -> usize {
+    /// Ports in `lo..=hi` that a timewait sock holds.
+    pub fn timewait_ports_in(&self, lo: u16, hi: u16) -> usize {
         if lo > hi {
             return 0;
         }
-        self.timewait.range(lo..=hi).map(|(_, n)| *n as usize).sum()
+        self.timewait.range(lo..=hi).count()
+    }
+
+    /// Timewait socks whose remote end is `remote`.
+    pub fn timewait_toward(&self, remote: SocketAddr) -> usize {
+        self.timewait_to.get(&remote).map_or(0, |n| *n as usize)
     }
 
     pub fn insert(&mut self, id: SockId, t: Tracked) -> Option<Tracked> {
         // The old entry's keys out before the new one's go in: both may
         // be the same (protocol, port).
-        let (proto, port, timewait) = (t.sock.proto, t.sock.port, t.sock.timewait);
+        let keys = Keys::of(&t);
         let old = self.socks.insert(id, Box::new(t)).map(|o| *o);
         if let Some(o) = &old {
-            self.unindex(id, o.sock.proto, o.sock.port, o.sock.timewait);
+            self.unindex(id, Keys::of(o));
         }
-        self.on_port.entry((proto, port)).or_default().insert(id);
-        if timewait {
-            *self.timewait.entry(port).or_default() += 1;
+        self.on_port
+            .entry((keys.proto, keys.port))
+            .or_default()
+            .insert(id);
+        if keys.timewait {
+            *self.timewait.entry(keys.port).or_default() += 1;
+            if let Some(r) = keys.remote {
+                *self.timewait_to.entry(r).or_default() += 1;
+            }
         }
+        let proto = keys.proto;
         *self.count_mut(proto) += 1;
         old
     }
 
     pub fn remove(&mut self, id: &SockId) -> Option<Tracked> {
         let t = *self.socks.remove(id)?;
-        self.unindex(*id, t.sock.proto, t.sock.port, t.sock.timewait);
+        self.unindex(*id, Keys::of(&t));
         Some(t)
     }
 
@@ -123,12 +139,12 @@ impl Table {
         self.socks.retain(|id, t| {
             let k = keep(id, t);
             if !k {
-                gone.push((*id, t.sock.proto, t.sock.port, t.sock.timewait));
+                gone.push((*id, Keys::of(t)));
             }
             k
         });
-        for (id, proto, port, timewait) in gone {
-            self.unindex(id, proto, port, timewait);
+        for (id, keys) in gone {
+            self.unindex(id, keys);
         }
     }
 
@@ -158,7 +174,13 @@ impl Table {
         }
     }
 
-    fn unindex(&mut self, id: SockId, proto: Proto, port: u16, timewait: bool) {
+    fn unindex(&mut self, id: SockId, keys: Keys) {
+        let Keys {
+            proto,
+            port,
+            timewait,
+            remote,
+        } = keys;
         if let Some(ids) = self.on_port.get_mut(&(proto, port)) {
             ids.remove(&id);
             if ids.is_empty() {
@@ -170,6 +192,14 @@ impl Table {
                 *n -= 1;
                 if *n == 0 {
                     self.timewait.remove(&port);
+                }
+            }
+            if let Some(r) = remote {
+                if let Some(n) = self.timewait_to.get_mut(&r) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.timewait_to.remove(&r);
+                    }
                 }
             }
         }
@@ -184,12 +214,32 @@ impl Table {
     }
 }
 
+/// The fields of a socket the indexes key on, as it was indexed.
+#[derive(Clone, Copy)]
+struct Keys {
+    proto: Proto,
+    port: u16,
+    timewait: bool,
+    remote: Option<SocketAddr>,
+}
+
+impl Keys {
+    fn of(t: &Tracked) -> Keys {
+        Keys {
+            proto: t.sock.proto,
+            port: t.sock.port,
+            timewait: t.sock.timewait,
+            remote: t.sock.remote,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rules::ExistingSocket;
 
-    fn tracked(proto: Proto, port: u16, timewait: bool) -> Tracked {
+    fn tracked(proto: Proto, port: u16, timewait: bool, peer: u16) -> Tracked {
         let mut sock = ExistingSocket::new(
             proto,
             std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -200,6 +250,7 @@ mod tests {
             },
         );
         sock.timewait = timewait;
+        sock.remote = Some(std::net::SocketAddr::from(([127, 0, 0, 2], peer)));
         Tracked {
             sock,
             owner: None,
@@ -215,20 +266,33 @@ mod tests {
         }
     }
 
-    /// What the indexes must say, by walking the table.
-    fn walked(t: &Table, proto: Proto, port: u16, lo: u16, hi: u16) -> (Vec<SockId>, usize, usize) {
+    /// What the indexes must say, by walking the table: the keys on the
+    /// port, the ports in `lo..=hi` with a timewait sock, the timewait
+    /// socks toward the peer port `peer`, the sockets of `proto`.
+    fn walked(
+        t: &Table,
+        proto: Proto,
+        port: u16,
+        (lo, hi): (u16, u16),
+        peer: u16,
+    ) -> (Vec<SockId>, usize, usize, usize) {
         let mut on: Vec<SockId> = t
             .iter()
             .filter(|(_, s)| s.sock.proto == proto && s.sock.port == port)
             .map(|(id, _)| *id)
             .collect();
         on.sort_by_key(|id| format!("{id:?}"));
-        let tw = t
+        let tw_ports: std::collections::BTreeSet<u16> = t
             .values()
             .filter(|s| s.sock.timewait && (lo..=hi).contains(&s.sock.port))
+            .map(|s| s.sock.port)
+            .collect();
+        let toward = t
+            .values()
+            .filter(|s| s.sock.timewait && s.sock.remote.map(|r| r.port()) == Some(peer))
             .count();
         let n = t.values().filter(|s| s.sock.proto == proto).count();
-        (on, tw, n)
+        (on, tw_ports.len(), toward, n)
     }
 
     /// Inserts (new keys and replacements that move a socket to another
@@ -255,7 +319,8 @@ mod tests {
                 0..=5 => {
                     let proto = if next(4) == 0 { Proto::Udp } else { Proto::Tcp };
                     let port = 1000 + next(6) as u16;
-                    t.insert(id, tracked(proto, port, next(2) == 0));
+                    let peer = 80 + next(3) as u16;
+                    t.insert(id, tracked(proto, port, next(2) == 0, peer));
                 }
                 6..=8 => {
                     t.remove(&id);
@@ -271,11 +336,14 @@ mod tests {
             for proto in [Proto::Tcp, Proto::Udp] {
                 for port in 1000..1006 {
                     let (lo, hi) = (1000 + next(6) as u16, 1000 + next(6) as u16);
-                    let (on, tw, n) = walked(&t, proto, port, lo, hi);
+                    let peer = 80 + next(3) as u16;
+                    let (on, tw, toward, n) = walked(&t, proto, port, (lo, hi), peer);
                     let mut got: Vec<SockId> = t.on_port(proto, port).map(|(id, _)| *id).collect();
                     got.sort_by_key(|id| format!("{id:?}"));
                     assert_eq!(got, on, "step {step}: {proto:?} port {port}");
-                    assert_eq!(t.timewait_in(lo, hi), tw, "step {step}: {lo}..={hi}");
+                    assert_eq!(t.timewait_ports_in(lo, hi), tw, "step {step}: {lo}..={hi}");
+                    let to = std::net::SocketAddr::from(([127, 0, 0, 2], peer));
+                    assert_eq!(t.timewait_toward(to), toward, "step {step}: toward {to}");
                     assert_eq!(t.count(proto), n, "step {step}: {proto:?}");
                 }
             }
