@@ -167,6 +167,9 @@ impl Table {
         if self.on_port.capacity() > 4 * self.on_port.len().max(1024) {
             self.on_port.shrink_to(2 * self.on_port.len());
         }
+        if self.timewait_to.capacity() > 4 * self.timewait_to.len().max(1024) {
+            self.timewait_to.shrink_to(2 * self.timewait_to.len());
+        }
         for ids in self.on_port.values_mut() {
             if ids.capacity() > 4 * ids.len().max(64) {
                 ids.shrink_to(2 * ids.len());
