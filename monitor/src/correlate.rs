@@ -204,6 +204,7 @@ impl<E: Evidence> Correlator<E> {
             }
             b.holders = holders;
             b.diagnosis = Some(diagnosis);
+            b.device = env.and_then(|e| e.device_name(b.bound_dev_if));
             // Precise mode: the kernel named the blocking sockets itself;
             // a model that disagrees is a finding worth a line.
             b.holder_mismatch = kernel_disagreement(b);
@@ -905,6 +906,7 @@ mod kernel_holder_tests {
         kernel: Option<Vec<KernelHolder>>,
     ) -> BindFailed {
         BindFailed {
+            device: None,
             syscall: Syscall::Bind,
             errno: libc::EADDRINUSE,
             error: "EADDRINUSE".into(),

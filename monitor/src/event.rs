@@ -348,6 +348,10 @@ pub struct BindFailed {
     pub transparent: bool,
     #[serde(default)]
     pub bound_dev_if: u32,
+    /// `bound_dev_if` by name in the failing namespace (SO_BINDTODEVICE),
+    /// when the socket was bound to a device and the namespace was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     #[serde(default)]
     pub cgroup_id: u64,
     #[serde(default)]

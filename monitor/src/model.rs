@@ -1281,6 +1281,7 @@ mod tests {
                 i as u64,
                 Some(1),
                 Kind::BindFailed(Box::new(BindFailed {
+                    device: None,
                     syscall: Syscall::Bind,
                     errno: 98,
                     error: "EADDRINUSE".into(),

@@ -81,7 +81,7 @@ pub fn human_line(ev: &Event) -> String {
             };
             let _ = write!(
                 s,
-                "BIND FAILED {} {} {} {}{from}: {} (reuseaddr={} reuseport={} v6only={} uid={})",
+                "BIND FAILED {} {} {} {}{from}: {} (reuseaddr={} reuseport={} v6only={} uid={}{})",
                 actor,
                 c.proto.as_str(),
                 b.syscall.as_str(),
@@ -90,7 +90,11 @@ pub fn human_line(ev: &Event) -> String {
                 yn(b.reuseaddr),
                 yn(b.reuseport),
                 yn(b.v6only),
-                b.uid
+                b.uid,
+                b.device
+                    .as_ref()
+                    .map(|d| format!(" device={d}"))
+                    .unwrap_or_default()
             );
             for h in &b.holders {
                 let owner = holder_owner(h, "-");

@@ -125,6 +125,9 @@ pub struct FailureGroup {
     pub reuseport: bool,
     pub v6only: bool,
     pub uid: u32,
+    /// The device the new socket was bound to (SO_BINDTODEVICE), by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// As recorded with the first failure of the group.
     pub diagnosis: Option<Diagnosis>,
     pub holders: Vec<Holder>,
@@ -272,6 +275,9 @@ struct GroupKey {
     requested: Endpoint,
     errno: i32,
     code: Option<crate::event::DiagnosisCode>,
+    /// The new socket's options: the same call with other options is
+    /// another attempt, which its diagnosis may tell otherwise.
+    options: (bool, bool, bool, u32),
 }
 
 /// Builds a [`Report`] from events in file order.
@@ -550,6 +556,7 @@ impl ReportBuilder {
             requested: b.requested,
             errno: b.errno,
             code,
+            options: (b.reuseaddr, b.reuseport, b.v6only, b.bound_dev_if),
         };
         if let Some(&i) = self.group_index.get(&key) {
             let g = &mut self.groups[i];
@@ -580,6 +587,7 @@ impl ReportBuilder {
             reuseport: b.reuseport,
             v6only: b.v6only,
             uid: b.uid,
+            device: b.device.clone(),
             diagnosis: b.diagnosis.clone(),
             holders: b.holders.clone(),
         });

@@ -83,14 +83,18 @@ fn failure_title(g: &FailureGroup) -> String {
 
 fn options(g: &FailureGroup) -> String {
     let yn = |b: bool| if b { "yes" } else { "no" };
-    format!(
+    let mut s = format!(
         "netns {}, uid {}, reuseaddr {}, reuseport {}, v6only {}",
         g.netns,
         g.uid,
         yn(g.reuseaddr),
         yn(g.reuseport),
         yn(g.v6only)
-    )
+    );
+    if let Some(d) = &g.device {
+        let _ = write!(s, ", device {d}");
+    }
+    s
 }
 
 fn mode_line(r: &Report) -> String {

@@ -178,6 +178,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
         61,
         Some((9, "app")),
         Kind::BindFailed(Box::new(BindFailed {
+            device: None,
             syscall: Syscall::Bind,
             errno: libc::EADDRINUSE,
             error: "EADDRINUSE".into(),
@@ -223,7 +224,20 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
         f.holders.clear();
     }
     b.add(&failed); // same group
+                    // The same call from a socket bound to a device: another attempt.
+    if let Kind::BindFailed(f) = &mut failed.kind {
+        f.bound_dev_if = 3;
+        f.device = Some("eth1".into());
+    }
+    b.add(&failed);
     let r = b.finish();
+    assert_eq!(r.failures.len(), 2, "{:?}", r.failures);
+    assert_eq!(r.failures[1].device.as_deref(), Some("eth1"));
+    assert!(
+        super::render::render_text(&r).contains("v6only no, device eth1"),
+        "{}",
+        super::render::render_text(&r)
+    );
     assert_eq!(r.time_wait.peak, 3, "{:?}", r.time_wait);
     assert_eq!(r.time_wait.entered, 4);
     assert_eq!(r.time_wait.at_end, 2);
@@ -243,18 +257,17 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
         .map(|h| (h.comm.as_deref(), h.sockets, h.still_at_end))
         .collect();
     assert_eq!(who, vec![(Some("app"), 2, 1), (Some("worker"), 1, 1)]);
-    assert_eq!(r.failures.len(), 1);
     assert_eq!(r.failures[0].count, 2);
     assert_eq!(
         r.failures[0].holders.len(),
         1,
         "the first failure's holders"
     );
-    assert_eq!(r.failures_by_diagnosis.get("none"), Some(&2));
+    assert_eq!(r.failures_by_diagnosis.get("none"), Some(&3));
     assert_eq!(r.timeline.len(), 2);
     assert_eq!(r.timeline[0].minute, "2026-11-21T23:00");
     assert_eq!(r.timeline[0].timewait_closed, 2);
-    assert_eq!(r.timeline[1].failures, 2);
+    assert_eq!(r.timeline[1].failures, 3);
 }
 
 #[test]

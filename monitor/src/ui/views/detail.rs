@@ -130,6 +130,9 @@ fn lines<'a>(
     if b.v6only {
         asked.push_str(" · IPV6_V6ONLY");
     }
+    if let Some(d) = &b.device {
+        asked.push_str(&format!(" · device {d}"));
+    }
     if let Some(l) = b.local {
         if b.syscall != Syscall::Bind {
             asked.push_str(&format!(" · local {l}"));
