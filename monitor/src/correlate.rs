@@ -632,8 +632,21 @@ pub fn explain(
             return (holders, diagnose::diagnose(&failure, &ctx));
         }
     }
-    (Vec::new(), diagnose::diagnose(&failure, &base_ctx))
+    let d = diagnose::diagnose(&failure, &base_ctx);
+    if d.code != DiagnosisCode::EphemeralExhausted {
+        return (Vec::new(), d);
+    }
+    // Who took the range: the actionable part of an exhaustion.
+    let toward = (b.syscall == Syscall::Connect).then(|| b.requested.socket_addr());
+    let ctx = Context {
+        range_users: model.range_users(netns, proto, range, toward, RANGE_USERS),
+        ..base_ctx
+    };
+    (Vec::new(), diagnose::diagnose(&failure, &ctx))
 }
+
+/// How many processes an exhaustion names.
+const RANGE_USERS: usize = 3;
 
 /// Live evidence: sock_diag in the failing namespace.
 pub struct Kernel {

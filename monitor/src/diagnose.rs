@@ -96,6 +96,9 @@ pub struct Context {
     /// connect(): timewait sockets toward the destination, the only ones
     /// that keep it from a port (a port serves many destinations).
     pub timewait_toward: Option<usize>,
+    /// An exhausted range: the processes with most sockets in it (for
+    /// connect(), toward its destination), with how many.
+    pub range_users: Vec<(Process, usize)>,
     /// Ports of `local_port_range` in net.ipv4.ip_local_reserved_ports.
     pub reserved_in_range: usize,
     /// Sockets in use in that range (any state).
@@ -212,6 +215,13 @@ pub fn explain(
                 .len(),
         ),
         timewait_toward: None,
+        range_users: range_users(
+            existing
+                .iter()
+                .filter(in_range)
+                .filter(|s| !s.is_timewait())
+                .filter_map(|s| owner_of(s).0),
+        ),
         used_in_range: Some(
             existing
                 .iter()
@@ -230,6 +240,21 @@ pub fn explain(
     };
     let f = Failure::from_new(new, verdict.syscall, errno);
     (holders, Some(diagnose(&f, &ctx)))
+}
+
+/// The processes behind `owners` (one per socket), most sockets first, at
+/// most three.
+fn range_users(owners: impl Iterator<Item = Process>) -> Vec<(Process, usize)> {
+    let mut users: Vec<(Process, usize)> = Vec::new();
+    for p in owners {
+        match users.iter_mut().find(|(q, _)| q.pid == p.pid) {
+            Some((_, n)) => *n += 1,
+            None => users.push((p, 1)),
+        }
+    }
+    users.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.pid.cmp(&b.0.pid)));
+    users.truncate(3);
+    users
 }
 
 fn state_rank(h: &Holder) -> u8 {
@@ -997,14 +1022,58 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 }
                 None => " in ip_local_port_range".to_string(),
             };
-            // Reservations are a fix only where they take a good share of
-            // the range.
-            let widen = if reserved > 0 && reserved * 4 >= total {
-                format!("Take ports out of net.ipv4.ip_local_reserved_ports ({reserved} of the range are reserved) or widen")
-            } else {
-                "Widen".to_string()
+            // Who took the ports: for connect(), the processes that opened
+            // the connections toward its destination (TIME_WAIT ones too).
+            let users = match ctx.range_users.as_slice() {
+                [] => String::new(),
+                us => {
+                    let named: Vec<String> = us
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (p, n))| match (i, f.syscall) {
+                            (0, Syscall::Connect) => format!("{} (pid {}) opened {n} {} toward it", p.comm, p.pid, if *n == 1 { "connection" } else { "connections" }),
+                            (0, _) => format!("{} (pid {}) holds {n} {} there", p.comm, p.pid, if *n == 1 { "socket" } else { "sockets" }),
+                            _ => format!("{} (pid {}) {n}", p.comm, p.pid),
+                        })
+                        .collect();
+                    format!("; {}", named.join(", "))
+                }
             };
-            let mut fix = format!("{widen} net.ipv4.ip_local_port_range, reuse connections (keep-alive, pooling) instead of opening one per request, or let the server close first so the TIME_WAIT stays on its side");
+            // TIME_WAIT advice only where TIME_WAITs are a good share of
+            // what took the range; otherwise the live sockets are the cause.
+            let in_use = total.saturating_sub(reserved);
+            let timewait_bound = timewait.is_none_or(|n| n * 2 >= in_use);
+            // The ways out, the likeliest cause's first: reservations where
+            // they take a good share of the range, the process that keeps
+            // the ports where live sockets took them, TIME_WAIT advice only
+            // where TIME_WAITs are a good share of what took the range.
+            let mut ways = Vec::new();
+            if reserved > 0 && reserved * 4 >= total {
+                ways.push(format!("take ports out of net.ipv4.ip_local_reserved_ports ({reserved} of the range are reserved)"));
+            }
+            match ctx.range_users.first() {
+                Some((p, n)) if !timewait_bound => ways.push(format!(
+                    "find out why {} (pid {}) keeps {} there",
+                    p.comm,
+                    p.pid,
+                    if f.syscall == Syscall::Connect {
+                        plural(*n, "connection", "connections")
+                    } else {
+                        plural(*n, "socket", "sockets")
+                    }
+                )),
+                _ => {}
+            }
+            ways.push("widen net.ipv4.ip_local_port_range".to_string());
+            ways.push("reuse connections (keep-alive, pooling) instead of opening one per request".to_string());
+            if timewait_bound {
+                ways.push("let the server close first so the TIME_WAIT stays on its side".to_string());
+            }
+            let mut fix = match ways.split_last() {
+                Some((last, [])) => upper_first(last),
+                Some((last, init)) => upper_first(&format!("{}, or {last}", init.join(", "))),
+                None => String::new(),
+            };
             // connect() may take a TIME_WAIT port over when tcp_tw_reuse
             // allows it (1, or 2 toward loopback), once the port has been
             // idle for a second and both ends use TCP timestamps.
@@ -1024,7 +1093,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 }
             }
             fix.push('.');
-            (format!("{what}{range}."), fix)
+            (format!("{what}{range}{users}."), fix)
         }
         DiagnosisCode::PrivilegedPort => {
             let start = ctx.unprivileged_port_start.unwrap_or(1024);
@@ -1565,7 +1634,8 @@ mod tests {
                     c,
                     C::EphemeralExhausted,
                     &["(2 ports, none of them in TIME_WAIT toward 10.0.0.1:80)."],
-                    &["TIME_WAIT stays on its side."],
+                    // No TIME_WAIT took the range: no TIME_WAIT advice.
+                    &["Widen net.ipv4.ip_local_port_range, or reuse connections (keep-alive, pooling) instead of opening one per request."],
                 )
             },
             // A listener whose file a child also holds: stopping the
@@ -1736,7 +1806,7 @@ mod tests {
                 },
                 C::EphemeralExhausted,
                 &["40000-40009: of its 10 ports, 8 are reserved by net.ipv4.ip_local_reserved_ports and the other 2 in use, none of them in TIME_WAIT toward 127.0.0.1:9000."],
-                &["Take ports out of net.ipv4.ip_local_reserved_ports (8 of the range are reserved) or widen net.ipv4.ip_local_port_range"],
+                &["Take ports out of net.ipv4.ip_local_reserved_ports (8 of the range are reserved), widen net.ipv4.ip_local_port_range"],
             ),
             (
                 fail(Syscall::Connect, libc::EADDRNOTAVAIL, "127.0.0.1:9000"),
@@ -1868,6 +1938,42 @@ mod tests {
                 &["EACCES"],
                 &["cgroup BPF"],
             ),
+            // An exhausted range names who took it; the fix follows the
+            // cause: live sockets, or TIME_WAITs.
+            (
+                fail(Syscall::Bind, libc::EADDRINUSE, "127.0.0.1:0"),
+                Context {
+                    local_port_range: Some((40000, 40003)),
+                    timewait_in_range: Some(0),
+                    range_users: vec![(proc_("python3", 14083), 4)],
+                    ..Context::default()
+                },
+                C::EphemeralExhausted,
+                &["(4 ports, none of them held by a TIME_WAIT socket); python3 (pid 14083) holds 4 sockets there."],
+                &["Find out why python3 (pid 14083) keeps 4 sockets there, widen net.ipv4.ip_local_port_range, or reuse connections (keep-alive, pooling) instead of opening one per request."],
+            ),
+            {
+                let (f, mut c) = connect_exhausted("10.0.0.1:80", 2, 0);
+                c.range_users = vec![(proc_("client", 7), 2)];
+                (
+                    f,
+                    c,
+                    C::EphemeralExhausted,
+                    &["(2 ports, 2 of them in TIME_WAIT toward 10.0.0.1:80); client (pid 7) opened 2 connections toward it."],
+                    &["Widen net.ipv4.ip_local_port_range", "let the server close first"],
+                )
+            },
+            {
+                let (f, mut c) = connect_exhausted("10.0.0.1:80", 0, 0);
+                c.range_users = vec![(proc_("a", 1), 1), (proc_("b", 2), 1)];
+                (
+                    f,
+                    c,
+                    C::EphemeralExhausted,
+                    &["none of them in TIME_WAIT toward 10.0.0.1:80); a (pid 1) opened 1 connection toward it, b (pid 2) 1."],
+                    &["Find out why a (pid 1) keeps 1 connection there"],
+                )
+            },
             // Dual stack: a [::] listener without IPV6_V6ONLY holds the
             // IPv4 port; a [::] bind without it wants an IPv4 listener's.
             {

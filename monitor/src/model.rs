@@ -804,6 +804,43 @@ impl Model {
         })
     }
 
+    /// Who uses the ports of `range` in `netns`, most sockets first (at most
+    /// `top`): for connect() toward `toward`, the processes that opened the
+    /// connections toward it (live ones by their owner, timewait ones by
+    /// who left them); for a port search of bind() or listen(), the owners
+    /// of the live sockets there. A walk of the range's ports through the
+    /// index, for a failure whose kernel search walked them too.
+    pub fn range_users(
+        &self,
+        netns: u32,
+        proto: Proto,
+        range: (u16, u16),
+        toward: Option<SocketAddr>,
+        top: usize,
+    ) -> Vec<(Process, usize)> {
+        let Some(ns) = self.ns.get(&netns) else {
+            return Vec::new();
+        };
+        let mut by_pid: HashMap<u32, (Process, usize)> = HashMap::new();
+        for port in range.0..=range.1.max(range.0) {
+            for (_, t) in ns.socks.on_port(proto, port) {
+                let who = match toward {
+                    Some(to) if t.sock.remote != Some(to) => None,
+                    Some(_) if t.sock.timewait => t.left_by.as_ref(),
+                    _ if t.sock.timewait => None,
+                    _ => t.owner.as_ref(),
+                };
+                if let Some(p) = who {
+                    by_pid.entry(p.pid).or_insert_with(|| (p.clone(), 0)).1 += 1;
+                }
+            }
+        }
+        let mut users: Vec<(Process, usize)> = by_pid.into_values().collect();
+        users.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.pid.cmp(&b.0.pid)));
+        users.truncate(top);
+        users
+    }
+
     /// Timewait socks in `netns` whose remote end is `remote`: those that
     /// keep connect() toward it from their ports.
     pub fn timewait_toward(&self, netns: u32, remote: SocketAddr) -> usize {

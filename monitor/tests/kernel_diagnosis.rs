@@ -763,6 +763,13 @@ fn an_exhausted_range_counts_the_time_waits_toward_the_destination() {
         .expect("a diagnosis");
     assert_eq!(d.code, DiagnosisCode::EphemeralExhausted, "{}", d.summary);
     assert!(d.summary.contains(&toward("none")), "{}", d.summary);
+    // Who took the ports: this process, by its live connections to B.
+    let opened = format!(
+        "(pid {}) opened 2 connections toward it.",
+        std::process::id()
+    );
+    assert!(d.summary.contains(&opened), "{}", d.summary);
+    assert!(d.fix.starts_with("Find out why "), "{}", d.fix);
 
     // B's connections to TIME_WAIT as well: now they are the evidence.
     ns.run(move || {
@@ -780,6 +787,9 @@ fn an_exhausted_range_counts_the_time_waits_toward_the_destination() {
     .diagnosis
     .expect("a diagnosis");
     assert!(d.summary.contains(&toward("2")), "{}", d.summary);
+    // ... and now by the TIME_WAITs it left.
+    assert!(d.summary.contains(&opened), "{}", d.summary);
+    assert!(d.fix.contains("let the server close first"), "{}", d.fix);
     drop(la);
     stop_cleanly(watch);
 }
