@@ -865,14 +865,30 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             (summary, fix)
         }
         DiagnosisCode::Bound => {
-            let h = holders
+            let bound: Vec<&Holder> = holders
                 .iter()
-                .find(|h| state_code(h) == DiagnosisCode::Bound)
-                .unwrap_or(&holders[0]);
-            let what = if f.proto == Proto::Udp {
-                "a UDP socket bound to"
+                .filter(|h| state_code(h) == DiagnosisCode::Bound)
+                .collect();
+            let h = bound.first().copied().unwrap_or(&holders[0]);
+            let n = bound.len().max(1);
+            // Several sockets of one process on one address (UDP sockets
+            // that share a port with SO_REUSEADDR) are told as one group.
+            let one_group = bound.iter().all(|o| o.pid == h.pid && o.local == h.local);
+            let kind = if f.proto == Proto::Udp { "UDP socket" } else { "socket" };
+            let what = match (n, one_group) {
+                (1, _) => format!("a {kind} bound to"),
+                (n, true) => format!("{n} {kind}s bound to"),
+                (_, false) => format!("a {kind} bound to"),
+            };
+            let more = if n > 1 && !one_group {
+                format!(" (and {} more)", plural(n - 1, "bound socket", "bound sockets"))
             } else {
-                "a socket bound to"
+                String::new()
+            };
+            let (them, have) = if n == 1 {
+                ("that socket", "the bound socket has")
+            } else {
+                ("those sockets", "the bound sockets have")
             };
             let tail = if f.proto == Proto::Udp {
                 ""
@@ -882,7 +898,7 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
             let held_for = held_for_others(h, port);
             let (dual, dev) = (dual_stack(f, h), devices(h, ctx));
             let summary = format!(
-                "{} has {what} {}{tail}{}{}{}{}.",
+                "{} has {what} {}{tail}{more}{}{}{}{}.",
                 who(h, ctx),
                 h.local,
                 placement(&dual, &dev),
@@ -891,13 +907,13 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 also_held(h)
             );
             let fix = if ctx.reuseaddr_would_help {
-                format!("Set SO_REUSEADDR on the new socket (the bound socket has it too), or have {} close that socket.", who(h, ctx))
+                format!("Set SO_REUSEADDR on the new socket ({have} it too), or have {} close {them}.", who(h, ctx))
             } else if ctx.reuseport_would_help {
-                format!("Set SO_REUSEPORT on the new socket (the bound socket has it and the same uid), or have {} close that socket.", who(h, ctx))
+                format!("Set SO_REUSEPORT on the new socket ({have} it and the same uid), or have {} close {them}.", who(h, ctx))
             } else if let Some((_, fix)) = held_for {
                 fix
             } else {
-                format!("Have {} close that socket or stop {}; SO_REUSEADDR on the new socket alone will not help because the bound socket did not set it.", who_all(h, ctx), it_or_them(h))
+                format!("Have {} close {them} or stop {}; SO_REUSEADDR on the new socket alone will not help because {} not set it.", who_all(h, ctx), it_or_them(h), if n == 1 { "the bound socket did" } else { "the bound sockets did" })
             };
             (summary, placement_fix(&dual, &dev, fix))
         }
@@ -1938,6 +1954,26 @@ mod tests {
                 &["EACCES"],
                 &["cgroup BPF"],
             ),
+            // Two UDP sockets of one process sharing a port with
+            // SO_REUSEADDR, a third without it.
+            {
+                let shared = Holder {
+                    reuseaddr: true,
+                    ..h(TcpState::Bound, "127.0.0.1:5354")
+                };
+                let (f, mut c) = inuse(vec![shared.clone(), shared]);
+                c.reuseaddr_would_help = true;
+                (
+                    Failure {
+                        proto: Proto::Udp,
+                        ..f
+                    },
+                    c,
+                    C::Bound,
+                    &["server (pid 42) has 2 UDP sockets bound to 127.0.0.1:5354."],
+                    &["Set SO_REUSEADDR on the new socket (the bound sockets have it too), or have server (pid 42) close those sockets."],
+                )
+            },
             // An exhausted range names who took it; the fix follows the
             // cause: live sockets, or TIME_WAITs.
             (
