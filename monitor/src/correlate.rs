@@ -674,7 +674,17 @@ pub struct Kernel {
     /// dashboard's light mode). The probes are binds of twmon's own, which
     /// its source then drops.
     pub probe_timewait: bool,
+    /// Look time that looks asked to be fresh may still spend inside the
+    /// cache's time, and when it was last refilled: a twentieth of the
+    /// wall clock, as the cache allows, up to [`FRESH_BUDGET`]. A failure
+    /// now and then always gets its fresh look; a crash loop beside many
+    /// FIN_WAIT2 socks costs no more than the cache lets looks cost.
+    fresh_budget: Duration,
+    fresh_refilled: Instant,
 }
+
+/// The most look time saved up for fresh looks.
+const FRESH_BUDGET: Duration = Duration::from_millis(100);
 
 const CACHE_FOR: Duration = Duration::from_millis(200);
 /// ... and at most this long, however slow the last one was: in light
@@ -695,6 +705,8 @@ impl Kernel {
             failure: None,
             missing: HashMap::new(),
             probe_timewait: false,
+            fresh_budget: FRESH_BUDGET,
+            fresh_refilled: Instant::now(),
         }
     }
 
@@ -739,6 +751,19 @@ impl Kernel {
         };
         self.paths.insert(netns, found);
         Some(f)
+    }
+}
+
+impl Kernel {
+    /// Refill the fresh looks' budget for the time since the last refill;
+    /// does it still hold what a look is taken to cost (the cache's time
+    /// is twenty of them)?
+    fn fresh_budget_left(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = (now - self.fresh_refilled) / 20;
+        self.fresh_refilled = now;
+        self.fresh_budget = (self.fresh_budget + earned).min(FRESH_BUDGET);
+        self.fresh_budget >= self.cache_for / 20
     }
 }
 
@@ -871,10 +896,14 @@ impl Evidence for Kernel {
     ) -> Option<Snapshot> {
         self.failure = None;
         let key = (netns, ports.to_vec());
+        let mut bypass = false;
         if let Some(at) = self.cache.get(&key) {
-            if !fresh && at.elapsed() < self.cache_for {
-                // The model got this evidence a moment ago.
-                return None;
+            if at.elapsed() < self.cache_for {
+                if !(fresh && self.fresh_budget_left()) {
+                    // The model got this evidence a moment ago.
+                    return None;
+                }
+                bypass = true;
             }
         }
         let Some(file) = self.open_netns(netns, hint_pid) else {
@@ -900,6 +929,9 @@ impl Evidence for Kernel {
                 return None;
             }
         };
+        if bypass {
+            self.fresh_budget = self.fresh_budget.saturating_sub(started.elapsed());
+        }
         self.cache_for = (started.elapsed() * 20).clamp(CACHE_FOR, CACHE_AT_MOST);
         let keep = self.cache_for;
         self.cache.retain(|_, at| at.elapsed() < keep);
@@ -1716,7 +1748,11 @@ mod kernel_evidence_tests {
         assert!((CACHE_FOR..=CACHE_AT_MOST).contains(&k.cache_for));
         assert!(k.snapshot(ns.inode(), None, &[port], false).is_none());
         assert_eq!(k.snapshot_failure(), None, "skipped, not failed");
-        // ... unless the model may be wrong about the port.
+        // ... unless the model may be wrong about the port, while the
+        // fresh looks' budget lasts.
         assert!(k.snapshot(ns.inode(), None, &[port], true).is_some());
+        k.fresh_budget = Duration::ZERO;
+        k.fresh_refilled = Instant::now();
+        assert!(k.snapshot(ns.inode(), None, &[port], true).is_none());
     }
 }
