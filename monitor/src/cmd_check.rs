@@ -39,6 +39,8 @@ pub struct CheckReport {
     pub listen: bool,
     pub verdict: Verdict,
     pub holders: Vec<Holder>,
+    /// Holders beyond [`BindFailed::HOLDERS_MAX`](crate::event::BindFailed::HOLDERS_MAX), counted, not listed.
+    pub holders_omitted: usize,
     pub diagnosis: Option<Diagnosis>,
     /// Sockets on the port that do not conflict.
     pub others_on_port: usize,
@@ -53,13 +55,17 @@ impl CheckReport {
 
     /// The contract's `{would_fail, errno, error, holders, diagnosis}`.
     pub fn to_json(&self) -> serde_json::Value {
-        json!({
+        let mut j = json!({
             "would_fail": self.would_fail(),
             "errno": self.verdict.errno,
             "error": self.verdict.errno.map(errno_name),
             "holders": self.holders,
             "diagnosis": self.diagnosis,
-        })
+        });
+        if self.holders_omitted > 0 {
+            j["holders_omitted"] = json!(self.holders_omitted);
+        }
+        j
     }
 
     /// The explanation for a person.
@@ -112,6 +118,9 @@ impl CheckReport {
                     out.push_str("Holders:\n");
                     for h in &self.holders {
                         out.push_str(&format!("  {}\n", fmt_holder(h)));
+                    }
+                    if self.holders_omitted > 0 {
+                        out.push_str(&format!("  ... and {} more\n", self.holders_omitted));
                     }
                 }
                 if let Some(d) = &self.diagnosis {
@@ -273,7 +282,7 @@ pub fn check_against(new: &NewSocket, listen: bool, snap: &Snapshot) -> CheckRep
         let shared = snap.shared_with(s, owner.as_ref().map(|o| o.pid));
         (owner, shared)
     };
-    let (holders, diagnosis) = diagnose::explain(
+    let (mut holders, diagnosis) = diagnose::explain(
         new,
         &verdict,
         &snap.sockets,
@@ -297,11 +306,15 @@ pub fn check_against(new: &NewSocket, listen: bool, snap: &Snapshot) -> CheckRep
                 .into(),
         );
     }
+    let max = crate::event::BindFailed::HOLDERS_MAX;
+    let holders_omitted = holders.len().saturating_sub(max);
+    holders.truncate(max);
     CheckReport {
         new: new.clone(),
         listen,
         verdict,
         holders,
+        holders_omitted,
         diagnosis,
         others_on_port,
         notes,

@@ -209,6 +209,7 @@ impl<E: Evidence> Correlator<E> {
             // a model that disagrees is a finding worth a line.
             b.holder_mismatch = kernel_disagreement(b);
             b.port_mismatch = kernel_port_disagreement(b);
+            b.cap_holders();
             if self.findings_to_stderr {
                 for m in [&b.holder_mismatch, &b.port_mismatch].into_iter().flatten() {
                     eprintln!("twmon: finding: {m}");
@@ -951,6 +952,7 @@ mod kernel_holder_tests {
         kernel: Option<Vec<KernelHolder>>,
     ) -> BindFailed {
         BindFailed {
+            holders_omitted: 0,
             device: None,
             syscall: Syscall::Bind,
             errno: libc::EADDRINUSE,
@@ -1555,6 +1557,38 @@ mod late_look_tests {
         assert_eq!(holders[0].remote, Some("127.0.0.1:9000".parse().unwrap()));
         assert_eq!(holders[0].overlap, crate::event::Overlap::Exact);
         assert_eq!(c.evidence.1, vec![(vec![40000], false)]);
+    }
+
+    /// A port with more blocking sockets than an event lists: the first
+    /// are listed, the rest counted, and the diagnosis counts them all.
+    #[test]
+    fn a_busy_port_lists_the_first_holders_and_counts_the_rest() {
+        let tws: Vec<ExistingSocket> = (0..40u16)
+            .map(|i| {
+                let mut tw = ExistingSocket::new(
+                    Proto::Tcp,
+                    "127.0.0.1:8004".parse().unwrap(),
+                    TcpState::TimeWait,
+                );
+                tw.remote = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 40000 + i)));
+                tw.cookie = 100 + i as u64;
+                tw
+            })
+            .collect();
+        let mut c = Correlator::new(Look(tws, Vec::new()));
+        let out = c.process(failure("0.0.0.0:8004"));
+        let Some(Kind::BindFailed(b)) = out.last().map(|e| &e.kind) else {
+            panic!("{out:?}")
+        };
+        assert_eq!(b.holders.len(), BindFailed::HOLDERS_MAX);
+        assert_eq!(b.holders_omitted, 40 - BindFailed::HOLDERS_MAX);
+        let d = b.diagnosis.as_ref().unwrap();
+        assert_eq!(d.code, DiagnosisCode::TimeWait);
+        assert!(
+            d.summary.starts_with("40 TIME_WAIT sockets"),
+            "{}",
+            d.summary
+        );
     }
 
     /// A FIN_WAIT2 timewait sock in the model: its peer's FIN may have

@@ -326,6 +326,10 @@ pub struct Common {
     pub container: Option<String>,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BindFailed {
     pub syscall: Syscall,
@@ -342,6 +346,11 @@ pub struct BindFailed {
     pub holders: Vec<Holder>,
     pub diagnosis: Option<Diagnosis>,
     // Extra fields beyond the contract.
+    /// Holders beyond the first [`BindFailed::HOLDERS_MAX`] (most decisive
+    /// first), counted and not listed: a busy port's 30,000 TIME_WAITs made
+    /// one failure a 3 MB line. The diagnosis was made with all of them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holders_omitted: usize,
     #[serde(default)]
     pub freebind: bool,
     #[serde(default)]
@@ -384,6 +393,20 @@ pub struct BindFailed {
     /// do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_mismatch: Option<String>,
+}
+
+impl BindFailed {
+    /// The most holders an event lists (see [`BindFailed::holders_omitted`]).
+    pub const HOLDERS_MAX: usize = 32;
+
+    /// Keep the first [`BindFailed::HOLDERS_MAX`] holders, counting the rest.
+    pub fn cap_holders(&mut self) {
+        let n = self.holders.len();
+        if n > Self::HOLDERS_MAX {
+            self.holders.truncate(Self::HOLDERS_MAX);
+            self.holders_omitted += n - Self::HOLDERS_MAX;
+        }
+    }
 }
 
 /// A port function's failure during a call, as the kernel returned it

@@ -474,6 +474,7 @@ mod tests {
             1,
             Some(7),
             Kind::BindFailed(Box::new(BindFailed {
+                holders_omitted: 0,
                 device: None,
                 syscall: Syscall::Bind,
                 errno: libc::EADDRINUSE,

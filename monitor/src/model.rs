@@ -1318,6 +1318,7 @@ mod tests {
                 i as u64,
                 Some(1),
                 Kind::BindFailed(Box::new(BindFailed {
+                    holders_omitted: 0,
                     device: None,
                     syscall: Syscall::Bind,
                     errno: 98,

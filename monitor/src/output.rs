@@ -107,6 +107,9 @@ pub fn human_line(ev: &Event) -> String {
                     let _ = write!(s, " expires in {:.1}s", ms as f64 / 1000.0);
                 }
             }
+            if b.holders_omitted > 0 {
+                let _ = write!(s, "\n    and {} more holders", b.holders_omitted);
+            }
             if let Some(d) = &b.diagnosis {
                 let _ = write!(s, "\n    why: {}\n    fix: {}", d.summary, d.fix);
             }

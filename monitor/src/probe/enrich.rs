@@ -383,6 +383,7 @@ impl Enricher {
             let errno = -r.ret;
             let has_local = local.port() != 0 || !local.is_unspecified();
             Kind::BindFailed(Box::new(BindFailed {
+                holders_omitted: 0,
                 device: None,
                 syscall,
                 errno,

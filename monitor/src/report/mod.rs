@@ -131,6 +131,13 @@ pub struct FailureGroup {
     /// As recorded with the first failure of the group.
     pub diagnosis: Option<Diagnosis>,
     pub holders: Vec<Holder>,
+    /// Holders the event counted and did not list.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub holders_omitted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -590,6 +597,7 @@ impl ReportBuilder {
             device: b.device.clone(),
             diagnosis: b.diagnosis.clone(),
             holders: b.holders.clone(),
+            holders_omitted: b.holders_omitted,
         });
     }
 

@@ -343,6 +343,9 @@ pub fn render_text(r: &Report) -> String {
             for h in &g.holders {
                 let _ = writeln!(o, "      held by {}", holder_line(h));
             }
+            if g.holders_omitted > 0 {
+                let _ = writeln!(o, "      and {} more holders", g.holders_omitted);
+            }
         }
         let hidden = r.failures.len().saturating_sub(SHOWN_FAILURES);
         if hidden > 0 || r.failures_not_listed > 0 {
@@ -455,6 +458,9 @@ pub fn render_markdown(r: &Report) -> String {
             }
             for h in &g.holders {
                 let _ = writeln!(o, "  - held by {}", holder_line(h));
+            }
+            if g.holders_omitted > 0 {
+                let _ = writeln!(o, "  - and {} more holders", g.holders_omitted);
             }
         }
         let hidden = r.failures.len().saturating_sub(SHOWN_FAILURES);

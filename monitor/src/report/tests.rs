@@ -178,6 +178,7 @@ fn peaks_are_the_most_at_once_and_owners_are_remembered() {
         61,
         Some((9, "app")),
         Kind::BindFailed(Box::new(BindFailed {
+            holders_omitted: 0,
             device: None,
             syscall: Syscall::Bind,
             errno: libc::EADDRINUSE,

@@ -193,6 +193,7 @@ impl Synth {
         let e = self.ev(
             Some((pid, "nginx")),
             Kind::BindFailed(Box::new(BindFailed {
+                holders_omitted: 0,
                 device: None,
                 syscall: failure.syscall,
                 errno: failure.errno,

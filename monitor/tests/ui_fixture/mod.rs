@@ -91,6 +91,7 @@ pub fn bound(syscall: Syscall, local: &str, inode: u64) -> Kind {
 
 pub fn failed(requested: &str, holders: Vec<Holder>, d: Diagnosis) -> Kind {
     Kind::BindFailed(Box::new(BindFailed {
+        holders_omitted: 0,
         device: None,
         syscall: Syscall::Bind,
         errno: 98,

@@ -141,7 +141,7 @@ fn lines<'a>(
     out.extend(hanging("", &asked, width, theme.dim(), theme.dim()));
 
     // Holders.
-    let n = b.holders.len();
+    let n = b.holders.len() + b.holders_omitted;
     if n == 0 {
         out.push(Line::styled(
             "No socket holds it.".to_string(),
@@ -154,6 +154,7 @@ fn lines<'a>(
         ));
     }
     let show = if width >= 60 { 6 } else { 4 };
+    let show = show.min(b.holders.len());
     for h in b.holders.iter().take(show) {
         let now_sock = still_there(model, c.netns, c.proto, h);
         let mut l1 = vec![
