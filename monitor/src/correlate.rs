@@ -184,8 +184,7 @@ impl<E: Evidence> Correlator<E> {
         if let Kind::BindFailed(b) = &mut ev.kind {
             let proto = ev.common.proto;
             let env = self.env.get(&ev.common.netns);
-            let (mut holders, mut diagnosis) =
-                explain(&self.model, env, ev.common.netns, proto, b, unseen.clone());
+            let mut e = explain(&self.model, env, ev.common.netns, proto, b, unseen.clone());
             // Nothing the kernel still has explains it, but the look came
             // after the failure: what it no longer showed held the port at
             // the failure, as far as the events tell (the detail view says
@@ -193,17 +192,18 @@ impl<E: Evidence> Correlator<E> {
             // after a bind failed, before the look, and the failure read
             // "unknown".
             if let Some(r) = retired.filter(|r| !r.is_empty()) {
-                if diagnosis.code == DiagnosisCode::Unknown {
-                    let (h, d) = self
+                if e.diagnosis.code == DiagnosisCode::Unknown {
+                    let restored = self
                         .model
                         .with_restored(&r, |m| explain(m, env, ev.common.netns, proto, b, unseen));
-                    if d.code != DiagnosisCode::Unknown {
-                        (holders, diagnosis) = (h, d);
+                    if restored.diagnosis.code != DiagnosisCode::Unknown {
+                        e = restored;
                     }
                 }
             }
-            b.holders = holders;
-            b.diagnosis = Some(diagnosis);
+            b.holders = e.holders;
+            b.holders_omitted = e.omitted;
+            b.diagnosis = Some(e.diagnosis);
             b.device = env.and_then(|e| e.device_name(b.bound_dev_if));
             // Precise mode: the kernel named the blocking sockets itself;
             // a model that disagrees is a finding worth a line.
@@ -371,9 +371,18 @@ pub fn kernel_disagreement(b: &BindFailed) -> Option<String> {
         None => format!("{} {}", k.state, k.local),
     };
     let what = format!("{} {}", b.syscall.as_str(), b.requested);
+    // Timewait holders past those listed were counted, not named: one the
+    // kernel names may be among them.
+    let counted = |k: &KernelHolder| {
+        b.holders_omitted > 0
+            && matches!(
+                k.state,
+                crate::event::TcpState::TimeWait | crate::event::TcpState::FinWait2
+            )
+    };
     if let Some(k) = kernel
         .iter()
-        .find(|k| !b.holders.iter().any(|h| same(k, h)))
+        .find(|k| !b.holders.iter().any(|h| same(k, h)) && !counted(k))
     {
         return Some(format!(
             "{what}: the kernel found {} blocking, which twmon's model does not name (it names {})",
@@ -548,6 +557,14 @@ fn own_port_connect(b: &BindFailed) -> Option<Endpoint> {
         .map(Endpoint::from)
 }
 
+/// A failure's explanation: the holders listed, how many more timewait
+/// holders were only counted, and the diagnosis.
+pub struct Explained {
+    pub holders: Vec<crate::event::Holder>,
+    pub omitted: usize,
+    pub diagnosis: crate::event::Diagnosis,
+}
+
 /// Holders and diagnosis of a failure, from the model.
 pub fn explain(
     model: &Model,
@@ -556,7 +573,12 @@ pub fn explain(
     proto: Proto,
     b: &BindFailed,
     unseen: Option<String>,
-) -> (Vec<crate::event::Holder>, crate::event::Diagnosis) {
+) -> Explained {
+    let listed = |holders, diagnosis| Explained {
+        holders,
+        omitted: 0,
+        diagnosis,
+    };
     let default_env = NetEnv::default();
     let env = env.unwrap_or(&default_env);
     let range = env.local_port_range;
@@ -600,10 +622,11 @@ pub fn explain(
             ..failure
         };
         let ctx = Context {
-            holders: holders.clone(),
+            holders,
             ..base_ctx
         };
-        return (holders, diagnose::diagnose(&failure, &ctx));
+        let d = diagnose::diagnose(&failure, &ctx);
+        return listed(ctx.holders, d);
     }
     if b.errno == libc::EADDRINUSE && b.requested.port() != 0 && b.syscall != Syscall::Connect {
         let listen = b.syscall == Syscall::Listen;
@@ -613,29 +636,50 @@ pub fn explain(
             // and `existing` are in step): who left a timewait socket, who
             // opened a listener that its opener no longer holds, how a
             // connection began.
-            let mut holders: Vec<crate::event::Holder> = verdict
-                .blockers
-                .iter()
-                .filter_map(|blocker| {
-                    let (t, s) = (tracked.get(blocker.index)?, existing.get(blocker.index)?);
-                    Some(tracked_holder(t, s, blocker.overlap, env))
-                })
-                .collect();
+            //
+            // Timewait blockers past the first few are summed up instead:
+            // the diagnosis needs only their count, substates, expiry and
+            // flags, and a busy port has tens of thousands of them (as
+            // holders, ~1 us each per failure, perf: tracked_holder).
+            let mut holders: Vec<crate::event::Holder> = Vec::new();
+            let (mut timewait_listed, mut beyond) = (0, diagnose::TimewaitSum::default());
+            for blocker in &verdict.blockers {
+                let (Some(t), Some(s)) = (tracked.get(blocker.index), existing.get(blocker.index))
+                else {
+                    continue;
+                };
+                if s.is_timewait() {
+                    if timewait_listed == BindFailed::HOLDERS_MAX {
+                        beyond.add(&failure, s);
+                        continue;
+                    }
+                    timewait_listed += 1;
+                }
+                holders.push(tracked_holder(t, s, blocker.overlap, env));
+            }
             diagnose::sort_holders(&mut holders);
+            // Moved in and out rather than copied: a busy port has tens of
+            // thousands of them.
             let ctx = Context {
-                holders: holders.clone(),
+                holders,
+                timewait_beyond: beyond,
                 reuseaddr_would_help: verdict.reuseaddr_would_help,
                 reuseport_would_help: verdict.reuseport_would_help,
                 flags_uncertain: verdict.uncertain,
                 reason: verdict.reason.map(str::to_string),
                 ..base_ctx
             };
-            return (holders, diagnose::diagnose(&failure, &ctx));
+            let diagnosis = diagnose::diagnose(&failure, &ctx);
+            return Explained {
+                holders: ctx.holders,
+                omitted: ctx.timewait_beyond.count,
+                diagnosis,
+            };
         }
     }
     let d = diagnose::diagnose(&failure, &base_ctx);
     if d.code != DiagnosisCode::EphemeralExhausted {
-        return (Vec::new(), d);
+        return listed(Vec::new(), d);
     }
     // Who took the range: the actionable part of an exhaustion.
     let toward = (b.syscall == Syscall::Connect).then(|| b.requested.socket_addr());
@@ -643,7 +687,7 @@ pub fn explain(
         range_users: model.range_users(netns, proto, range, toward, RANGE_USERS),
         ..base_ctx
     };
-    (Vec::new(), diagnose::diagnose(&failure, &ctx))
+    listed(Vec::new(), diagnose::diagnose(&failure, &ctx))
 }
 
 /// How many processes an exhaustion names.

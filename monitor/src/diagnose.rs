@@ -99,6 +99,11 @@ pub struct Context {
     /// An exhausted range: the processes with most sockets in it (for
     /// connect(), toward its destination), with how many.
     pub range_users: Vec<(Process, usize)>,
+    /// Timewait holders beyond those in `holders`, summed up rather than
+    /// made holders: a busy port's tens of thousands cost ~1 us each as
+    /// holders, per failure. `holders` then keeps every live holder and
+    /// the first timewait ones.
+    pub timewait_beyond: TimewaitSum,
     /// Ports of `local_port_range` in net.ipv4.ip_local_reserved_ports.
     pub reserved_in_range: usize,
     /// Sockets in use in that range (any state).
@@ -118,6 +123,32 @@ pub struct Context {
     pub dad: Option<(String, Dad)>,
     /// The device the failing socket is bound to (SO_BINDTODEVICE), by name.
     pub device: Option<String>,
+}
+
+/// What the diagnosis needs of timewait holders it was not given one by one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TimewaitSum {
+    pub count: usize,
+    pub fin_wait2: usize,
+    pub max_expires_in_ms: Option<u64>,
+    /// Every one of them would refuse the new socket by SO_REUSEPORT alone
+    /// (see `reuseport_refusal`); true when there are none.
+    pub all_refuse_by_reuseport: bool,
+}
+
+impl TimewaitSum {
+    /// Add one timewait socket `s` that `f`'s socket conflicts with.
+    pub fn add(&mut self, f: &Failure, s: &ExistingSocket) {
+        if self.count == 0 {
+            self.all_refuse_by_reuseport = true;
+        }
+        self.count += 1;
+        self.fin_wait2 += usize::from(s.state == TcpState::FinWait2);
+        self.max_expires_in_ms = self.max_expires_in_ms.max(s.expires_in_ms);
+        // As reuseport_refusal for a timewait holder (its uid plays no part).
+        self.all_refuse_by_reuseport &=
+            (f.reuseport || s.reuseport) && !(f.reuseport && s.reuseport);
+    }
 }
 
 /// A model socket as a contract holder. `owner` names the process holding it
@@ -222,6 +253,7 @@ pub fn explain(
                 .filter(|s| !s.is_timewait())
                 .filter_map(|s| owner_of(s).0),
         ),
+        timewait_beyond: TimewaitSum::default(),
         used_in_range: Some(
             existing
                 .iter()
@@ -269,11 +301,14 @@ fn state_rank(h: &Holder) -> u8 {
 
 /// Most decisive first, then by local endpoint.
 pub fn sort_holders(hs: &mut [Holder]) {
-    hs.sort_by(|a, b| {
-        state_rank(a)
-            .cmp(&state_rank(b))
-            .then(a.local.cmp(&b.local))
-    });
+    hs.sort_by(holder_order);
+}
+
+/// Most decisive first, then by local address.
+fn holder_order(a: &Holder, b: &Holder) -> std::cmp::Ordering {
+    state_rank(a)
+        .cmp(&state_rank(b))
+        .then(a.local.cmp(&b.local))
 }
 
 fn is_timewait_holder(h: &Holder) -> bool {
@@ -336,7 +371,11 @@ pub fn code(f: &Failure, ctx: &Context) -> DiagnosisCode {
                 .min_by_key(|c| *c as u8)
                 .unwrap_or(DiagnosisCode::Unknown);
             let live = best != DiagnosisCode::TimeWait;
-            if live && ctx.holders.iter().all(|h| reuseport_refusal(f, h)) {
+            let beyond = &ctx.timewait_beyond;
+            if live
+                && ctx.holders.iter().all(|h| reuseport_refusal(f, h))
+                && (beyond.count == 0 || beyond.all_refuse_by_reuseport)
+            {
                 DiagnosisCode::ReuseportMismatch
             } else {
                 best
@@ -650,8 +689,17 @@ fn upper_first(s: &str) -> String {
 
 /// The diagnosis.
 pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
-    let mut holders = ctx.holders.clone();
-    sort_holders(&mut holders);
+    // Sorted once; callers that sorted them already (the correlator, for
+    // tens of thousands on a busy port) are not copied.
+    let sorted;
+    let holders: &[Holder] = if ctx.holders.is_sorted_by(|a, b| holder_order(a, b).is_le()) {
+        &ctx.holders
+    } else {
+        let mut hs = ctx.holders.clone();
+        sort_holders(&mut hs);
+        sorted = hs;
+        &sorted
+    };
     let c = code(f, ctx);
     let req = Endpoint::from(f.requested);
     let port = f.requested.port();
@@ -920,9 +968,12 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
         DiagnosisCode::TimeWait => {
             let tw: Vec<&Holder> = holders.iter().filter(|h| is_timewait_holder(h)).collect();
             let h = tw[0];
+            let beyond = &ctx.timewait_beyond;
+            let n = tw.len() + beyond.count;
             let wait = secs(
                 tw.iter()
                     .filter_map(|h| h.expires_in_ms)
+                    .chain(beyond.max_expires_in_ms)
                     .max()
                     .unwrap_or(60_000),
             );
@@ -931,39 +982,39 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                 .find_map(|h| h.left_by.as_ref())
                 .map(|p| format!(" left by {} (pid {})", p.comm, p.pid))
                 .unwrap_or_else(|| " left by earlier connections".to_string());
-            let holds = if tw.len() == 1 { "holds" } else { "hold" };
+            let holds = if n == 1 { "holds" } else { "hold" };
             // A FIN_WAIT2 timewait socket (closed while its peer had not
             // closed yet) is not in TIME_WAIT: `ss` shows it as FIN-WAIT-2,
             // and its expiry is not final, since the peer's FIN turns it into
             // TIME_WAIT with a fresh TCP_TIMEWAIT_LEN (kernel-notes.md).
-            let fw2 = tw.iter().filter(|h| h.state == TcpState::FinWait2).count();
+            let fw2 = tw.iter().filter(|h| h.state == TcpState::FinWait2).count() + beyond.fin_wait2;
             let (summary, what) = if fw2 == 0 {
                 let summary = format!(
                     "{} on {}{left} still {holds} the port; the last one expires in {wait} s.",
-                    plural(tw.len(), "TIME_WAIT socket", "TIME_WAIT sockets"),
+                    plural(n, "TIME_WAIT socket", "TIME_WAIT sockets"),
                     h.local,
                 );
                 (summary, "the TIME_WAIT")
-            } else if fw2 == tw.len() {
-                let peer = match (tw.len(), &h.remote) {
+            } else if fw2 == n {
+                let peer = match (n, &h.remote) {
                     (1, Some(r)) => format!("its peer {r}"),
                     (1, None) => "its peer".to_string(),
                     _ => "their peers".to_string(),
                 };
                 let summary = format!(
                     "{} on {}{left} still {holds} the port, waiting for {peer} to close; {} in {wait} s, or 60 s after {} closes if that comes first.",
-                    plural(tw.len(), "FIN_WAIT2 socket", "FIN_WAIT2 sockets"),
+                    plural(n, "FIN_WAIT2 socket", "FIN_WAIT2 sockets"),
                     h.local,
-                    if tw.len() == 1 { "it expires" } else { "the last one expires" },
-                    if tw.len() == 1 { "the peer" } else { "its peer" },
+                    if n == 1 { "it expires" } else { "the last one expires" },
+                    if n == 1 { "the peer" } else { "its peer" },
                 );
                 (summary, "the FIN_WAIT2")
             } else {
                 let summary = format!(
                     "{} on {} ({} TIME_WAIT, {fw2} FIN_WAIT2 waiting for {} to close){left} still {holds} the port; the last one expires in {wait} s, unless a FIN_WAIT2 socket's peer closes first, which starts 60 s of TIME_WAIT.",
-                    plural(tw.len(), "timewait socket", "timewait sockets"),
+                    plural(n, "timewait socket", "timewait sockets"),
                     h.local,
-                    tw.len() - fw2,
+                    n - fw2,
                     if fw2 == 1 { "its peer" } else { "their peers" },
                 );
                 (summary, "the timewait sockets")
