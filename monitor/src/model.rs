@@ -797,11 +797,7 @@ impl Model {
         let Some(ns) = self.ns.get(&netns) else {
             return false;
         };
-        ports.iter().any(|&port| {
-            ns.socks
-                .on_port(proto, port)
-                .any(|(_, t)| t.sock.timewait && t.sock.state == TcpState::FinWait2)
-        })
+        proto == Proto::Tcp && ports.iter().any(|&port| ns.socks.fin_wait2_on(port))
     }
 
     /// Who uses the ports of `range` in `netns`, most sockets first (at most

@@ -41,6 +41,10 @@ pub(super) struct Table {
     /// Timewait socks per remote end: what keeps connect() toward one
     /// destination from a port (those toward others do not).
     timewait_to: HashMap<SocketAddr, u32>,
+    /// Timewait socks in FIN_WAIT2 per local port: whether a failure's
+    /// look must be fresh (see `Model::timewait_may_have_changed`), told
+    /// without walking a busy port's sockets.
+    fin_wait2: HashMap<u16, u32>,
     tcp: usize,
     udp: usize,
 }
@@ -99,6 +103,11 @@ impl Table {
         self.timewait.range(lo..=hi).count()
     }
 
+    /// Is a timewait sock in FIN_WAIT2 on `port`?
+    pub fn fin_wait2_on(&self, port: u16) -> bool {
+        self.fin_wait2.contains_key(&port)
+    }
+
     /// Timewait socks whose remote end is `remote`.
     pub fn timewait_toward(&self, remote: SocketAddr) -> usize {
         self.timewait_to.get(&remote).map_or(0, |n| *n as usize)
@@ -121,6 +130,9 @@ impl Table {
             if let Some(r) = keys.remote {
                 *self.timewait_to.entry(r).or_default() += 1;
             }
+        }
+        if keys.fin_wait2 {
+            *self.fin_wait2.entry(keys.port).or_default() += 1;
         }
         let proto = keys.proto;
         *self.count_mut(proto) += 1;
@@ -151,9 +163,26 @@ impl Table {
     /// A timewait sock's new substate and expiry (which the indexes do not
     /// key on).
     pub fn set_timewait(&mut self, id: &SockId, state: TcpState, expires_at_ns: u64) {
-        if let Some(t) = self.socks.get_mut(id) {
-            t.sock.state = state;
-            t.expires_at_ns = Some(expires_at_ns);
+        let Some(t) = self.socks.get_mut(id) else {
+            return;
+        };
+        let was = Keys::of(t).fin_wait2;
+        t.sock.state = state;
+        t.expires_at_ns = Some(expires_at_ns);
+        let (now, port) = (Keys::of(t).fin_wait2, t.sock.port);
+        match (was, now) {
+            (false, true) => *self.fin_wait2.entry(port).or_default() += 1,
+            (true, false) => self.fin_wait2_gone(port),
+            _ => {}
+        }
+    }
+
+    fn fin_wait2_gone(&mut self, port: u16) {
+        if let Some(n) = self.fin_wait2.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.fin_wait2.remove(&port);
+            }
         }
     }
 
@@ -166,6 +195,9 @@ impl Table {
         }
         if self.on_port.capacity() > 4 * self.on_port.len().max(1024) {
             self.on_port.shrink_to(2 * self.on_port.len());
+        }
+        if self.fin_wait2.capacity() > 4 * self.fin_wait2.len().max(1024) {
+            self.fin_wait2.shrink_to(2 * self.fin_wait2.len());
         }
         if self.timewait_to.capacity() > 4 * self.timewait_to.len().max(1024) {
             self.timewait_to.shrink_to(2 * self.timewait_to.len());
@@ -183,7 +215,11 @@ impl Table {
             port,
             timewait,
             remote,
+            fin_wait2,
         } = keys;
+        if fin_wait2 {
+            self.fin_wait2_gone(port);
+        }
         if let Some(ids) = self.on_port.get_mut(&(proto, port)) {
             ids.remove(&id);
             if ids.is_empty() {
@@ -224,6 +260,8 @@ struct Keys {
     port: u16,
     timewait: bool,
     remote: Option<SocketAddr>,
+    /// A timewait sock in FIN_WAIT2 (the one key `set_timewait` changes).
+    fin_wait2: bool,
 }
 
 impl Keys {
@@ -233,6 +271,7 @@ impl Keys {
             port: t.sock.port,
             timewait: t.sock.timewait,
             remote: t.sock.remote,
+            fin_wait2: t.sock.timewait && t.sock.state == TcpState::FinWait2,
         }
     }
 }
@@ -318,7 +357,18 @@ mod tests {
                 1 => SockId::Tw(next(40)),
                 _ => SockId::Inode(next(40)),
             };
-            match next(10) {
+            match next(12) {
+                10 | 11 => {
+                    // A timewait sock's substate changes (or a live
+                    // socket's: set_timewait must keep the index right
+                    // whatever it is given).
+                    let state = if next(2) == 0 {
+                        TcpState::FinWait2
+                    } else {
+                        TcpState::TimeWait
+                    };
+                    t.set_timewait(&id, state, 1);
+                }
                 0..=5 => {
                     let proto = if next(4) == 0 { Proto::Udp } else { Proto::Tcp };
                     let port = 1000 + next(6) as u16;
@@ -347,6 +397,10 @@ mod tests {
                     assert_eq!(t.timewait_ports_in(lo, hi), tw, "step {step}: {lo}..={hi}");
                     let to = std::net::SocketAddr::from(([127, 0, 0, 2], peer));
                     assert_eq!(t.timewait_toward(to), toward, "step {step}: toward {to}");
+                    let fin_wait2 = t.values().any(|s| {
+                        s.sock.timewait && s.sock.state == TcpState::FinWait2 && s.sock.port == port
+                    });
+                    assert_eq!(t.fin_wait2_on(port), fin_wait2, "step {step}: port {port}");
                     assert_eq!(t.count(proto), n, "step {step}: {proto:?}");
                 }
             }
