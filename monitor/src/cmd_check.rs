@@ -306,9 +306,7 @@ pub fn check_against(new: &NewSocket, listen: bool, snap: &Snapshot) -> CheckRep
                 .into(),
         );
     }
-    let max = crate::event::BindFailed::HOLDERS_MAX;
-    let holders_omitted = holders.len().saturating_sub(max);
-    holders.truncate(max);
+    let holders_omitted = crate::event::cap_holders(&mut holders);
     CheckReport {
         new: new.clone(),
         listen,

@@ -684,14 +684,11 @@ pub fn explain(
     // Who took the range: the actionable part of an exhaustion.
     let toward = (b.syscall == Syscall::Connect).then(|| b.requested.socket_addr());
     let ctx = Context {
-        range_users: model.range_users(netns, proto, range, toward, RANGE_USERS),
+        range_users: model.range_users(netns, proto, range, toward),
         ..base_ctx
     };
     listed(Vec::new(), diagnose::diagnose(&failure, &ctx))
 }
-
-/// How many processes an exhaustion names.
-const RANGE_USERS: usize = 3;
 
 /// Live evidence: sock_diag in the failing namespace.
 pub struct Kernel {
@@ -755,6 +752,17 @@ impl Kernel {
         }
     }
 
+    /// Refill the fresh looks' budget for the time since the last refill;
+    /// does it still hold what a look is taken to cost (the cache's time
+    /// is twenty of them)?
+    fn fresh_budget_left(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = (now - self.fresh_refilled) / 20;
+        self.fresh_refilled = now;
+        self.fresh_budget = (self.fresh_budget + earned).min(FRESH_BUDGET);
+        self.fresh_budget >= self.cache_for / 20
+    }
+
     /// Namespace `netns`, opened: the failing process's threads first, then
     /// the named namespaces under /run/netns, any task in it, any descriptor
     /// that holds it. The file is opened and then checked (fstat), never
@@ -796,19 +804,6 @@ impl Kernel {
         };
         self.paths.insert(netns, found);
         Some(f)
-    }
-}
-
-impl Kernel {
-    /// Refill the fresh looks' budget for the time since the last refill;
-    /// does it still hold what a look is taken to cost (the cache's time
-    /// is twenty of them)?
-    fn fresh_budget_left(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = (now - self.fresh_refilled) / 20;
-        self.fresh_refilled = now;
-        self.fresh_budget = (self.fresh_budget + earned).min(FRESH_BUDGET);
-        self.fresh_budget >= self.cache_for / 20
     }
 }
 

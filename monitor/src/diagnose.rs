@@ -145,9 +145,7 @@ impl TimewaitSum {
         self.count += 1;
         self.fin_wait2 += usize::from(s.state == TcpState::FinWait2);
         self.max_expires_in_ms = self.max_expires_in_ms.max(s.expires_in_ms);
-        // As reuseport_refusal for a timewait holder (its uid plays no part).
-        self.all_refuse_by_reuseport &=
-            (f.reuseport || s.reuseport) && !(f.reuseport && s.reuseport);
+        self.all_refuse_by_reuseport &= refuses_by_reuseport(f, s.reuseport, true, None);
     }
 }
 
@@ -246,12 +244,14 @@ pub fn explain(
                 .len(),
         ),
         timewait_toward: None,
-        range_users: range_users(
+        range_users: most_sockets(
             existing
                 .iter()
                 .filter(in_range)
                 .filter(|s| !s.is_timewait())
-                .filter_map(|s| owner_of(s).0),
+                .filter_map(|s| owner_of(s).0)
+                .collect::<Vec<_>>()
+                .iter(),
         ),
         timewait_beyond: TimewaitSum::default(),
         used_in_range: Some(
@@ -274,18 +274,22 @@ pub fn explain(
     (holders, Some(diagnose(&f, &ctx)))
 }
 
+/// How many processes an exhausted range's sentence names.
+const RANGE_USERS: usize = 3;
+
 /// The processes behind `owners` (one per socket), most sockets first, at
-/// most three.
-fn range_users(owners: impl Iterator<Item = Process>) -> Vec<(Process, usize)> {
-    let mut users: Vec<(Process, usize)> = Vec::new();
+/// most [`RANGE_USERS`]: who took an exhausted range
+/// ([`Context::range_users`]).
+pub fn most_sockets<'a>(owners: impl Iterator<Item = &'a Process>) -> Vec<(Process, usize)> {
+    let mut by_pid: std::collections::HashMap<u32, (&Process, usize)> =
+        std::collections::HashMap::new();
     for p in owners {
-        match users.iter_mut().find(|(q, _)| q.pid == p.pid) {
-            Some((_, n)) => *n += 1,
-            None => users.push((p, 1)),
-        }
+        by_pid.entry(p.pid).or_insert((p, 0)).1 += 1;
     }
+    let mut users: Vec<(Process, usize)> =
+        by_pid.into_values().map(|(p, n)| (p.clone(), n)).collect();
     users.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.pid.cmp(&b.0.pid)));
-    users.truncate(3);
+    users.truncate(RANGE_USERS);
     users
 }
 
@@ -336,8 +340,14 @@ fn state_code(h: &Holder) -> DiagnosisCode {
 /// The holder refuses only because of SO_REUSEPORT: one side asked for it and
 /// the pair fails the reuseport rule.
 fn reuseport_refusal(f: &Failure, h: &Holder) -> bool {
-    let tw = is_timewait_holder(h);
-    (f.reuseport || h.reuseport) && !(f.reuseport && h.reuseport && (tw || h.uid == Some(f.uid)))
+    refuses_by_reuseport(f, h.reuseport, is_timewait_holder(h), h.uid)
+}
+
+/// [`reuseport_refusal`] for a socket given by the fields it reads: with
+/// SO_REUSEPORT on one side only, or on both but another uid (which a
+/// timewait socket's sharing does not depend on).
+fn refuses_by_reuseport(f: &Failure, reuseport: bool, timewait: bool, uid: Option<u32>) -> bool {
+    (f.reuseport || reuseport) && !(f.reuseport && reuseport && (timewait || uid == Some(f.uid)))
 }
 
 fn is_mapped(ip: IpAddr) -> bool {
@@ -1098,8 +1108,8 @@ pub fn diagnose(f: &Failure, ctx: &Context) -> Diagnosis {
                         .iter()
                         .enumerate()
                         .map(|(i, (p, n))| match (i, f.syscall) {
-                            (0, Syscall::Connect) => format!("{} (pid {}) opened {n} {} toward it", p.comm, p.pid, if *n == 1 { "connection" } else { "connections" }),
-                            (0, _) => format!("{} (pid {}) holds {n} {} there", p.comm, p.pid, if *n == 1 { "socket" } else { "sockets" }),
+                            (0, Syscall::Connect) => format!("{} (pid {}) opened {} toward it", p.comm, p.pid, plural(*n, "connection", "connections")),
+                            (0, _) => format!("{} (pid {}) holds {} there", p.comm, p.pid, plural(*n, "socket", "sockets")),
                             _ => format!("{} (pid {}) {n}", p.comm, p.pid),
                         })
                         .collect();

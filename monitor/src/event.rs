@@ -326,7 +326,7 @@ pub struct Common {
     pub container: Option<String>,
 }
 
-fn is_zero(n: &usize) -> bool {
+pub(crate) fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
@@ -401,12 +401,16 @@ impl BindFailed {
 
     /// Keep the first [`BindFailed::HOLDERS_MAX`] holders, counting the rest.
     pub fn cap_holders(&mut self) {
-        let n = self.holders.len();
-        if n > Self::HOLDERS_MAX {
-            self.holders.truncate(Self::HOLDERS_MAX);
-            self.holders_omitted += n - Self::HOLDERS_MAX;
-        }
+        self.holders_omitted += cap_holders(&mut self.holders);
     }
+}
+
+/// Keep the first [`BindFailed::HOLDERS_MAX`] of `holders` (sorted most
+/// decisive first); how many were cut.
+pub fn cap_holders(holders: &mut Vec<Holder>) -> usize {
+    let cut = holders.len().saturating_sub(BindFailed::HOLDERS_MAX);
+    holders.truncate(BindFailed::HOLDERS_MAX);
+    cut
 }
 
 /// A port function's failure during a call, as the kernel returned it

@@ -777,16 +777,6 @@ impl Model {
         }
     }
 
-    /// What explaining a failure on `port` of `netns` needs, from the
-    /// table's indexes (see `table.rs`): a crash-looping server fails many
-    /// times a second, and walking the whole table per failure was a fifth
-    /// of `record`'s CPU beside 100 failures/s with three walks, 12 % with
-    /// one (perf). Only the
-    /// sockets on that port are copied, as the rules see them with the
-    /// remaining timewait time at the model's clock: a bind conflicts with
-    /// nothing else, and a copy of every socket per failure cost a churning
-    /// host's `watch` tens of MiB at its peak (heaptrack). The failing
-    /// socket itself (by its cookie or inode, `me`) is left out.
     /// Does the model hold, on one of `ports` (not the whole range: that
     /// look is the costly one, and its exhaustion counts do not depend on
     /// the substate), a timewait sock in FIN_WAIT2? The peer's FIN turns it
@@ -800,8 +790,8 @@ impl Model {
         proto == Proto::Tcp && ports.iter().any(|&port| ns.socks.fin_wait2_on(port))
     }
 
-    /// Who uses the ports of `range` in `netns`, most sockets first (at most
-    /// `top`): for connect() toward `toward`, the processes that opened the
+    /// Who uses the ports of `range` in `netns` ([`diagnose::most_sockets`]):
+    /// for connect() toward `toward`, the processes that opened the
     /// connections toward it (live ones by their owner, timewait ones by
     /// who left them); for a port search of bind() or listen(), the owners
     /// of the live sockets there. A walk of the range's ports through the
@@ -812,29 +802,19 @@ impl Model {
         proto: Proto,
         range: (u16, u16),
         toward: Option<SocketAddr>,
-        top: usize,
     ) -> Vec<(Process, usize)> {
         let Some(ns) = self.ns.get(&netns) else {
             return Vec::new();
         };
-        let mut by_pid: HashMap<u32, (Process, usize)> = HashMap::new();
-        for port in range.0..=range.1.max(range.0) {
-            for (_, t) in ns.socks.on_port(proto, port) {
-                let who = match toward {
-                    Some(to) if t.sock.remote != Some(to) => None,
-                    Some(_) if t.sock.timewait => t.left_by.as_ref(),
-                    _ if t.sock.timewait => None,
-                    _ => t.owner.as_ref(),
-                };
-                if let Some(p) = who {
-                    by_pid.entry(p.pid).or_insert_with(|| (p.clone(), 0)).1 += 1;
-                }
-            }
-        }
-        let mut users: Vec<(Process, usize)> = by_pid.into_values().collect();
-        users.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.pid.cmp(&b.0.pid)));
-        users.truncate(top);
-        users
+        let owners = (range.0..=range.1.max(range.0))
+            .flat_map(|port| ns.socks.on_port(proto, port))
+            .filter_map(|(_, t)| match toward {
+                Some(to) if t.sock.remote != Some(to) => None,
+                Some(_) if t.sock.timewait => t.left_by.as_ref(),
+                _ if t.sock.timewait => None,
+                _ => t.owner.as_ref(),
+            });
+        crate::diagnose::most_sockets(owners)
     }
 
     /// Timewait socks in `netns` whose remote end is `remote`: those that
@@ -845,6 +825,16 @@ impl Model {
             .map_or(0, |ns| ns.socks.timewait_toward(remote))
     }
 
+    /// What explaining a failure on `port` of `netns` needs, from the
+    /// table's indexes (see `table.rs`): a crash-looping server fails many
+    /// times a second, and walking the whole table per failure was a fifth
+    /// of `record`'s CPU beside 100 failures/s with three walks, 12 % with
+    /// one (perf). Only the
+    /// sockets on that port are copied, as the rules see them with the
+    /// remaining timewait time at the model's clock: a bind conflicts with
+    /// nothing else, and a copy of every socket per failure cost a churning
+    /// host's `watch` tens of MiB at its peak (heaptrack). The failing
+    /// socket itself (by its cookie or inode, `me`) is left out.
     pub fn look_at_port(
         &self,
         netns: u32,

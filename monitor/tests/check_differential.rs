@@ -536,6 +536,23 @@ fn hidden_bucket_uid() {
 /// interface has for real binds, and `check` must agree. The namespace's
 /// addresses are read from the checking thread's own namespace (a look at
 /// the main thread's would not see them).
+/// `check` of a plain TCP bind() (no listen(), no flags) as root to `addr`,
+/// from a socket bound to `device` if given.
+fn bind_as_root(addr: &str, device: Option<&str>) -> cmd_check::CheckReport {
+    cmd_check::check(&CheckArgs {
+        addr: addr.into(),
+        udp: false,
+        reuseaddr: false,
+        reuseport: false,
+        v6only: false,
+        uid: Some(0),
+        device: device.map(str::to_string),
+        no_listen: true,
+        json: true,
+    })
+    .unwrap()
+}
+
 /// `ip ARGS` in the calling thread's network namespace (a child process
 /// inherits it); panics when it fails.
 fn ip(args: &str) {
@@ -581,20 +598,7 @@ fn addresses_in_duplicate_address_detection_are_told_as_the_kernel_treats_them()
             shown.contains("dadfailed"),
             "twin0's fd00::8 did not fail detection: {shown}"
         );
-        let ask = |addr: &str| {
-            cmd_check::check(&CheckArgs {
-                addr: addr.into(),
-                udp: false,
-                reuseaddr: false,
-                reuseport: false,
-                v6only: false,
-                uid: Some(0),
-                device: None,
-                no_listen: true,
-                json: true,
-            })
-            .unwrap()
-        };
+        let ask = |addr: &str| bind_as_root(addr, None);
         let real = |addr: &str| {
             let a: SocketAddr = addr.parse().unwrap();
             let s = socket(Proto::Tcp, a, Opts::default()).unwrap();
@@ -650,20 +654,7 @@ fn devices_and_dual_stack_are_told_as_the_kernel_treats_them() {
         dual.bind(&sa("::", 7932).into()).unwrap();
         dual.listen(8).unwrap();
 
-        let ask = |addr: &str, device: Option<&str>| {
-            cmd_check::check(&CheckArgs {
-                addr: addr.into(),
-                udp: false,
-                reuseaddr: false,
-                reuseport: false,
-                v6only: false,
-                uid: Some(0),
-                device: device.map(str::to_string),
-                no_listen: true,
-                json: true,
-            })
-            .unwrap()
-        };
+        let ask = bind_as_root;
         let real = |addr: &str, device: Option<&str>| {
             let a: SocketAddr = addr.parse().unwrap();
             let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();

@@ -8,7 +8,8 @@
 //!
 //! Every change goes through here, so the indexes cannot drift from the
 //! table: the fields they key on (protocol, port, timewait, remote) are
-//! only ever set by [`Table::insert`].
+//! only ever set by [`Table::insert`], and a timewait sock's substate,
+//! which the FIN_WAIT2 count keys on, by [`Table::set_timewait`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -134,8 +135,7 @@ impl Table {
         if keys.fin_wait2 {
             *self.fin_wait2.entry(keys.port).or_default() += 1;
         }
-        let proto = keys.proto;
-        *self.count_mut(proto) += 1;
+        *self.count_mut(keys.proto) += 1;
         old
     }
 
@@ -160,8 +160,8 @@ impl Table {
         }
     }
 
-    /// A timewait sock's new substate and expiry (which the indexes do not
-    /// key on).
+    /// A timewait sock's new substate and expiry; the FIN_WAIT2 count
+    /// follows the substate.
     pub fn set_timewait(&mut self, id: &SockId, state: TcpState, expires_at_ns: u64) {
         let Some(t) = self.socks.get_mut(id) else {
             return;
@@ -172,17 +172,8 @@ impl Table {
         let (now, port) = (Keys::of(t).fin_wait2, t.sock.port);
         match (was, now) {
             (false, true) => *self.fin_wait2.entry(port).or_default() += 1,
-            (true, false) => self.fin_wait2_gone(port),
+            (true, false) => count_down(&mut self.fin_wait2, &port),
             _ => {}
-        }
-    }
-
-    fn fin_wait2_gone(&mut self, port: u16) {
-        if let Some(n) = self.fin_wait2.get_mut(&port) {
-            *n -= 1;
-            if *n == 0 {
-                self.fin_wait2.remove(&port);
-            }
         }
     }
 
@@ -218,7 +209,7 @@ impl Table {
             fin_wait2,
         } = keys;
         if fin_wait2 {
-            self.fin_wait2_gone(port);
+            count_down(&mut self.fin_wait2, &port);
         }
         if let Some(ids) = self.on_port.get_mut(&(proto, port)) {
             ids.remove(&id);
@@ -234,12 +225,7 @@ impl Table {
                 }
             }
             if let Some(r) = remote {
-                if let Some(n) = self.timewait_to.get_mut(&r) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.timewait_to.remove(&r);
-                    }
-                }
+                count_down(&mut self.timewait_to, &r);
             }
         }
         *self.count_mut(proto) -= 1;
@@ -249,6 +235,16 @@ impl Table {
         match proto {
             Proto::Tcp => &mut self.tcp,
             Proto::Udp => &mut self.udp,
+        }
+    }
+}
+
+/// One fewer under `key`; the entry goes at zero.
+fn count_down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
         }
     }
 }

@@ -132,12 +132,8 @@ pub struct FailureGroup {
     pub diagnosis: Option<Diagnosis>,
     pub holders: Vec<Holder>,
     /// Holders the event counted and did not list.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "crate::event::is_zero")]
     pub holders_omitted: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
