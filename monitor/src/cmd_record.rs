@@ -197,16 +197,23 @@ async fn record_loop(
         eprintln!("twmon: {e}; {}", kept(&written));
         return Ok(e.exit_code());
     }
+    let lost = rec.lost;
     let result = rec.finish();
     // Joining the reader drops the probe: every program is detached.
     live.finish();
     match result {
         Ok(w) => {
             eprintln!(
-                "twmon: recorded {} events ({} bytes) to {}",
+                "twmon: recorded {} events ({} bytes) to {}; {}",
                 w.events,
                 w.bytes,
-                parts(&w)
+                parts(&w),
+                match lost {
+                    0 => "nothing lost".to_string(),
+                    n => format!(
+                        "{n} more were lost before they reached twmon (`twmon report` says where)"
+                    ),
+                }
             );
             Ok(0)
         }

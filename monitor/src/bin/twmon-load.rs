@@ -156,9 +156,8 @@ fn boottime_ns() -> u64 {
 
 /// connect/accept/close until the deadline or `max` connections; returns
 /// how many, and the connect errors.
-fn churn(port: u16, close: Close, until: Instant, max: u64) -> std::io::Result<(u64, u64)> {
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    let l = TcpListener::bind(addr)?;
+fn churn(l: &TcpListener, close: Close, until: Instant, max: u64) -> std::io::Result<(u64, u64)> {
+    let addr = l.local_addr()?;
     let mut n = 0u64;
     let mut errors = 0u64;
     while n < max && (!n.is_multiple_of(64) || Instant::now() < until) {
@@ -197,16 +196,27 @@ fn churn(port: u16, close: Close, until: Instant, max: u64) -> std::io::Result<(
     Ok((n, errors))
 }
 
-/// `count` binds on a port a listener holds, `interval_us` apart. Returns
-/// (failed with EADDRINUSE, other outcomes, first..last failing bind time).
-fn bind_storm(port: u16, count: u64, interval_us: u64, stop: &AtomicBool) -> (u64, u64, u64, u64) {
+/// `count` binds on a port a listener holds, `interval_us` apart; the
+/// listener is the storm's own unless `beside_churn` (the churn's listener
+/// holds the port then). Returns (failed with EADDRINUSE, other outcomes,
+/// first..last failing bind time).
+fn bind_storm(
+    port: u16,
+    beside_churn: bool,
+    count: u64,
+    interval_us: u64,
+    stop: &AtomicBool,
+) -> (u64, u64, u64, u64) {
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    let _holder = match TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("twmon-load: listener on {addr}: {e}");
-            return (0, count, 0, 0);
-        }
+    let _holder = match beside_churn {
+        true => None,
+        false => match TcpListener::bind(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("twmon-load: listener on {addr}: {e}");
+                return (0, count, 0, 0);
+            }
+        },
     };
     let (mut failed, mut other, mut first, mut last) = (0, 0, 0, 0);
     let start = Instant::now();
@@ -282,10 +292,22 @@ fn main() {
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(o.secs);
     let stop = Arc::new(AtomicBool::new(false));
+    // The churn's listener first: binds aimed at its port must find it there.
+    let listener = match o.churn {
+        Some(_) => match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, o.port)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("twmon-load: churn listener on port {}: {e}", o.port);
+                std::process::exit(1);
+            }
+        },
+        None => None,
+    };
     let storm = (o.binds > 0).then(|| {
         let stop = stop.clone();
         let (port, count, iv) = (o.bind_port, o.binds, o.bind_interval_us);
-        std::thread::spawn(move || bind_storm(port, count, iv, &stop))
+        let beside_churn = listener.is_some() && port == o.port;
+        std::thread::spawn(move || bind_storm(port, beside_churn, count, iv, &stop))
     });
     let syscalls = if o.syscalls {
         match syscall_loop(until) {
@@ -299,8 +321,8 @@ fn main() {
     } else {
         0
     };
-    let (conns, errors) = match o.churn {
-        Some(close) => match churn(o.port, close, until, o.conns.unwrap_or(u64::MAX)) {
+    let (conns, errors) = match (o.churn, &listener) {
+        (Some(close), Some(l)) => match churn(l, close, until, o.conns.unwrap_or(u64::MAX)) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("twmon-load: churn: {e}");
@@ -308,7 +330,7 @@ fn main() {
                 std::process::exit(1);
             }
         },
-        None => (0, 0),
+        _ => (0, 0),
     };
     let churn_secs = started.elapsed().as_secs_f64();
     // The binds end with the churn unless the churn was none.

@@ -80,6 +80,9 @@ pub struct Recording {
     /// Events offered and events kept by the filters.
     pub offered: u64,
     pub kept: u64,
+    /// Events the kernel could not hand over, as the `lost` events kept
+    /// say: the recorder tells them at the end, not only the trace.
+    pub lost: u64,
 }
 
 impl Recording {
@@ -117,6 +120,7 @@ impl Recording {
             filters: opts.filters.clone(),
             offered: 0,
             kept: 0,
+            lost: 0,
         })
     }
 
@@ -128,6 +132,9 @@ impl Recording {
             return Ok(());
         }
         self.kept += 1;
+        if let crate::event::Kind::Lost(l) = &ev.kind {
+            self.lost += l.count;
+        }
         self.writer.write(ev)?;
         if self.writer.wants_rotation() {
             let carry: Vec<Event> = model_events(model)
