@@ -172,6 +172,13 @@ impl<E: Evidence> Correlator<E> {
                     let mut seen = socket_event(&ev, s, owner);
                     if let Kind::Socket(seen) = &mut seen.kind {
                         seen.shared_with = shared;
+                        // Only what the model did not know goes on.
+                        if self
+                            .model
+                            .restates(ev.common.netns, s.proto, seen, ev.common.ts_ns)
+                        {
+                            continue;
+                        }
                     }
                     self.model.apply(&seen);
                     out.push(seen);
@@ -1511,6 +1518,50 @@ mod late_look_tests {
             Some(Kind::BindFailed(b)) => (&b.holders, b.diagnosis.as_ref().unwrap().code),
             _ => panic!("{out:?}"),
         }
+    }
+
+    /// A crash loop: every failure looks at the port again. Only what the
+    /// model did not hold yet goes on as `socket` events (a busy port's
+    /// look lists tens of thousands of sockets), and every failure is
+    /// explained alike.
+    #[test]
+    fn a_look_passes_on_only_what_the_model_did_not_hold() {
+        let tw = |port: u16, cookie: u64| {
+            let mut s = ExistingSocket::new(
+                Proto::Tcp,
+                "127.0.0.1:8002".parse().unwrap(),
+                TcpState::TimeWait,
+            );
+            s.remote = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+            s.cookie = cookie;
+            s.expires_in_ms = Some(30_000);
+            s
+        };
+        let sockets = |out: &[Event]| {
+            out.iter()
+                .filter_map(|e| match &e.kind {
+                    Kind::Socket(s) => Some(s.cookie),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut c = Correlator::new(Look(vec![tw(40000, 77), tw(40001, 78)], Vec::new()));
+        let first = c.process(failure("0.0.0.0:8002"));
+        assert_eq!(sockets(&first), vec![77, 78]);
+        let again = c.process(failure("0.0.0.0:8002"));
+        assert_eq!(sockets(&again), Vec::<u64>::new(), "nothing new");
+        c.evidence.0.push(tw(40002, 79));
+        c.evidence.0[0].state = TcpState::FinWait2;
+        let third = c.process(failure("0.0.0.0:8002"));
+        assert_eq!(
+            sockets(&third),
+            vec![77, 79],
+            "a substate changed, one more sock"
+        );
+        let (holders, code) = explained(&third);
+        assert_eq!(code, DiagnosisCode::TimeWait);
+        assert_eq!(holders.len(), 3, "{holders:?}");
+        assert_eq!(explained(&again).1, DiagnosisCode::TimeWait);
     }
 
     /// A listener that closed after the failure and before the kernel was

@@ -207,6 +207,85 @@ fn family_of(ep: &Endpoint) -> Family {
     Family::of(ep.ip())
 }
 
+/// The entry a look's `s` makes of a socket the model held as `prev`:
+/// what the look saw, with what only the events told (who left a
+/// timewait sock, since when, who opened it, how a connection began, the
+/// options when the look could only guess them) carried over.
+fn looked_at(
+    proto: Proto,
+    s: &SocketSeen,
+    ts: u64,
+    prev: Option<&Tracked>,
+    opener: Option<Box<Process>>,
+    owner_looked: bool,
+) -> Tracked {
+    let mut sock = existing(proto, s.local, s.state);
+    sock.family = family_of(&s.local);
+    sock.timewait = s.timewait;
+    sock.remote = s.remote.map(|r| r.socket_addr());
+    sock.uid = s.uid;
+    sock.inode = s.inode;
+    sock.cookie = s.cookie;
+    sock.v6only = s.v6only;
+    sock.bound_dev_if = s.bound_dev_if;
+    // What the events told us about the options beats a guess.
+    let known = prev.filter(|p| p.sock.flags_known);
+    match (s.reuseaddr, s.reuseport, known) {
+        (Some(a), Some(p), _) => {
+            sock.reuseaddr = a;
+            sock.reuseport = p;
+        }
+        (_, _, Some(p)) => {
+            sock.reuseaddr = p.sock.reuseaddr;
+            sock.reuseport = p.sock.reuseport;
+        }
+        _ => sock.flags_known = false,
+    }
+    let (left_by, since, opened_by, outgoing) = match prev {
+        Some(p) => (
+            p.left_by.clone(),
+            p.since_ns,
+            p.opened_by.clone(),
+            p.outgoing,
+        ),
+        None => (None, ts, None, None),
+    };
+    let opened_by = if s.timewait {
+        None
+    } else {
+        opened_by.or(opener)
+    };
+    let retired_by_events = s.timewait || (proto == Proto::Tcp && s.state != TcpState::Bound);
+    // A look that names the holder names who shares it too.
+    let shared_with = match (&s.owner, prev) {
+        (Some(_), _) => s.shared_with.clone().into_boxed_slice(),
+        (None, Some(p)) => p.shared_with.clone(),
+        (None, None) => Box::default(),
+    };
+    Tracked {
+        sock,
+        owner: s
+            .owner
+            .clone()
+            .or_else(|| prev.and_then(|p| p.owner.clone())),
+        left_by,
+        since_ns: since,
+        expires_at_ns: s.expires_in_ms.map(|ms| ts + ms * 1_000_000),
+        unretired: !retired_by_events,
+        opened_by,
+        owner_looked,
+        outgoing,
+        shared_with,
+        seq: 0,
+    }
+}
+
+/// How far a look's timewait expiry may be from the model's and still
+/// restate it: the look's remaining time is taken when it runs and
+/// stamped with the failure's time, up to a cached look's second later;
+/// a re-arm the events missed moves it by more (kernel-notes.md).
+const RESTATED_EXPIRY_NS: u64 = 1_000_000_000;
+
 fn existing(proto: Proto, local: Endpoint, state: TcpState) -> ExistingSocket {
     ExistingSocket::new(proto, local.socket_addr(), state)
 }
@@ -570,68 +649,54 @@ impl Model {
             let by_inode = self.remove(netns, &SockId::Inode(s.inode));
             prev = prev.or(by_inode);
         }
-        let mut sock = existing(proto, s.local, s.state);
-        sock.family = family_of(&s.local);
-        sock.timewait = s.timewait;
-        sock.remote = s.remote.map(|r| r.socket_addr());
-        sock.uid = s.uid;
-        sock.inode = s.inode;
-        sock.cookie = s.cookie;
-        sock.v6only = s.v6only;
-        sock.bound_dev_if = s.bound_dev_if;
-        // What the events told us about the options beats a guess.
-        let known = prev.as_ref().filter(|p| p.sock.flags_known);
-        match (s.reuseaddr, s.reuseport, known) {
-            (Some(a), Some(p), _) => {
-                sock.reuseaddr = a;
-                sock.reuseport = p;
-            }
-            (_, _, Some(p)) => {
-                sock.reuseaddr = p.sock.reuseaddr;
-                sock.reuseport = p.sock.reuseport;
-            }
-            _ => sock.flags_known = false,
+        let t = looked_at(proto, s, ts, prev.as_ref(), opener, owner_looked);
+        self.insert(netns, id, t);
+    }
+
+    /// Whether a look's `s` restates what the model holds about that
+    /// socket: applying it would change nothing (a timewait sock's expiry
+    /// within [`RESTATED_EXPIRY_NS`]). A failure's look on a busy port
+    /// lists tens of thousands of sockets the events already told; passed
+    /// on, each was a `socket` event to apply, record and draw (a crash
+    /// loop beside a server-first churn: a quarter of the trace).
+    pub fn restates(&self, netns: u32, proto: Proto, s: &SocketSeen, ts: u64) -> bool {
+        if s.gone {
+            return false;
         }
-        let (left_by, since, opened_by, outgoing) = match &prev {
-            Some(p) => (
-                p.left_by.clone(),
-                p.since_ns,
-                p.opened_by.clone(),
-                p.outgoing,
-            ),
-            None => (None, ts, None, None),
+        let Some(ns) = self.ns.get(&netns) else {
+            return false;
         };
-        let opened_by = if s.timewait {
-            None
+        // Under one key only, as `seen_carrying` would find it: an entry
+        // it would merge with another is news.
+        let (id, other) = if s.timewait {
+            let [id, other] = SockId::tw(proto, s.cookie, s.local, s.remote.unwrap_or(s.local));
+            (id, Some(other).filter(|o| *o != id))
+        } else if s.cookie != 0 {
+            (SockId::Cookie(s.cookie), None)
         } else {
-            opened_by.or(opener)
+            (SockId::Inode(s.inode), None)
         };
-        let retired_by_events = s.timewait || (proto == Proto::Tcp && s.state != TcpState::Bound);
-        // A look that names the holder names who shares it too.
-        let shared_with = if s.owner.is_some() {
-            s.shared_with.clone().into_boxed_slice()
-        } else {
-            prev.as_ref()
-                .map(|p| p.shared_with.clone())
-                .unwrap_or_default()
+        let by_inode = (s.inode != 0)
+            .then_some(SockId::Inode(s.inode))
+            .filter(|i| *i != id);
+        if [other, by_inode]
+            .into_iter()
+            .flatten()
+            .any(|k| ns.socks.get(&k).is_some())
+        {
+            return false;
+        }
+        let Some(prev) = ns.socks.get(&id) else {
+            return false;
         };
-        self.insert(
-            netns,
-            id,
-            Tracked {
-                sock,
-                owner: s.owner.clone().or_else(|| prev.and_then(|p| p.owner)),
-                left_by,
-                since_ns: since,
-                expires_at_ns: s.expires_in_ms.map(|ms| ts + ms * 1_000_000),
-                unretired: !retired_by_events,
-                opened_by,
-                owner_looked,
-                outgoing,
-                shared_with,
-                seq: 0,
-            },
-        );
+        let mut now = looked_at(proto, s, ts, Some(prev), None, s.owner.is_some());
+        now.seq = prev.seq;
+        if let (Some(a), Some(b)) = (now.expires_at_ns, prev.expires_at_ns) {
+            if a.abs_diff(b) <= RESTATED_EXPIRY_NS {
+                now.expires_at_ns = prev.expires_at_ns;
+            }
+        }
+        now == *prev
     }
 
     /// A snapshot of `netns` saw exactly `seen` (inodes and cookies) on
@@ -1098,6 +1163,129 @@ mod tests {
         let t = listener(&m);
         assert_eq!(t.owner.as_ref().unwrap().pid, 12);
         assert_eq!(t.handed_on_by(), None);
+    }
+
+    /// A look restates a socket when applying it would change nothing:
+    /// the same state, options, owner and (within a second) expiry. What
+    /// is news (a substate the events missed, a holder named, a socket
+    /// the model never saw) is not a restatement.
+    #[test]
+    fn a_look_restates_only_what_the_model_already_holds() {
+        use TcpState::*;
+        let (local, remote) = ("127.0.0.1:80", "127.0.0.1:5000");
+        let s_ms = 1_000_000;
+        // A timewait sock from the events: TIME_WAIT, 60 s left at 1 s.
+        let opened = |substate| {
+            let mut m = Model::new();
+            m.apply(&ev(
+                1000 * s_ms,
+                None,
+                Kind::TimewaitOpen(TimewaitOpen {
+                    local: local.parse().unwrap(),
+                    remote: remote.parse().unwrap(),
+                    substate,
+                    expires_in_ms: 60_000,
+                    left_by: None,
+                    cookie: 7,
+                    reuseaddr: false,
+                    reuseport: false,
+                }),
+            ));
+            m
+        };
+        // The look at `at` ms: the sock in `state` with `left` ms to go.
+        let tw_look = |state, left: u64, cookie| {
+            let mut s = ExistingSocket::new(Proto::Tcp, local.parse().unwrap(), state);
+            s.timewait = true;
+            s.remote = Some(remote.parse().unwrap());
+            s.cookie = cookie;
+            s.expires_in_ms = Some(left);
+            s.flags_known = false;
+            crate::correlate::socket_seen(&s, None)
+        };
+        let restates = |m: &Model, at: u64, s: &SocketSeen| m.restates(1, Proto::Tcp, s, at * s_ms);
+        for (substate, at, state, left, cookie, want, why) in [
+            (
+                TimeWait,
+                2000,
+                TimeWait,
+                59_000,
+                7,
+                true,
+                "the same, a second on",
+            ),
+            (
+                TimeWait,
+                2000,
+                TimeWait,
+                58_200,
+                7,
+                true,
+                "expiry 800 ms off",
+            ),
+            (
+                TimeWait,
+                2000,
+                TimeWait,
+                57_000,
+                7,
+                false,
+                "expiry 2 s off: a re-arm",
+            ),
+            (
+                FinWait2,
+                2000,
+                TimeWait,
+                59_000,
+                7,
+                false,
+                "FIN_WAIT2 became TIME_WAIT",
+            ),
+            (TimeWait, 2000, TimeWait, 59_000, 8, false, "another sock"),
+        ] {
+            let m = opened(substate);
+            assert_eq!(
+                restates(&m, at, &tw_look(state, left, cookie)),
+                want,
+                "{why}"
+            );
+        }
+        // Applying a look that is news makes the same look a restatement.
+        let mut m = opened(FinWait2);
+        let news = tw_look(TimeWait, 59_000, 7);
+        assert!(!restates(&m, 2000, &news));
+        m.apply(&ev(2000 * s_ms, None, Kind::Socket(news.clone())));
+        assert!(restates(&m, 2000, &news));
+        let mut gone = news;
+        gone.gone = true;
+        assert!(!restates(&m, 2000, &gone), "a socket gone is news");
+
+        // A listener the events told of: the look that names its holder
+        // is news once, then a restatement; one naming another is news.
+        let l = "0.0.0.0:80";
+        let mut m = Model::new();
+        m.apply(&ev(1, Some(9), st(l, "0.0.0.0:0", Close, Listen, 5, 77)));
+        let looked = |owner| match look(3, l, None, Listen, (5, 77), owner).kind {
+            Kind::Socket(s) => s,
+            _ => unreachable!(),
+        };
+        assert!(
+            !restates(&m, 0, &looked(Some(9))),
+            "the events' owner, not a look's"
+        );
+        m.apply(&ev(3, None, Kind::Socket(looked(Some(9)))));
+        assert!(restates(&m, 0, &looked(Some(9))));
+        assert!(!restates(&m, 0, &looked(Some(12))), "another holder");
+        assert!(!restates(&m, 0, &looked(None)), "no holder found now");
+        // Known under its inode only (a bind before it had a cookie): the
+        // look would merge two keys into one, which is news.
+        let mut m = Model::new();
+        let mut b = look(1, l, None, Bound, (0, 77), None);
+        m.apply(&b);
+        if let Kind::Socket(s) = &mut b.kind {
+            s.cookie = 5;
+            assert!(!restates(&m, 0, s));
+        }
     }
 
     /// Who else holds a socket's file comes from a look that names its
