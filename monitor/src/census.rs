@@ -179,7 +179,7 @@ impl Lister {
             w.gone = known.drain().map(|(cookie, _)| cookie).collect();
             return Ok(w);
         }
-        snapshot::sockdiag::visit_ports(Proto::Tcp, &[], |d| {
+        snapshot::sockdiag::visit_ports(Proto::Tcp, &[], snapshot::sockdiag::ALL_STATES, |d| {
             if d.cookie == 0 {
                 return;
             }

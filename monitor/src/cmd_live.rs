@@ -94,13 +94,15 @@ impl LiveSource {
         };
         // The sockets that exist already, in every namespace: the views
         // know the ports before the first event.
-        let (seed, _) = crate::trace::recording::snapshot_events(
+        let (seed, info) = crate::trace::recording::snapshot_events(
             crate::trace::recording::SnapshotScope::All,
             &[],
         );
         for ev in seed {
             src.step(ev);
         }
+        src.correlator
+            .follow_timewait(info.as_ref().map_or(&[][..], |i| &i.netns));
         src
     }
 

@@ -73,6 +73,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<i32> {
             return Ok(e.exit_code());
         }
     };
+    correlator.follow_timewait(rec.header().snapshot.as_ref().map_or(&[][..], |s| &s.netns));
     let mut ready = vec![format!(
         "{READY_PREFIX}{} ({}; {} sockets at start)",
         rec.path().display(),

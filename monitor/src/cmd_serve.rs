@@ -102,10 +102,13 @@ async fn serve(args: &ServeArgs, listener: std::net::TcpListener) -> anyhow::Res
             .then(|| std::io::BufWriter::new(std::io::stdout())),
     };
     // The sockets that exist already, in every namespace, seed the model.
-    let (seed, _) = snapshot_events(SnapshotScope::All, &args.filters.netns);
+    let (seed, info) = snapshot_events(SnapshotScope::All, &args.filters.netns);
     for ev in seed {
         agent.handle(ev);
     }
+    agent
+        .correlator
+        .follow_timewait(info.as_ref().map_or(&[][..], |i| &i.netns));
     let (page_tx, page_rx) = watch::channel(agent.render());
     let server = Server::spawn(listener, page_rx)?;
     let sysctl_stop = Arc::new(AtomicBool::new(false));

@@ -56,6 +56,7 @@ async fn watch_loop(
             return Ok(0);
         }
     }
+    correlator.follow_timewait(info.as_ref().map_or(&[][..], |i| &i.netns));
     if let Some(info) = &info {
         // What the model starts from, once it holds it, and what could not
         // be seen: a holder older than twmon is named only if this found it.

@@ -29,13 +29,15 @@ pub trait Evidence {
     /// or None when it cannot be seen (gone, no privileges) or was skipped
     /// because the same look was taken a moment ago. `fresh`: look even
     /// then, the model may be wrong about these ports in a way no event
-    /// will correct.
+    /// will correct. `time_wait`: list timewait socks in TIME_WAIT too
+    /// (without it, only those still in FIN_WAIT2).
     fn snapshot(
         &mut self,
         netns: u32,
         hint_pid: Option<u32>,
         ports: &[u16],
         fresh: bool,
+        time_wait: bool,
     ) -> Option<Snapshot>;
 
     /// Every socket of `protos` in `netns` on `ports` (all ports when
@@ -94,7 +96,14 @@ const UNSEEN_RETRY: Duration = Duration::from_secs(60);
 pub struct EventsOnly;
 
 impl Evidence for EventsOnly {
-    fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16], _: bool) -> Option<Snapshot> {
+    fn snapshot(
+        &mut self,
+        _: u32,
+        _: Option<u32>,
+        _: &[u16],
+        _: bool,
+        _: bool,
+    ) -> Option<Snapshot> {
         None
     }
 }
@@ -116,6 +125,10 @@ pub struct Correlator<E: Evidence> {
     last_unretired_check: Option<Instant>,
     /// Namespaces the last checks could not enter, and when.
     unseen: HashMap<u32, Instant>,
+    /// The events stream every transition and timewait sock (not the
+    /// dashboard's light mode): a failure's look may then leave out the
+    /// socks in TIME_WAIT ([`Model::timewait_told`]).
+    events_follow_timewait: bool,
 }
 
 impl<E: Evidence> Correlator<E> {
@@ -130,6 +143,17 @@ impl<E: Evidence> Correlator<E> {
             sockets_at_resync: 0,
             last_unretired_check: None,
             unseen: HashMap::new(),
+            events_follow_timewait: false,
+        }
+    }
+
+    /// The events stream every transition and timewait sock, and began
+    /// before the starting snapshot, which listed the namespaces `seeded`
+    /// whole (see [`Model::timewait_told`]).
+    pub fn follow_timewait(&mut self, seeded: &[u32]) {
+        self.events_follow_timewait = true;
+        for &netns in seeded {
+            self.model.seeded(netns);
         }
     }
 
@@ -154,13 +178,38 @@ impl<E: Evidence> Correlator<E> {
             let fresh =
                 self.model
                     .timewait_may_have_changed(ev.common.netns, ev.common.proto, &ports);
+            // When the events told every timewait sock, the look leaves
+            // out those in TIME_WAIT: a busy port has tens of thousands,
+            // the model has them all, and listing them made most of a
+            // failure's cost there (a crash loop beside a server-first
+            // churn: 20-35 ms of look and 15-25 ms more to go through it,
+            // per failure). Those still in FIN_WAIT2 are listed, so the
+            // ones the look no longer shows are in TIME_WAIT now.
+            let time_wait = !self.events_follow_timewait
+                || ports.is_empty()
+                || !self
+                    .model
+                    .timewait_told(ev.common.netns, &ports, ev.common.ts_ns);
             if let Some(snap) =
                 self.evidence
-                    .snapshot(ev.common.netns, ev.common.pid, &ports, fresh)
+                    .snapshot(ev.common.netns, ev.common.pid, &ports, fresh, time_wait)
             {
                 let seen: Vec<(u64, u64)> =
                     snap.sockets.iter().map(|s| (s.inode, s.cookie)).collect();
-                let r = self.model.reconcile(ev.common.netns, &ports, &seen);
+                let r = if time_wait {
+                    if !ports.is_empty() {
+                        self.model.listed(ev.common.netns, &ports);
+                    }
+                    self.model.reconcile(ev.common.netns, &ports, &seen)
+                } else {
+                    let (r, moved) =
+                        self.model
+                            .reconcile_without_time_wait(ev.common.netns, &ports, &seen);
+                    for t in &moved {
+                        out.push(moved_event(&ev, t));
+                    }
+                    r
+                };
                 for t in r.unretired() {
                     out.push(gone_event(&ev, t));
                 }
@@ -500,6 +549,17 @@ fn gone_event(at: &Event, t: &crate::model::Tracked) -> Event {
     ev
 }
 
+/// A timewait sock the model moved to TIME_WAIT after a look (see
+/// [`Model::reconcile_without_time_wait`]), as a `socket` event stamped
+/// with the time and namespace of `at`: a trace and the views learn it too.
+fn moved_event(at: &Event, t: &crate::model::Tracked) -> Event {
+    let mut ev = socket_event(at, &t.sock, None);
+    if let Kind::Socket(s) = &mut ev.kind {
+        s.expires_in_ms = t.expires_in_ms(at.common.ts_ns);
+    }
+    ev
+}
+
 /// What a `socket` event says about a socket the rules know; flags that were
 /// only guessed are left out (None).
 pub fn socket_seen(s: &ExistingSocket, owner: Option<Process>) -> SocketSeen {
@@ -701,9 +761,9 @@ pub fn explain(
 pub struct Kernel {
     /// Namespace inode -> a path that opens it, found by scanning /proc.
     paths: HashMap<u32, String>,
-    /// When each (netns, ports) was last looked at: a storm of failures
-    /// does not become a storm of snapshots.
-    cache: HashMap<(u32, Vec<u16>), Instant>,
+    /// When each (netns, ports, with TIME_WAIT) was last looked at: a
+    /// storm of failures does not become a storm of snapshots.
+    cache: HashMap<(u32, Vec<u16>, bool), Instant>,
     /// How long a snapshot stands for its (netns, ports): 20 times what the
     /// last one took, so that looking costs at most a twentieth of a core.
     /// A port-filtered sock_diag dump still walks the kernel's whole
@@ -924,9 +984,12 @@ impl Evidence for Kernel {
         in_netns_file(&file, || {
             let mut seen = Vec::new();
             for &proto in protos {
-                snapshot::sockdiag::visit_ports(proto, ports, |d| {
-                    seen.push((d.inode as u64, d.cookie))
-                })
+                snapshot::sockdiag::visit_ports(
+                    proto,
+                    ports,
+                    snapshot::sockdiag::ALL_STATES,
+                    |d| seen.push((d.inode as u64, d.cookie)),
+                )
                 .ok()?;
             }
             Some(seen)
@@ -940,9 +1003,10 @@ impl Evidence for Kernel {
         hint_pid: Option<u32>,
         ports: &[u16],
         fresh: bool,
+        time_wait: bool,
     ) -> Option<Snapshot> {
         self.failure = None;
-        let key = (netns, ports.to_vec());
+        let key = (netns, ports.to_vec(), time_wait);
         let mut bypass = false;
         if let Some(at) = self.cache.get(&key) {
             if at.elapsed() < self.cache_for {
@@ -963,6 +1027,7 @@ impl Evidence for Kernel {
             ports: ports.to_vec(),
             read_flags: true,
             probe_timewait: self.probe_timewait,
+            without_time_wait: !time_wait,
         };
         let started = Instant::now();
         let snap = match in_netns_file(&file, || snapshot::take(&opts)) {
@@ -1211,7 +1276,14 @@ mod resync_tests {
     struct Census(Vec<(u64, u64)>, usize);
 
     impl Evidence for Census {
-        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16], _: bool) -> Option<Snapshot> {
+        fn snapshot(
+            &mut self,
+            _: u32,
+            _: Option<u32>,
+            _: &[u16],
+            _: bool,
+            _: bool,
+        ) -> Option<Snapshot> {
             None
         }
         fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
@@ -1249,7 +1321,7 @@ mod resync_tests {
         })
     }
 
-    fn lost() -> Kind {
+    pub(super) fn lost() -> Kind {
         Kind::Lost(Lost {
             count: 7,
             stream: None,
@@ -1413,7 +1485,14 @@ mod unseen_namespace_tests {
     }
 
     impl Evidence for Hidden {
-        fn snapshot(&mut self, _: u32, _: Option<u32>, _: &[u16], _: bool) -> Option<Snapshot> {
+        fn snapshot(
+            &mut self,
+            _: u32,
+            _: Option<u32>,
+            _: &[u16],
+            _: bool,
+            _: bool,
+        ) -> Option<Snapshot> {
             None
         }
         fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
@@ -1479,9 +1558,10 @@ mod late_look_tests {
     use super::*;
     use crate::event::TcpState;
 
-    /// The kernel's look at a failure's port, showing `sockets`, and the
-    /// ports each look asked for, with whether it had to be fresh.
-    struct Look(Vec<ExistingSocket>, Vec<(Vec<u16>, bool)>);
+    /// The kernel's look at a failure's port, showing `sockets`, the
+    /// ports each look asked for, with whether it had to be fresh, and
+    /// whether each asked for the socks in TIME_WAIT.
+    struct Look(Vec<ExistingSocket>, Vec<(Vec<u16>, bool)>, Vec<bool>);
 
     impl Evidence for Look {
         fn snapshot(
@@ -1490,10 +1570,16 @@ mod late_look_tests {
             _: Option<u32>,
             ports: &[u16],
             fresh: bool,
+            time_wait: bool,
         ) -> Option<Snapshot> {
             self.1.push((ports.to_vec(), fresh));
+            self.2.push(time_wait);
+            // As the kernel answers: a timewait sock's substate decides.
+            let listed = |s: &&ExistingSocket| {
+                time_wait || !(s.is_timewait() && s.state == TcpState::TimeWait)
+            };
             Some(Snapshot {
-                sockets: self.0.clone(),
+                sockets: self.0.iter().filter(listed).cloned().collect(),
                 owners: Default::default(),
                 env: NetEnv::default(),
                 netns: None,
@@ -1545,7 +1631,11 @@ mod late_look_tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let mut c = Correlator::new(Look(vec![tw(40000, 77), tw(40001, 78)], Vec::new()));
+        let mut c = Correlator::new(Look(
+            vec![tw(40000, 77), tw(40001, 78)],
+            Vec::new(),
+            Vec::new(),
+        ));
         let first = c.process(failure("0.0.0.0:8002"));
         assert_eq!(sockets(&first), vec![77, 78]);
         let again = c.process(failure("0.0.0.0:8002"));
@@ -1568,7 +1658,7 @@ mod late_look_tests {
     /// looked at: the look alone explains nothing, the events do.
     #[test]
     fn a_holder_that_closed_right_after_the_failure_still_explains_it() {
-        let mut c = Correlator::new(Look(Vec::new(), Vec::new()));
+        let mut c = Correlator::new(Look(Vec::new(), Vec::new(), Vec::new()));
         c.process(ev(1, listen(8002, 11)));
         let out = c.process(failure("0.0.0.0:8002"));
         let (holders, code) = explained(&out);
@@ -1595,7 +1685,7 @@ mod late_look_tests {
         );
         tw.remote = Some("127.0.0.1:40000".parse().unwrap());
         tw.cookie = 77;
-        let mut c = Correlator::new(Look(vec![tw], Vec::new()));
+        let mut c = Correlator::new(Look(vec![tw], Vec::new(), Vec::new()));
         c.process(ev(1, listen(8002, 11)));
         let out = c.process(failure("0.0.0.0:8002"));
         let (holders, code) = explained(&out);
@@ -1632,6 +1722,7 @@ mod late_look_tests {
                 listener,
             ],
             Vec::new(),
+            Vec::new(),
         );
         let mut c = Correlator::new(look);
         let mut f = failure("127.0.0.1:9000");
@@ -1665,7 +1756,7 @@ mod late_look_tests {
                 tw
             })
             .collect();
-        let mut c = Correlator::new(Look(tws, Vec::new()));
+        let mut c = Correlator::new(Look(tws, Vec::new(), Vec::new()));
         let out = c.process(failure("0.0.0.0:8004"));
         let Some(Kind::BindFailed(b)) = out.last().map(|e| &e.kind) else {
             panic!("{out:?}")
@@ -1690,7 +1781,7 @@ mod late_look_tests {
         let mut now = ExistingSocket::new(Proto::Tcp, local.parse().unwrap(), TcpState::TimeWait);
         now.remote = Some(remote.parse().unwrap());
         now.cookie = 5;
-        let mut c = Correlator::new(Look(vec![now], Vec::new()));
+        let mut c = Correlator::new(Look(vec![now], Vec::new(), Vec::new()));
         let open = |substate| {
             Kind::TimewaitOpen(crate::event::TimewaitOpen {
                 local: local.parse().unwrap(),
@@ -1714,6 +1805,137 @@ mod late_look_tests {
         // Now TIME_WAIT in the model: the next look may come from the cache.
         c.process(failure("0.0.0.0:8003"));
         assert_eq!(c.evidence.1[1], (vec![8003], false));
+    }
+
+    /// When the events told every timewait sock, the look leaves out the
+    /// kernel's TIME_WAIT socks: the model keeps its own, and one it held
+    /// in FIN_WAIT2 that the look no longer lists is in TIME_WAIT now.
+    /// Without that (light mode, a loss since the last listing, a
+    /// namespace neither the start nor a look listed and a young stream)
+    /// the look lists them all, as before.
+    #[test]
+    fn a_look_leaves_out_time_wait_when_the_events_told_every_timewait_sock() {
+        let local = "127.0.0.1:8004";
+        let remote = |cookie: u64| format!("127.0.0.1:{}", 40000 + cookie);
+        let kernel = |cookie: u64, state| {
+            let mut s = ExistingSocket::new(Proto::Tcp, local.parse().unwrap(), state);
+            s.timewait = true;
+            s.remote = Some(remote(cookie).parse().unwrap());
+            s.cookie = cookie;
+            s.expires_in_ms = Some(60_000);
+            s
+        };
+        let open = |cookie: u64, substate| {
+            Kind::TimewaitOpen(crate::event::TimewaitOpen {
+                local: local.parse().unwrap(),
+                remote: remote(cookie).parse().unwrap(),
+                substate,
+                expires_in_ms: 60_000,
+                left_by: None,
+                cookie,
+                reuseaddr: false,
+                reuseport: false,
+            })
+        };
+        use TcpState::{FinWait2, TimeWait};
+        // The kernel now: 5 went on to TIME_WAIT unseen, 6 was there
+        // already, 7 is still waiting for its peer.
+        let look = || {
+            Look(
+                vec![
+                    kernel(5, TimeWait),
+                    kernel(6, TimeWait),
+                    kernel(7, FinWait2),
+                ],
+                Vec::new(),
+                Vec::new(),
+            )
+        };
+        let told = |c: &mut Correlator<Look>, ts| {
+            c.process(ev(ts, open(5, FinWait2)));
+            c.process(ev(ts, open(6, TimeWait)));
+            c.process(ev(ts, open(7, FinWait2)));
+        };
+        let states = |out: &[Event]| {
+            let mut held: Vec<(u16, TcpState)> = explained(out)
+                .0
+                .iter()
+                .map(|h| (h.remote.unwrap().port() - 40000, h.state))
+                .collect();
+            held.sort();
+            held
+        };
+        let socket_events = |out: &[Event]| {
+            out.iter()
+                .filter_map(|e| match &e.kind {
+                    Kind::Socket(s) => Some((s.cookie, s.state)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let want = vec![(5, TimeWait), (6, TimeWait), (7, FinWait2)];
+        let at = |ts: u64| {
+            let mut f = failure("0.0.0.0:8004");
+            f.common.ts_ns = ts;
+            f
+        };
+
+        let mut c = Correlator::new(look());
+        c.follow_timewait(&[1]);
+        told(&mut c, 1);
+        let out = c.process(at(2));
+        assert_eq!(states(&out), want);
+        assert_eq!(
+            socket_events(&out),
+            vec![(5, TimeWait)],
+            "only the move is news"
+        );
+        assert_eq!(
+            c.model.socket_count(),
+            3,
+            "TIME_WAIT socks not asked, not retired"
+        );
+        assert_eq!(c.evidence.2, vec![false]);
+
+        // Each reason to ask for them all: every sock listed, none moved
+        // by absence.
+        let full_look = |c: &mut Correlator<Look>, ts| {
+            let out = c.process(at(ts));
+            assert_eq!(states(&out), want);
+            assert_eq!(c.evidence.2, vec![true]);
+            socket_events(&out)
+        };
+        let mut light = Correlator::new(look());
+        told(&mut light, 1);
+        assert_eq!(full_look(&mut light, 2), vec![(5, TimeWait)], "light mode");
+        let mut young = Correlator::new(look());
+        young.follow_timewait(&[]);
+        told(&mut young, 1);
+        assert_eq!(
+            full_look(&mut young, 2),
+            vec![(5, TimeWait)],
+            "not seeded, young"
+        );
+        // That look listed the port whole: the next leaves TIME_WAIT out.
+        assert_eq!(states(&young.process(at(3))), want);
+        assert_eq!(young.evidence.2, vec![true, false]);
+        let mut lossy = Correlator::new(look());
+        lossy.follow_timewait(&[1]);
+        told(&mut lossy, 1);
+        lossy.process(ev(2, super::resync_tests::lost()));
+        // The kernel dropped 6 meanwhile, with its end among what was lost.
+        lossy.evidence.0.remove(1);
+        let out = lossy.process(at(3));
+        assert_eq!(
+            states(&out),
+            vec![(5, TimeWait), (7, FinWait2)],
+            "6 retired by the look"
+        );
+        assert_eq!(lossy.evidence.2, vec![true]);
+        // A timewait lifetime after the loss, the events are trusted again.
+        let out = lossy.process(at(3 + 61_000_000_000));
+        assert_eq!(states(&out), vec![(5, TimeWait), (7, FinWait2)]);
+        assert_eq!(lossy.evidence.2, vec![true, false]);
     }
 }
 
@@ -1833,13 +2055,13 @@ mod kernel_evidence_tests {
     fn a_namespace_nothing_names_is_said_and_not_searched_again_at_once() {
         // Inode 1 is never a network namespace's.
         let mut k = Kernel::new();
-        assert!(k.snapshot(1, None, &[80], false).is_none());
+        assert!(k.snapshot(1, None, &[80], false, true).is_none());
         let why = k.snapshot_failure().expect("a reason");
         assert!(why.contains("names network namespace 1"), "{why}");
         let searched_at = k.missing[&1];
         // Another failure in it, another port (so not the snapshot cache):
         // the same answer, from the memory of the search.
-        assert!(k.snapshot(1, None, &[81], false).is_none());
+        assert!(k.snapshot(1, None, &[81], false, true).is_none());
         assert_eq!(k.snapshot_failure().as_deref(), Some(why.as_str()));
         assert_eq!(k.missing[&1], searched_at, "not searched again");
     }
@@ -1860,7 +2082,7 @@ mod kernel_evidence_tests {
         let port = listener.local_addr().unwrap().port();
         let mut k = Kernel::new();
         let snap = k
-            .snapshot(ns.inode(), None, &[port], false)
+            .snapshot(ns.inode(), None, &[port], false, true)
             .expect("a snapshot");
         assert!(
             snap.sockets
@@ -1870,13 +2092,13 @@ mod kernel_evidence_tests {
             snap.sockets
         );
         assert!((CACHE_FOR..=CACHE_AT_MOST).contains(&k.cache_for));
-        assert!(k.snapshot(ns.inode(), None, &[port], false).is_none());
+        assert!(k.snapshot(ns.inode(), None, &[port], false, true).is_none());
         assert_eq!(k.snapshot_failure(), None, "skipped, not failed");
         // ... unless the model may be wrong about the port, while the
         // fresh looks' budget lasts.
-        assert!(k.snapshot(ns.inode(), None, &[port], true).is_some());
+        assert!(k.snapshot(ns.inode(), None, &[port], true, true).is_some());
         k.fresh_budget = Duration::ZERO;
         k.fresh_refilled = Instant::now();
-        assert!(k.snapshot(ns.inode(), None, &[port], true).is_none());
+        assert!(k.snapshot(ns.inode(), None, &[port], true, true).is_none());
     }
 }

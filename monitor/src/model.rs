@@ -190,7 +190,21 @@ pub struct Model {
     pub lost: u64,
     pub events: u64,
     seq: u64,
+    /// Boot-time ns of the first event and of the last loss.
+    first_ns: Option<u64>,
+    last_lost_ns: u64,
+    /// Namespaces a starting snapshot listed whole, and (namespace, port)s
+    /// a look listed whole, timewait socks too, since the last loss.
+    seeded: HashSet<u32>,
+    listed: HashSet<(u32, u16)>,
 }
+
+/// The longest a timewait sock lives (TCP_TIMEWAIT_LEN; a FIN_WAIT2 one
+/// lives tcp_fin_timeout, at most that), and a second more.
+const TIMEWAIT_LIFE_NS: u64 = 61_000_000_000;
+
+/// The most (namespace, port)s remembered as listed whole.
+const MAX_LISTED: usize = 4096;
 
 /// The inodes and cookies a look at the kernel showed, as sets, not a scan
 /// of `seen` per socket: a census of a busy namespace lists tens of
@@ -295,6 +309,38 @@ impl Model {
         Model::default()
     }
 
+    /// `netns` was seeded from a snapshot that listed all its sockets.
+    pub fn seeded(&mut self, netns: u32) {
+        self.seeded.insert(netns);
+    }
+
+    /// A look listed every socket of `netns` on `ports`, timewait socks
+    /// too.
+    pub fn listed(&mut self, netns: u32, ports: &[u16]) {
+        // Bounded: failing ports are few, but a scan of many is possible.
+        if self.listed.len() > MAX_LISTED {
+            self.listed.clear();
+        }
+        self.listed.extend(ports.iter().map(|&p| (netns, p)));
+    }
+
+    /// Whether the model holds every timewait sock `netns` has on `ports`
+    /// now, given that the events tell every one born and ended while they
+    /// stream: a listing of them all (the start's snapshot of the
+    /// namespace, or a look at those ports) since the last loss, or no
+    /// loss and no start for a timewait sock's lifetime. `now_ns`: the
+    /// boot time of the question (a failure not applied yet).
+    pub fn timewait_told(&self, netns: u32, ports: &[u16], now_ns: u64) -> bool {
+        let Some(first) = self.first_ns else {
+            return false;
+        };
+        let now_ns = now_ns.max(self.now_ns);
+        let quiet_since = first.max(self.last_lost_ns);
+        self.seeded.contains(&netns)
+            || ports.iter().all(|&p| self.listed.contains(&(netns, p)))
+            || now_ns >= quiet_since.saturating_add(TIMEWAIT_LIFE_NS)
+    }
+
     /// Sockets in the model, every namespace.
     pub fn socket_count(&self) -> usize {
         self.ns.values().map(|n| n.socks.len()).sum()
@@ -333,8 +379,15 @@ impl Model {
         };
         let proto = ev.common.proto;
         let netns = ev.common.netns;
+        self.first_ns.get_or_insert(ts);
         match &ev.kind {
-            Kind::Lost(l) => self.lost += l.count,
+            Kind::Lost(l) => {
+                self.lost += l.count;
+                self.last_lost_ns = ts;
+                // What was lost may have been a timewait sock's birth.
+                self.seeded.clear();
+                self.listed.clear();
+            }
             Kind::BindFailed(_) => {
                 if self.failures.len() == MAX_FAILURES {
                     self.failures.pop_front();
@@ -713,7 +766,44 @@ impl Model {
     ///
     /// Returns what it forgot (see [`Retired`]).
     pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
-        self.retire(netns, ports, seen, false)
+        self.retire(netns, ports, seen, false, false)
+    }
+
+    /// [`Model::reconcile`] after a look that left out timewait socks in
+    /// TIME_WAIT (listing those still in FIN_WAIT2), taken because the
+    /// events told them all ([`Model::timewait_told`]): the model's
+    /// TIME_WAIT socks stay as they are, and a FIN_WAIT2 one the look no
+    /// longer lists is in TIME_WAIT now. Its end would have been an event;
+    /// its peer's FIN, which moved it there, fires none when the timer's
+    /// new expiry falls in the same wheel bucket (kernel-notes.md).
+    /// Returns what it retired, and the timewait socks it moved, as they
+    /// are now.
+    pub fn reconcile_without_time_wait(
+        &mut self,
+        netns: u32,
+        ports: &[u16],
+        seen: &[(u64, u64)],
+    ) -> (Retired, Vec<Tracked>) {
+        let (_, cookies) = shown_sets(seen);
+        let mut moved = Vec::new();
+        if let Some(ns) = self.ns.get_mut(&netns) {
+            let unshown: Vec<(SockId, u64)> = ports
+                .iter()
+                .flat_map(|&port| ns.socks.on_port(Proto::Tcp, port))
+                .filter(|(_, t)| {
+                    t.sock.timewait
+                        && t.sock.state == TcpState::FinWait2
+                        && t.sock.cookie != 0
+                        && !cookies.contains(&t.sock.cookie)
+                })
+                .map(|(id, t)| (*id, t.expires_at_ns.unwrap_or(self.now_ns)))
+                .collect();
+            for (id, expires) in unshown {
+                ns.socks.set_timewait(&id, TcpState::TimeWait, expires);
+                moved.extend(ns.socks.get(&id).cloned());
+            }
+        }
+        (self.retire(netns, ports, seen, false, true), moved)
     }
 
     /// A look at `netns`'s `ports` (every port when empty) showed exactly
@@ -722,17 +812,19 @@ impl Model {
     /// [`Model::reconcile`]). Sockets that events retire are left to their
     /// events.
     pub fn retire_unshown(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
-        self.retire(netns, ports, seen, true)
+        self.retire(netns, ports, seen, true, false)
     }
 
     /// [`Model::reconcile`], or with `only_unretired`
-    /// [`Model::retire_unshown`].
+    /// [`Model::retire_unshown`]; with `time_wait_unasked` the look left
+    /// out timewait socks in TIME_WAIT, which therefore stay.
     fn retire(
         &mut self,
         netns: u32,
         ports: &[u16],
         seen: &[(u64, u64)],
         only_unretired: bool,
+        time_wait_unasked: bool,
     ) -> Retired {
         let mut retired = Retired {
             netns,
@@ -742,26 +834,49 @@ impl Model {
             return retired;
         };
         let (inodes, cookies) = shown_sets(seen);
-        let mut gone_unretired = 0;
-        ns.socks.retain(|id, t| {
+        let gone = |t: &Tracked| {
             let shown = if t.sock.timewait {
-                t.sock.cookie == 0 || cookies.contains(&t.sock.cookie)
+                t.sock.cookie == 0
+                    || cookies.contains(&t.sock.cookie)
+                    || (time_wait_unasked && t.sock.state == TcpState::TimeWait)
             } else {
                 inodes.contains(&t.sock.inode) || cookies.contains(&t.sock.cookie)
             };
-            let gone = !shown
-                && (t.unretired || !only_unretired)
-                && (ports.is_empty() || ports.contains(&t.sock.port));
-            if gone && t.unretired {
-                gone_unretired += 1;
+            !shown && (t.unretired || !only_unretired)
+        };
+        let mut gone_unretired = 0;
+        if ports.is_empty() {
+            ns.socks.retain(|id, t| {
+                let gone = gone(t);
+                if gone && t.unretired {
+                    gone_unretired += 1;
+                    // A look at every port (a resync under loss) retires
+                    // tens of thousands: only those no event retires are
+                    // kept aside then.
+                    retired.socks.push((*id, t.clone()));
+                }
+                !gone
+            });
+        } else {
+            // The looked-at ports through the index, not a walk of the
+            // namespace's whole table (tens of thousands under churn) at
+            // every failure.
+            let ids: Vec<SockId> = ports
+                .iter()
+                .flat_map(|&port| [Proto::Tcp, Proto::Udp].map(|proto| (proto, port)))
+                .flat_map(|(proto, port)| ns.socks.on_port(proto, port))
+                .filter(|(_, t)| gone(t))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some(t) = ns.socks.remove(&id) {
+                    if t.unretired {
+                        gone_unretired += 1;
+                    }
+                    retired.socks.push((id, t));
+                }
             }
-            // A look at every port (a resync under loss) retires tens of
-            // thousands: only those no event retires are kept aside then.
-            if gone && (t.unretired || !ports.is_empty()) {
-                retired.socks.push((*id, t.clone()));
-            }
-            !gone
-        });
+        }
         ns.unretired -= gone_unretired;
         ns.shrink();
         retired

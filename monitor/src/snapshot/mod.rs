@@ -37,6 +37,9 @@ pub struct Options {
     pub read_flags: bool,
     /// Learn timewait sockets' flags with probe binds (see flags.rs).
     pub probe_timewait: bool,
+    /// Leave out timewait socks in TIME_WAIT (those still in FIN_WAIT2
+    /// are listed): for a look whose caller follows them through events.
+    pub without_time_wait: bool,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             ports: Vec::new(),
             read_flags: true,
             probe_timewait: true,
+            without_time_wait: false,
         }
     }
 }
@@ -118,7 +122,11 @@ pub fn take(opts: &Options) -> anyhow::Result<Snapshot> {
     let mut notes = Vec::new();
     let mut sockets = Vec::new();
     for proto in [Proto::Tcp, Proto::Udp] {
-        let diag = sockdiag::dump_ports(proto, &opts.ports).map_err(|e| {
+        let states = match opts.without_time_wait {
+            true => sockdiag::NOT_TIME_WAIT,
+            false => sockdiag::ALL_STATES,
+        };
+        let diag = sockdiag::dump_ports(proto, &opts.ports, states).map_err(|e| {
             anyhow::anyhow!("sock_diag dump of {} sockets failed: {e}", proto.as_str())
         })?;
         sockets.extend(

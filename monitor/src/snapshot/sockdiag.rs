@@ -49,7 +49,13 @@ const INET_DIAG_BC_S_EQ: u8 = 11;
 /// Every TCP state bit, including TCP_NEW_SYN_RECV (12) and
 /// TCP_BOUND_INACTIVE (13, 6.8+: bound sockets neither listening nor
 /// connected are dumped only when this bit is asked for).
-const ALL_STATES: u32 = 0xffff_ffff;
+pub const ALL_STATES: u32 = 0xffff_ffff;
+
+/// Every state but TIME_WAIT (6). The kernel tests a timewait sock's
+/// substate against the mask (`inet_diag_dump_icsk`), so timewait socks
+/// still in FIN_WAIT2 are listed and those in TIME_WAIT are skipped before
+/// any record of them is built.
+pub const NOT_TIME_WAIT: u32 = ALL_STATES & !(1 << 6);
 
 /// One socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,16 +96,17 @@ impl DiagSocket {
 
 /// Dump every socket of `proto` in both families.
 pub fn dump(proto: Proto) -> io::Result<Vec<DiagSocket>> {
-    dump_ports(proto, &[])
+    dump_ports(proto, &[], ALL_STATES)
 }
 
 /// Dump the sockets of `proto` whose local port is one of `ports` (every
 /// socket when empty), in both families. The kernel filters: a namespace
 /// with 30,000 TIME_WAIT sockets answers a one-port question with a few
-/// records instead of all of them.
-pub fn dump_ports(proto: Proto, ports: &[u16]) -> io::Result<Vec<DiagSocket>> {
+/// records instead of all of them. Only sockets in `states` (a mask of
+/// `1 << state`; [`ALL_STATES`], [`NOT_TIME_WAIT`]).
+pub fn dump_ports(proto: Proto, ports: &[u16], states: u32) -> io::Result<Vec<DiagSocket>> {
     let mut out = Vec::new();
-    visit_ports(proto, ports, |s| out.push(s))?;
+    visit_ports(proto, ports, states, |s| out.push(s))?;
     Ok(out)
 }
 
@@ -118,11 +125,12 @@ pub fn dump_ports(proto: Proto, ports: &[u16]) -> io::Result<Vec<DiagSocket>> {
 pub fn visit_ports(
     proto: Proto,
     ports: &[u16],
+    states: u32,
     mut visit: impl FnMut(DiagSocket),
 ) -> io::Result<()> {
     if proto == Proto::Tcp {
         let mut visited = false;
-        let req = request(Ask::TcpBothFamilies, SEQ, ports);
+        let req = request(Ask::TcpBothFamilies, SEQ, ports, states);
         match send_dump(&req, proto, &mut |s| {
             visited = true;
             visit(s)
@@ -134,8 +142,8 @@ pub fn visit_ports(
             Err(e) => return Err(e),
         }
     }
-    dump_family(proto, libc::AF_INET as u8, ports, &mut visit)?;
-    match dump_family(proto, libc::AF_INET6 as u8, ports, &mut visit) {
+    dump_family(proto, libc::AF_INET as u8, ports, states, &mut visit)?;
+    match dump_family(proto, libc::AF_INET6 as u8, ports, states, &mut visit) {
         Ok(()) => Ok(()),
         // No IPv6 in this kernel: nothing to list.
         Err(e)
@@ -169,7 +177,7 @@ enum Ask {
     TcpBothFamilies,
 }
 
-fn request(ask: Ask, seq: u32, ports: &[u16]) -> Vec<u8> {
+fn request(ask: Ask, seq: u32, ports: &[u16], states: u32) -> Vec<u8> {
     let filter = port_filter(ports);
     let attr_len = if filter.is_empty() {
         0
@@ -203,7 +211,7 @@ fn request(ask: Ask, seq: u32, ports: &[u16]) -> Vec<u8> {
             });
             b.push(0); // idiag_ext: nothing extra; SKV6ONLY and SOCKOPT come anyway
             b.push(0);
-            b.extend_from_slice(&ALL_STATES.to_ne_bytes());
+            b.extend_from_slice(&states.to_ne_bytes());
             any_socket(&mut b);
         }
         Ask::TcpBothFamilies => {
@@ -211,7 +219,7 @@ fn request(ask: Ask, seq: u32, ports: &[u16]) -> Vec<u8> {
             // lengths and idiag_ext, the socket id, the states, idiag_dbs.
             b.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
             any_socket(&mut b);
-            b.extend_from_slice(&ALL_STATES.to_ne_bytes());
+            b.extend_from_slice(&states.to_ne_bytes());
             b.extend_from_slice(&0u32.to_ne_bytes());
         }
     }
@@ -269,10 +277,11 @@ fn dump_family(
     proto: Proto,
     family: u8,
     ports: &[u16],
+    states: u32,
     visit: &mut impl FnMut(DiagSocket),
 ) -> io::Result<()> {
     send_dump(
-        &request(Ask::Family(proto, family), SEQ, ports),
+        &request(Ask::Family(proto, family), SEQ, ports, states),
         proto,
         visit,
     )
@@ -441,14 +450,17 @@ mod tests {
         };
         let mut one = Vec::new();
         send_dump(
-            &request(Ask::TcpBothFamilies, SEQ, &ports),
+            &request(Ask::TcpBothFamilies, SEQ, &ports, ALL_STATES),
             Proto::Tcp,
             &mut |d| one.push(d),
         )
         .expect("TCPDIAG_GETSOCK is served");
         let mut per_family = Vec::new();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            dump_family(Proto::Tcp, family, &ports, &mut |d| per_family.push(d)).unwrap();
+            dump_family(Proto::Tcp, family, &ports, ALL_STATES, &mut |d| {
+                per_family.push(d)
+            })
+            .unwrap();
         }
         let (one, per_family) = (sorted(one), sorted(per_family));
         assert_eq!(one, per_family);
@@ -481,7 +493,7 @@ mod tests {
             .map(|l| l.local_addr().unwrap().port())
             .collect();
         let asked = [ports[0], ports[2]];
-        let got = dump_ports(Proto::Tcp, &asked).unwrap();
+        let got = dump_ports(Proto::Tcp, &asked, ALL_STATES).unwrap();
         let mut seen: Vec<u16> = got.iter().map(|d| d.local.port()).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -496,13 +508,55 @@ mod tests {
             );
         }
         // One port; the asked one last among many.
-        let one = dump_ports(Proto::Tcp, &ports[1..2]).unwrap();
+        let one = dump_ports(Proto::Tcp, &ports[1..2], ALL_STATES).unwrap();
         assert!(!one.is_empty() && one.iter().all(|d| d.local.port() == ports[1]));
         let mut many: Vec<u16> = (1..=300).collect();
         many.push(ports[1]);
-        let got = dump_ports(Proto::Tcp, &many).unwrap();
+        let got = dump_ports(Proto::Tcp, &many, ALL_STATES).unwrap();
         assert!(got.iter().any(|d| d.local.port() == ports[1]));
         assert!(got.iter().all(|d| many.contains(&d.local.port())));
+    }
+
+    /// The state mask tests a timewait sock's substate: without TIME_WAIT
+    /// the kernel lists a server's timewait sock still in FIN_WAIT2 (its
+    /// peer has not closed) and leaves out one in TIME_WAIT, which the
+    /// full mask lists.
+    #[test]
+    fn a_dump_without_time_wait_keeps_the_timewait_socks_in_fin_wait2() {
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // The server closes first in both; only the second peer closes.
+        let open = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(l.accept().unwrap().0);
+        let closed = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(l.accept().unwrap().0);
+        drop(closed);
+        let peer = |c: &TcpStream| c.local_addr().unwrap();
+        let want_open = peer(&open);
+        let server_side = |states| {
+            let mut got = Vec::new();
+            for _ in 0..100 {
+                got = dump_ports(Proto::Tcp, &[port], states)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|d| d.is_timewait())
+                    .map(|d| (d.remote, d.state))
+                    .collect::<Vec<_>>();
+                got.sort();
+                if got.len() == 2 || states != ALL_STATES {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            got
+        };
+        let all = server_side(ALL_STATES);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(all.contains(&(want_open, 5)), "FIN_WAIT2 (5): {all:?}");
+        let without = server_side(NOT_TIME_WAIT);
+        assert_eq!(without, vec![(want_open, 5)], "TIME_WAIT left out");
+        drop(open);
     }
 
     #[test]

@@ -293,6 +293,7 @@ pub fn snapshot_events(scope: SnapshotScope, netns: &[u32]) -> (Vec<Event>, Opti
         read_flags: true,
         // The kernel programs report timewait flags; no probe binds.
         probe_timewait: false,
+        without_time_wait: false,
     };
     let mut events = Vec::new();
     let mut info = SnapshotInfo {
