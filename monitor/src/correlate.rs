@@ -30,15 +30,18 @@ pub trait Evidence {
     /// because the same look was taken a moment ago. `fresh`: look even
     /// then, the model may be wrong about these ports in a way no event
     /// will correct. `time_wait`: list timewait socks in TIME_WAIT too
-    /// (without it, only those still in FIN_WAIT2).
+    /// (without it, only those still in FIN_WAIT2). By default nothing
+    /// beyond the events.
     fn snapshot(
         &mut self,
-        netns: u32,
-        hint_pid: Option<u32>,
-        ports: &[u16],
-        fresh: bool,
-        time_wait: bool,
-    ) -> Option<Snapshot>;
+        _netns: u32,
+        _hint_pid: Option<u32>,
+        _ports: &[u16],
+        _fresh: bool,
+        _time_wait: bool,
+    ) -> Option<Snapshot> {
+        None
+    }
 
     /// Every socket of `protos` in `netns` on `ports` (all ports when
     /// empty) as (inode, cookie), without owners or flags; None when it
@@ -95,18 +98,7 @@ const UNSEEN_RETRY: Duration = Duration::from_secs(60);
 /// No evidence beyond the events (replay, tests).
 pub struct EventsOnly;
 
-impl Evidence for EventsOnly {
-    fn snapshot(
-        &mut self,
-        _: u32,
-        _: Option<u32>,
-        _: &[u16],
-        _: bool,
-        _: bool,
-    ) -> Option<Snapshot> {
-        None
-    }
-}
+impl Evidence for EventsOnly {}
 
 pub struct Correlator<E: Evidence> {
     pub model: Model,
@@ -1276,16 +1268,6 @@ mod resync_tests {
     struct Census(Vec<(u64, u64)>, usize);
 
     impl Evidence for Census {
-        fn snapshot(
-            &mut self,
-            _: u32,
-            _: Option<u32>,
-            _: &[u16],
-            _: bool,
-            _: bool,
-        ) -> Option<Snapshot> {
-            None
-        }
         fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
             self.1 += 1;
             Some(self.0.clone())
@@ -1485,16 +1467,6 @@ mod unseen_namespace_tests {
     }
 
     impl Evidence for Hidden {
-        fn snapshot(
-            &mut self,
-            _: u32,
-            _: Option<u32>,
-            _: &[u16],
-            _: bool,
-            _: bool,
-        ) -> Option<Snapshot> {
-            None
-        }
         fn census(&mut self, _: u32, _: &[Proto], _: &[u16]) -> Option<Vec<(u64, u64)>> {
             self.censuses += 1;
             None

@@ -552,6 +552,21 @@ fn one_run(
     Ok(run)
 }
 
+/// The verdict on bind failure → JSON line latencies (ms) `when`.
+fn latency_verdict(when: &str, lat: &[f64]) -> String {
+    let p99 = percentile(lat, 99.0);
+    format!(
+        "{} bind failure → JSON line {when}: p99 {p99:.1} ms over {} binds (target < 50 ms){}",
+        if p99 < 50.0 { "MET " } else { "MISS" },
+        lat.len(),
+        if p99 < 50.0 {
+            String::new()
+        } else {
+            format!(" — gap {:.1} ms", p99 - 50.0)
+        }
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -1322,36 +1337,17 @@ fn render(
         }
         w(String::new());
     }
-    let p99 = percentile(&all_lat, 99.0);
     if all_lat.is_empty() {
         verdicts.push(
             "---- bind failure → JSON line: not measured (no `watch` run in this bench)".into(),
         );
     } else {
-        verdicts.push(format!(
-        "{} bind failure → JSON line while the churn runs: p99 {:.1} ms over {} binds (target < 50 ms){}",
-        if p99 < 50.0 { "MET " } else { "MISS" },
-        p99,
-        all_lat.len(),
-        if p99 < 50.0 {
-            String::new()
-        } else {
-            format!(" — gap {:.1} ms", p99 - 50.0)
-        }
-    ));
+        verdicts.push(latency_verdict("while the churn runs", &all_lat));
     }
     if !crash_lat.is_empty() {
-        let p99 = percentile(&crash_lat, 99.0);
-        verdicts.push(format!(
-            "{} bind failure → JSON line in the crash loop (failures beside every TIME_WAIT of the churn's port): p99 {:.1} ms over {} binds (target < 50 ms){}",
-            if p99 < 50.0 { "MET " } else { "MISS" },
-            p99,
-            crash_lat.len(),
-            if p99 < 50.0 {
-                String::new()
-            } else {
-                format!(" — gap {:.1} ms", p99 - 50.0)
-            }
+        verdicts.push(latency_verdict(
+            "in the crash loop (failures beside every TIME_WAIT of the churn's port)",
+            &crash_lat,
         ));
     }
     if !profiles.is_empty() {
