@@ -189,9 +189,7 @@ impl<E: Evidence> Correlator<E> {
                 let seen: Vec<(u64, u64)> =
                     snap.sockets.iter().map(|s| (s.inode, s.cookie)).collect();
                 let r = if time_wait {
-                    if !ports.is_empty() {
-                        self.model.listed(ev.common.netns, &ports);
-                    }
+                    self.model.listed(ev.common.netns, &ports);
                     self.model.reconcile(ev.common.netns, &ports, &seen)
                 } else {
                     let (r, moved) =

@@ -336,8 +336,10 @@ impl Model {
         };
         let now_ns = now_ns.max(self.now_ns);
         let quiet_since = first.max(self.last_lost_ns);
+        // No ports is every port, which no look at ports listed.
+        let listed = !ports.is_empty() && ports.iter().all(|&p| self.listed.contains(&(netns, p)));
         self.seeded.contains(&netns)
-            || ports.iter().all(|&p| self.listed.contains(&(netns, p)))
+            || listed
             || now_ns >= quiet_since.saturating_add(TIMEWAIT_LIFE_NS)
     }
 
@@ -766,7 +768,7 @@ impl Model {
     ///
     /// Returns what it forgot (see [`Retired`]).
     pub fn reconcile(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
-        self.retire(netns, ports, seen, false, false)
+        self.retire(netns, ports, &shown_sets(seen), false, false)
     }
 
     /// [`Model::reconcile`] after a look that left out timewait socks in
@@ -784,7 +786,7 @@ impl Model {
         ports: &[u16],
         seen: &[(u64, u64)],
     ) -> (Retired, Vec<Tracked>) {
-        let (_, cookies) = shown_sets(seen);
+        let shown = shown_sets(seen);
         let mut moved = Vec::new();
         if let Some(ns) = self.ns.get_mut(&netns) {
             let unshown: Vec<(SockId, u64)> = ports
@@ -794,7 +796,7 @@ impl Model {
                     t.sock.timewait
                         && t.sock.state == TcpState::FinWait2
                         && t.sock.cookie != 0
-                        && !cookies.contains(&t.sock.cookie)
+                        && !shown.1.contains(&t.sock.cookie)
                 })
                 .map(|(id, t)| (*id, t.expires_at_ns.unwrap_or(self.now_ns)))
                 .collect();
@@ -803,7 +805,7 @@ impl Model {
                 moved.extend(ns.socks.get(&id).cloned());
             }
         }
-        (self.retire(netns, ports, seen, false, true), moved)
+        (self.retire(netns, ports, &shown, false, true), moved)
     }
 
     /// A look at `netns`'s `ports` (every port when empty) showed exactly
@@ -812,17 +814,18 @@ impl Model {
     /// [`Model::reconcile`]). Sockets that events retire are left to their
     /// events.
     pub fn retire_unshown(&mut self, netns: u32, ports: &[u16], seen: &[(u64, u64)]) -> Retired {
-        self.retire(netns, ports, seen, true, false)
+        self.retire(netns, ports, &shown_sets(seen), true, false)
     }
 
     /// [`Model::reconcile`], or with `only_unretired`
-    /// [`Model::retire_unshown`]; with `time_wait_unasked` the look left
-    /// out timewait socks in TIME_WAIT, which therefore stay.
+    /// [`Model::retire_unshown`], the look's inodes and cookies as
+    /// [`shown_sets`]; with `time_wait_unasked` the look left out timewait
+    /// socks in TIME_WAIT, which therefore stay.
     fn retire(
         &mut self,
         netns: u32,
         ports: &[u16],
-        seen: &[(u64, u64)],
+        (inodes, cookies): &(HashSet<u64>, HashSet<u64>),
         only_unretired: bool,
         time_wait_unasked: bool,
     ) -> Retired {
@@ -833,7 +836,6 @@ impl Model {
         let Some(ns) = self.ns.get_mut(&netns) else {
             return retired;
         };
-        let (inodes, cookies) = shown_sets(seen);
         let gone = |t: &Tracked| {
             let shown = if t.sock.timewait {
                 t.sock.cookie == 0

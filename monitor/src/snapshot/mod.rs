@@ -121,11 +121,11 @@ impl Snapshot {
 pub fn take(opts: &Options) -> anyhow::Result<Snapshot> {
     let mut notes = Vec::new();
     let mut sockets = Vec::new();
+    let states = match opts.without_time_wait {
+        true => sockdiag::NOT_TIME_WAIT,
+        false => sockdiag::ALL_STATES,
+    };
     for proto in [Proto::Tcp, Proto::Udp] {
-        let states = match opts.without_time_wait {
-            true => sockdiag::NOT_TIME_WAIT,
-            false => sockdiag::ALL_STATES,
-        };
         let diag = sockdiag::dump_ports(proto, &opts.ports, states).map_err(|e| {
             anyhow::anyhow!("sock_diag dump of {} sockets failed: {e}", proto.as_str())
         })?;
