@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::cli::RecordArgs;
 use crate::correlate::{Correlator, Kernel};
+use crate::event::{Event, Kind};
 use crate::live::{shutdown_signal, Live};
 use crate::trace::{parse_size, RecordOptions, Recording, WriteError, WriterOptions, Written};
 
@@ -128,6 +129,7 @@ async fn record_loop(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed: Option<WriteError> = None;
+    let mut outs = Vec::new();
     'run: loop {
         tokio::select! {
             biased;
@@ -149,39 +151,17 @@ async fn record_loop(
                 }
             }
             ev = live.recv() => {
-                let Some(ev) = ev else { break };
-                // Other namespaces cannot change what is explained in the
-                // recorded ones (the model is per namespace): drop them
-                // before the correlator, so a flood elsewhere does not hold
-                // up this recording. (--port/--pid/--comm apply after it:
-                // other processes' sockets are evidence.)
-                if !netns.is_empty()
-                    && !netns.contains(&ev.common.netns)
-                    && !matches!(ev.kind, crate::event::Kind::Lost(_))
-                {
-                    continue;
-                }
-                let failure = matches!(ev.kind, crate::event::Kind::BindFailed(_));
-                if failure {
-                    // The evidence for a failure (a sock_diag snapshot) may
-                    // take a moment: what came before it goes to disk first.
-                    if let Err(e) = rec.flush() {
+                let Some(mut ev) = ev else { break };
+                // What else is waiting, up to BURST, before the select again:
+                // its signal and timer polls cost more than an event.
+                for _ in 0..BURST {
+                    if let Err(e) = handle(ev, &netns, &mut correlator, &mut rec, &mut outs) {
                         failed = Some(e);
                         break 'run;
                     }
-                }
-                let t = std::time::Instant::now();
-                let outs = correlator.process(ev);
-                if failure && t.elapsed() > SLOW_EVIDENCE {
-                    log::warn!("the evidence for a failed bind took {:?}", t.elapsed());
-                    if std::env::var_os("TWMON_DEBUG_TIMING").is_some() {
-                        eprintln!("twmon: the evidence for a failed bind took {:?}", t.elapsed());
-                    }
-                }
-                for out in outs {
-                    if let Err(e) = rec.record(&out, &correlator.model) {
-                        failed = Some(e);
-                        break 'run;
+                    match live.try_recv() {
+                        Ok(next) => ev = next,
+                        Err(_) => break,
                     }
                 }
                 if let Err(e) = rec.tick() {
@@ -223,6 +203,44 @@ async fn record_loop(
             Ok(e.exit_code())
         }
     }
+}
+
+/// Events handled per wake-up of the loop at most.
+const BURST: usize = 256;
+
+/// One event through the correlator into the trace.
+fn handle(
+    ev: Event,
+    netns: &[u32],
+    correlator: &mut Correlator<Kernel>,
+    rec: &mut Recording,
+    outs: &mut Vec<Event>,
+) -> Result<(), WriteError> {
+    // Other namespaces cannot change what is explained in the recorded ones
+    // (the model is per namespace): drop them before the correlator, so a
+    // flood elsewhere does not hold up this recording. (--port/--pid/--comm
+    // apply after it: other processes' sockets are evidence.)
+    if !netns.is_empty() && !netns.contains(&ev.common.netns) && !matches!(ev.kind, Kind::Lost(_)) {
+        return Ok(());
+    }
+    let failure = matches!(ev.kind, Kind::BindFailed(_));
+    if failure {
+        // The evidence for a failure (a sock_diag snapshot) may take a
+        // moment: what came before it goes to disk first.
+        rec.flush()?;
+    }
+    let started = failure.then(std::time::Instant::now);
+    correlator.process_into(ev, outs);
+    if let Some(took) = started.map(|t| t.elapsed()).filter(|t| *t > SLOW_EVIDENCE) {
+        log::warn!("the evidence for a failed bind took {took:?}");
+        if std::env::var_os("TWMON_DEBUG_TIMING").is_some() {
+            eprintln!("twmon: the evidence for a failed bind took {took:?}");
+        }
+    }
+    for out in outs.drain(..) {
+        rec.record(&out, &correlator.model)?;
+    }
+    Ok(())
 }
 
 fn parts(w: &Written) -> String {

@@ -152,8 +152,15 @@ impl<E: Evidence> Correlator<E> {
     /// One event in; the events to pass on out (snapshot evidence first,
     /// then the event itself, with holders and diagnosis when it is a
     /// failure).
-    pub fn process(&mut self, mut ev: Event) -> Vec<Event> {
+    pub fn process(&mut self, ev: Event) -> Vec<Event> {
         let mut out = Vec::new();
+        self.process_into(ev, &mut out);
+        out
+    }
+
+    /// [`Correlator::process`] into `out` (appended): a loop that reuses
+    /// one vector makes no allocation per event.
+    pub fn process_into(&mut self, mut ev: Event, out: &mut Vec<Event>) {
         let mut unseen = None;
         let mut retired = None;
         if let Kind::BindFailed(b) = &ev.kind {
@@ -291,7 +298,6 @@ impl<E: Evidence> Correlator<E> {
                 out.extend(self.resync());
             }
         }
-        out
     }
 
     /// What the run loops call between events (about once a second or

@@ -44,6 +44,20 @@ impl Endpoint {
     pub fn socket_addr(&self) -> SocketAddr {
         self.0
     }
+    /// Append the endpoint's text ("ADDR:PORT", "[ADDR]:PORT") to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self.0 {
+            SocketAddr::V4(v4) => {
+                let mut buf = [0u8; 21];
+                let n = write_v4(&mut buf, v4.ip().octets(), v4.port());
+                out.extend_from_slice(&buf[..n]);
+            }
+            SocketAddr::V6(v6) => {
+                use std::io::Write as _;
+                let _ = write!(out, "{v6}");
+            }
+        }
+    }
 }
 
 impl From<SocketAddr> for Endpoint {
@@ -67,8 +81,47 @@ impl FromStr for Endpoint {
 
 impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self.0 {
+            // Two of these per transition: formatting them through
+            // core::fmt was a tenth of the recorder's time under churn.
+            SocketAddr::V4(v4) => {
+                let mut buf = [0u8; 21];
+                let n = write_v4(&mut buf, v4.ip().octets(), v4.port());
+                // Digits, dots and a colon only.
+                s.serialize_str(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+            }
+            SocketAddr::V6(_) => s.collect_str(self),
+        }
     }
+}
+
+/// "A.B.C.D:PORT" into `buf`; returns its length.
+fn write_v4(buf: &mut [u8; 21], ip: [u8; 4], port: u16) -> usize {
+    let mut n = 0;
+    for (i, octet) in ip.into_iter().enumerate() {
+        n = write_decimal(buf, n, u32::from(octet));
+        buf[n] = if i == 3 { b':' } else { b'.' };
+        n += 1;
+    }
+    write_decimal(buf, n, u32::from(port))
+}
+
+/// `v` (at most five digits) in decimal at `buf[at..]`; returns the end.
+fn write_decimal(buf: &mut [u8; 21], at: usize, mut v: u32) -> usize {
+    let mut digits = [0u8; 5];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for (k, d) in digits[..len].iter().rev().enumerate() {
+        buf[at + k] = *d;
+    }
+    at + len
 }
 
 impl<'de> Deserialize<'de> for Endpoint {
@@ -521,6 +574,20 @@ pub enum TimewaitEnd {
     Unknown,
 }
 
+impl TimewaitEnd {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimewaitEnd::Expired => "expired",
+            TimewaitEnd::ReusedByConnect => "reused_by_connect",
+            TimewaitEnd::ReusedBySyn => "reused_by_syn",
+            TimewaitEnd::Reset => "reset",
+            TimewaitEnd::NetnsExit => "netns_exit",
+            TimewaitEnd::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimewaitClose {
     pub local: Endpoint,
@@ -730,6 +797,24 @@ mod tests {
             assert_eq!(ep.to_string(), *want);
             assert_eq!(want.parse::<Endpoint>().unwrap(), *ep);
         }
+    }
+
+    #[test]
+    fn an_endpoint_in_json_is_its_display_form() {
+        // The v4 fast path against core::fmt, at every digit count.
+        let octets = [0u8, 7, 10, 99, 100, 255];
+        let ports = [0u16, 9, 10, 99, 100, 999, 1000, 9999, 10000, 65535];
+        for a in octets {
+            for b in octets {
+                for port in ports {
+                    let ep = Endpoint::v4([a, b, 255 - a, 1], port);
+                    let json = serde_json::to_string(&ep).unwrap();
+                    assert_eq!(json, format!("\"{ep}\""));
+                }
+            }
+        }
+        let v6 = Endpoint::v6(Ipv6Addr::LOCALHOST.octets(), 443);
+        assert_eq!(serde_json::to_string(&v6).unwrap(), "\"[::1]:443\"");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Data flows one way: kernel programs -> ring buffers -> [`probe`] decoder ->
 //! typed [`event`]s -> (recorder) -> model -> diagnosis -> views or JSON lines.
 
+pub mod batches;
 pub mod census;
 pub mod cli;
 pub mod cmd_check;
@@ -19,6 +20,7 @@ pub mod correlate;
 pub mod diagnose;
 pub mod event;
 pub mod filter;
+pub mod json_line;
 pub mod live;
 pub mod metrics;
 pub mod model;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::batches::{self, BatchReceiver};
 use crate::cli::ModeArg;
 use crate::event::Event;
 use crate::probe::{ModeInfo, Probe, ProbeError, Streams};
@@ -15,8 +16,8 @@ use crate::probe::{ModeInfo, Probe, ProbeError, Streams};
 pub struct Live {
     /// Bind results and lost counts: few, and what the user waits for.
     binds: mpsc::Receiver<Event>,
-    /// State transitions and the timewait life: the flood.
-    events: mpsc::Receiver<Event>,
+    /// State transitions and the timewait life: the flood, in batches.
+    events: BatchReceiver,
     order: Order,
     pub mode: ModeInfo,
     stop: Arc<AtomicBool>,
@@ -51,7 +52,7 @@ impl Live {
         // transitions: under churn the event queue stays full, and one FIFO
         // made a bind result wait for everything queued before it.
         let (tx_binds, binds) = mpsc::channel(4096);
-        let (tx_events, events) = mpsc::channel(65536);
+        let (tx_events, events) = batches::channel(65536);
         let stop = Arc::new(AtomicBool::new(false));
         let reader = probe.spawn_reader(tx_binds, tx_events, stop.clone());
         Ok(Live {
@@ -84,7 +85,7 @@ impl Live {
             }
             tokio::select! {
                 biased;
-                Some(b) = self.binds.recv() => self.order.hold(b, self.events.len()),
+                Some(b) = self.binds.recv() => self.order.hold(b, self.events.queued()),
                 // Nothing is held (next() would have returned it).
                 Some(ev) = self.events.recv() => return Some(ev),
                 else => return None,
@@ -170,6 +171,15 @@ impl Stream for mpsc::Receiver<Event> {
     }
     fn queued(&self) -> usize {
         self.len()
+    }
+}
+
+impl Stream for BatchReceiver {
+    fn take(&mut self) -> Option<Event> {
+        self.try_recv()
+    }
+    fn queued(&self) -> usize {
+        BatchReceiver::queued(self)
     }
 }
 

@@ -128,17 +128,6 @@ pub struct Metrics {
     failure_ports: HashSet<u16>,
 }
 
-fn reason_str(r: TimewaitEnd) -> &'static str {
-    match r {
-        TimewaitEnd::Expired => "expired",
-        TimewaitEnd::ReusedByConnect => "reused_by_connect",
-        TimewaitEnd::ReusedBySyn => "reused_by_syn",
-        TimewaitEnd::Reset => "reset",
-        TimewaitEnd::NetnsExit => "netns_exit",
-        TimewaitEnd::Unknown => "unknown",
-    }
-}
-
 impl Metrics {
     pub fn new(version: &str, mode: &ModeInfo) -> Metrics {
         let mut registry = Registry::with_prefix("twmon");
@@ -290,7 +279,7 @@ impl Metrics {
             Kind::TimewaitClose(t) => {
                 self.timewait_ended
                     .get_or_create(&ReasonLabels {
-                        reason: reason_str(t.reason).to_string(),
+                        reason: TimewaitEnd::as_str(t.reason).to_string(),
                     })
                     .inc();
             }

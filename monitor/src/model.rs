@@ -300,6 +300,14 @@ fn looked_at(
 /// a re-arm the events missed moves it by more (kernel-notes.md).
 const RESTATED_EXPIRY_NS: u64 = 1_000_000_000;
 
+/// An event's process as the model keeps it.
+fn owned(who: Option<(u32, &str)>) -> Option<Process> {
+    who.map(|(pid, comm)| Process {
+        pid,
+        comm: comm.to_owned(),
+    })
+}
+
 fn existing(proto: Proto, local: Endpoint, state: TcpState) -> ExistingSocket {
     ExistingSocket::new(proto, local.socket_addr(), state)
 }
@@ -372,11 +380,10 @@ impl Model {
         self.events += 1;
         self.now_ns = self.now_ns.max(ev.common.ts_ns);
         let ts = ev.common.ts_ns;
-        let proc_ = match (ev.common.pid, &ev.common.comm) {
-            (Some(pid), Some(comm)) => Some(Process {
-                pid,
-                comm: comm.clone(),
-            }),
+        // Borrowed: most events' process is the one the model already
+        // keeps for their socket, and a copy per transition showed in perf.
+        let who = match (ev.common.pid, &ev.common.comm) {
+            (Some(pid), Some(comm)) => Some((pid, comm.as_str())),
             _ => None,
         };
         let proto = ev.common.proto;
@@ -396,8 +403,8 @@ impl Model {
                 }
                 self.failures.push_back(ev.clone());
             }
-            Kind::Bound(b) => self.bound(netns, proto, b, proc_, ts),
-            Kind::State(s) => self.state(netns, s, proc_, ts),
+            Kind::Bound(b) => self.bound(netns, proto, b, owned(who), ts),
+            Kind::State(s) => self.state(netns, s, who, ts),
             Kind::TimewaitOpen(t) => self.tw_open(netns, t, ts),
             Kind::TimewaitSubstate(t) => {
                 let expires_at = ts + t.expires_in_ms * 1_000_000;
@@ -553,7 +560,7 @@ impl Model {
         );
     }
 
-    fn state(&mut self, netns: u32, s: &StateChange, owner: Option<Process>, ts: u64) {
+    fn state(&mut self, netns: u32, s: &StateChange, who: Option<(u32, &str)>, ts: u64) {
         let id = SockId::Cookie(s.cookie);
         if s.inode != 0 {
             // The socket may be known by its inode from a bind before the
@@ -572,7 +579,13 @@ impl Model {
             self.remove(netns, &id);
             return;
         }
-        let prev = self.remove(netns, &id);
+        let mut prev = self.remove(netns, &id);
+        // The process this transition names, else the one known before.
+        let owner = match (who, prev.as_mut().and_then(|p| p.owner.take())) {
+            (Some((pid, comm)), Some(p)) if p.pid == pid && p.comm == comm => Some(p),
+            (Some(_), _) => owned(who),
+            (None, kept) => kept,
+        };
         let mut sock = existing(Proto::Tcp, s.local, s.new);
         sock.family = family_of(&s.local);
         if s.remote.port() != 0 {
@@ -613,7 +626,7 @@ impl Model {
             id,
             Tracked {
                 sock,
-                owner: owner.or_else(|| prev.and_then(|p| p.owner)),
+                owner,
                 left_by: None,
                 since_ns: since,
                 expires_at_ns: None,

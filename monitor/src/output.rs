@@ -5,8 +5,10 @@ use std::fmt::Write as _;
 use crate::event::{Event, Holder, Kind, Process, Syscall};
 
 pub fn json_line(ev: &Event) -> String {
-    serde_json::to_string(ev)
-        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+    let mut out = Vec::with_capacity(320);
+    crate::json_line::write(&mut out, ev);
+    // JSON written from &str and ASCII only.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn yn(b: bool) -> &'static str {

@@ -28,6 +28,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use tokio::sync::mpsc;
 
+use crate::batches::{BatchSender, Unsent};
 use crate::cli::ModeArg;
 use crate::event::{Event, Kind, Lost, Proto};
 use enrich::Enricher;
@@ -317,20 +318,20 @@ impl Probe {
     pub fn spawn_reader(
         self,
         binds: mpsc::Sender<Event>,
-        events: mpsc::Sender<Event>,
+        events: BatchSender,
         stop: Arc<AtomicBool>,
     ) -> std::thread::JoinHandle<Probe> {
         std::thread::Builder::new()
             .name("twmon-rings".into())
             .spawn(move || {
                 let mut probe = self;
-                probe.read_loop(&Outlets { binds, events }, &stop);
+                probe.read_loop(&mut Outlets { binds, events }, &stop);
                 probe
             })
             .expect("spawn ring reader thread")
     }
 
-    fn read_loop(&mut self, out: &Outlets, stop: &AtomicBool) {
+    fn read_loop(&mut self, out: &mut Outlets, stop: &AtomicBool) {
         // BINDS wakes the reader at once, at most once a millisecond per
         // CPU (monitor-ebpf's binds_wakeup): a failure should be explained
         // at once, and a storm of them must not cost a wakeup each. EVENTS wakes it only when 512 KiB are waiting
@@ -397,7 +398,7 @@ impl Probe {
                     }
                 };
                 let due = self.enricher.settle(read_up_to);
-                if !self.hand_over(due, out) {
+                if !self.hand_over(due, out) || !self.flush_events(out) {
                     return;
                 }
                 // A timewait cancel whose CPU ran no program since: make
@@ -437,14 +438,15 @@ impl Probe {
                     && {
                         let held = self.enricher.settle(u64::MAX);
                         self.hand_over(held, out)
-                    };
+                    }
+                    && self.flush_events(out);
                 return;
             }
         }
     }
 
     /// Hand over up to `budget` records of one ring.
-    fn drain(&mut self, which: Which, budget: usize, out: &Outlets) -> Drained {
+    fn drain(&mut self, which: Which, budget: usize, out: &mut Outlets) -> Drained {
         for n in 0..budget {
             let ring = match which {
                 Which::Binds => &mut self.binds,
@@ -469,10 +471,11 @@ impl Probe {
                     return Drained::ReceiverGone;
                 }
             }
-            // Keep bind results prompt during a flood of transitions.
+            // Keep bind results prompt during a flood of transitions: the
+            // transitions read so far go first (batches::BATCH is 64).
             if matches!(which, Which::Events)
                 && n % 64 == 63
-                && !self.drain(Which::Binds, usize::MAX, out).ok()
+                && !(self.flush_events(out) && self.drain(Which::Binds, usize::MAX, out).ok())
             {
                 return Drained::ReceiverGone;
             }
@@ -480,23 +483,27 @@ impl Probe {
         Drained::BudgetSpent
     }
 
-    /// Send one event of the EVENTS ring; false when the receiver is gone.
-    fn send_event(&mut self, ev: Event, out: &Outlets) -> bool {
-        match out.events.try_send(ev) {
+    /// Queue one event of the EVENTS ring; false when the receiver is gone.
+    fn send_event(&mut self, ev: Event, out: &mut Outlets) -> bool {
+        !out.events.push(ev) || self.flush_events(out)
+    }
+
+    /// Send the queued batch of EVENTS; false when the receiver is gone.
+    fn flush_events(&mut self, out: &mut Outlets) -> bool {
+        match out.events.try_flush() {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Unsent::Closed) => false,
             // The event queue full: bind results must not wait behind it,
             // so hand them over before blocking.
-            Err(mpsc::error::TrySendError::Full(ev)) => {
-                self.drain(Which::Binds, usize::MAX, out).ok()
-                    && out.events.blocking_send(ev).is_ok()
+            Err(Unsent::Full) => {
+                self.drain(Which::Binds, usize::MAX, out).ok() && out.events.blocking_flush()
             }
         }
     }
 
     /// Send events decided outside a drain (held timewait cancels, see
     /// `Enricher::settle`) the way EVENTS records go.
-    fn hand_over(&mut self, evs: Vec<Event>, out: &Outlets) -> bool {
+    fn hand_over(&mut self, evs: Vec<Event>, out: &mut Outlets) -> bool {
         evs.into_iter().all(|ev| self.send_event(ev, out))
     }
 
@@ -538,7 +545,7 @@ fn test_stall_events_until() -> Option<Instant> {
 /// Where the reader sends what it read.
 struct Outlets {
     binds: mpsc::Sender<Event>,
-    events: mpsc::Sender<Event>,
+    events: BatchSender,
 }
 
 /// How long the reader leaves EVENTS alone when nothing wakes it: the

@@ -239,12 +239,7 @@ impl TraceWriter {
         if let Some(e) = &self.failed {
             return Err(e.again());
         }
-        let before = self.pending.len();
-        if serde_json::to_writer(&mut self.pending, ev).is_err() {
-            // Events are plain data; cannot happen. Drop the half line.
-            self.pending.truncate(before);
-            return Ok(());
-        }
+        crate::json_line::write(&mut self.pending, ev);
         self.pending.push(b'\n');
         self.pending_events += 1;
         self.part_events += 1;
@@ -464,7 +459,7 @@ pub(crate) fn chunk_end(data: &[u8], start: usize, max: usize) -> usize {
 }
 
 fn lines(b: &[u8]) -> u64 {
-    b.iter().filter(|&&c| c == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', b).count() as u64
 }
 
 /// fsync, where the file can be synced: a pipe or /dev/null (EINVAL) has
