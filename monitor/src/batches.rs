@@ -85,22 +85,6 @@ impl BatchSender {
             }
         }
     }
-
-    /// Send the batch, waiting for room; false when the receiver is gone.
-    /// Not from inside a tokio runtime.
-    pub fn blocking_flush(&mut self) -> bool {
-        if self.batch.is_empty() {
-            return true;
-        }
-        let n = self.batch.len();
-        self.queued.fetch_add(n, Ordering::Relaxed);
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
-        if self.tx.blocking_send(batch).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
 }
 
 pub struct BatchReceiver {

@@ -4,7 +4,9 @@
 //! Pure apart from the facts it is given (clock offset, HZ, kernel symbols),
 //! so it is tested without a kernel.
 
-use std::collections::HashMap;
+/// foldhash: these maps are keyed by the kernel's cookies and addresses and
+/// touched a few times per connection under churn (SipHash showed in perf).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use monitor_common::{
     ConflictsEvent, SockCallEvent, StateEvent, TwEvent, F_FREEBIND, F_HAVE_REQUEST, F_IN_PROCESS,
@@ -195,14 +197,14 @@ impl Enricher {
         Enricher {
             boot_to_unix_ns,
             hz: hz.max(1),
-            open_tw: HashMap::new(),
+            open_tw: HashMap::default(),
             containers: crate::container::Containers::default(),
             kernel_conflicts: false,
             port_hooks: Vec::new(),
-            pending_conflicts: HashMap::new(),
+            pending_conflicts: HashMap::default(),
             deschedule_live: false,
-            descheduled: HashMap::new(),
-            held: HashMap::new(),
+            descheduled: HashMap::default(),
+            held: HashMap::default(),
             newest_event_ns: 0,
             closers: Closers::default(),
         }

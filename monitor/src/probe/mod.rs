@@ -490,13 +490,20 @@ impl Probe {
 
     /// Send the queued batch of EVENTS; false when the receiver is gone.
     fn flush_events(&mut self, out: &mut Outlets) -> bool {
-        match out.events.try_flush() {
-            Ok(()) => true,
-            Err(Unsent::Closed) => false,
-            // The event queue full: bind results must not wait behind it,
-            // so hand them over before blocking.
-            Err(Unsent::Full) => {
-                self.drain(Which::Binds, usize::MAX, out).ok() && out.events.blocking_flush()
+        loop {
+            match out.events.try_flush() {
+                Ok(()) => return true,
+                Err(Unsent::Closed) => return false,
+                // The event queue full: bind results must not wait behind
+                // it, so hand them over, then give the consumer a moment.
+                // Not a blocking send: that woke this thread for every
+                // batch taken, a context switch each on a busy core.
+                Err(Unsent::Full) => {
+                    if !self.drain(Which::Binds, usize::MAX, out).ok() {
+                        return false;
+                    }
+                    std::thread::sleep(FULL_QUEUE_PAUSE);
+                }
             }
         }
     }
@@ -552,6 +559,10 @@ struct Outlets {
 /// delay a transition may wait before it reaches the model, and the batch
 /// the reader takes at once.
 const EVENTS_PERIOD_MS: u16 = 10;
+
+/// How long the reader waits before it tries a full event queue again
+/// (65,536 events: the consumer takes a few hundred in this time).
+const FULL_QUEUE_PAUSE: Duration = Duration::from_millis(1);
 
 /// What [`Probe::drain`] left behind.
 #[derive(Clone, Copy, PartialEq, Eq)]
