@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::cli::RecordArgs;
 use crate::correlate::{Correlator, Kernel};
 use crate::event::{Event, Kind};
-use crate::live::{shutdown_signal, Live};
+use crate::live::{shutdown_signal, Live, BURST};
 use crate::trace::{parse_size, RecordOptions, Recording, WriteError, WriterOptions, Written};
 
 /// A failure whose evidence takes longer than this is logged.
@@ -204,9 +204,6 @@ async fn record_loop(
         }
     }
 }
-
-/// Events handled per wake-up of the loop at most.
-const BURST: usize = 256;
 
 /// One event through the correlator into the trace.
 fn handle(

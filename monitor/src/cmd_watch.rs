@@ -6,8 +6,10 @@ use std::io::Write;
 use crate::cli::WatchArgs;
 use crate::correlate::{Correlator, Kernel};
 use crate::event::{Event, Kind};
+use crate::json_line;
+use crate::live::BURST;
 use crate::live::{Live, Shutdown};
-use crate::output::{human_line, json_line};
+use crate::output::human_line;
 use crate::trace::recording::{snapshot_events, SnapshotScope};
 
 pub fn run(args: &WatchArgs) -> anyhow::Result<i32> {
@@ -41,6 +43,7 @@ async fn watch_loop(
 ) -> anyhow::Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut line = Vec::new();
     let mut correlator = Correlator::new(Kernel::new());
     correlator.findings_to_stderr = true;
     // The sockets that exist already, in every namespace, seed the model
@@ -51,7 +54,7 @@ async fn watch_loop(
         if !correlator
             .process(ev)
             .iter()
-            .all(|e| emit(&mut out, e, args))
+            .all(|e| emit(&mut out, &mut line, e, args))
         {
             return Ok(0);
         }
@@ -78,6 +81,7 @@ async fn watch_loop(
     // The correlator's own look at the kernel between events.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outs = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -87,13 +91,26 @@ async fn watch_loop(
                 stopping = true;
             }
             _ = tick.tick() => {
-                if !correlator.tick().iter().all(|e| emit(&mut out, e, args)) || out.flush().is_err() {
+                if !correlator.tick().iter().all(|e| emit(&mut out, &mut line, e, args)) || out.flush().is_err() {
                     break; // stdout is gone
                 }
             }
             ev = live.recv() => {
-                let Some(ev) = ev else { break };
-                if !correlator.process(ev).iter().all(|e| emit(&mut out, e, args)) {
+                let Some(mut ev) = ev else { break };
+                // What else is waiting, up to BURST, before the select again.
+                let mut gone = false;
+                for _ in 0..BURST {
+                    correlator.process_into(ev, &mut outs);
+                    if !outs.drain(..).all(|e| emit(&mut out, &mut line, &e, args)) {
+                        gone = true;
+                        break;
+                    }
+                    match live.try_recv() {
+                        Ok(next) => ev = next,
+                        Err(_) => break,
+                    }
+                }
+                if gone {
                     break; // stdout is gone
                 }
                 // Flush when nothing else is waiting: prompt, yet batched.
@@ -110,7 +127,8 @@ async fn watch_loop(
 }
 
 /// Returns false when stdout is gone.
-fn emit(out: &mut impl Write, ev: &Event, args: &WatchArgs) -> bool {
+/// `line` is scratch space, kept by the caller for its allocation.
+fn emit(out: &mut impl Write, line: &mut Vec<u8>, ev: &Event, args: &WatchArgs) -> bool {
     if !args.filters.keep(ev) {
         return true;
     }
@@ -118,13 +136,15 @@ fn emit(out: &mut impl Write, ev: &Event, args: &WatchArgs) -> bool {
     if matches!(ev.kind, Kind::Socket(_)) && !args.verbose {
         return true;
     }
-    let line = if args.json {
-        json_line(ev)
+    if args.json {
+        line.clear();
+        json_line::write(line, ev);
+        line.push(b'\n');
+        out.write_all(line).is_ok()
     } else {
         if matches!(ev.kind, Kind::Bound(_)) && !args.verbose {
             return true;
         }
-        human_line(ev)
-    };
-    writeln!(out, "{line}").is_ok()
+        writeln!(out, "{}", human_line(ev)).is_ok()
+    }
 }

@@ -146,6 +146,11 @@ impl Live {
     }
 }
 
+/// Events a consumer takes with [`Live::try_recv`] after one
+/// [`Live::recv`] before it goes back to its `select!`: the select's
+/// signal and timer polls cost more than an event under churn.
+pub const BURST: usize = 256;
+
 /// A bind result waits for the older transitions queued before it only when
 /// fewer than this many are queued (10-20 ms of work for the consumers).
 pub const OLDER_FIRST: usize = 1024;

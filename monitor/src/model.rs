@@ -300,6 +300,67 @@ fn looked_at(
 /// a re-arm the events missed moves it by more (kernel-notes.md).
 const RESTATED_EXPIRY_NS: u64 = 1_000_000_000;
 
+/// What the model knows of a TCP socket after transition `s`, from what it
+/// knew before (`prev`, whose owner, opener and sharers are taken over).
+fn after_transition(
+    s: &StateChange,
+    who: Option<(u32, &str)>,
+    mut prev: Option<&mut Tracked>,
+    ts: u64,
+) -> Tracked {
+    // The process this transition names, else the one known before.
+    let owner = match (who, prev.as_mut().and_then(|p| p.owner.take())) {
+        (Some((pid, comm)), Some(p)) if p.pid == pid && p.comm == comm => Some(p),
+        (Some(_), _) => owned(who),
+        (None, kept) => kept,
+    };
+    let mut sock = existing(Proto::Tcp, s.local, s.new);
+    sock.family = family_of(&s.local);
+    if s.remote.port() != 0 {
+        sock.remote = Some(s.remote.socket_addr());
+    }
+    sock.reuseaddr = s.reuseaddr;
+    sock.reuseport = s.reuseport;
+    sock.uid = s.uid;
+    sock.inode = if s.inode != 0 {
+        s.inode
+    } else {
+        prev.as_ref().map(|p| p.sock.inode).unwrap_or(0)
+    };
+    sock.cookie = s.cookie;
+    if let Some(p) = &prev {
+        sock.v6only = p.sock.v6only;
+        sock.bound_dev_if = p.sock.bound_dev_if;
+    }
+    let opened_by = match prev.as_mut().and_then(|p| p.opened_by.take()) {
+        None if s.new == TcpState::Listen => owner.clone().map(Box::new),
+        kept => kept,
+    };
+    let outgoing = prev
+        .as_ref()
+        .and_then(|p| p.outgoing)
+        .or(match (s.old, s.new) {
+            (TcpState::Close, TcpState::SynSent) => Some(true),
+            (TcpState::SynRecv | TcpState::NewSynRecv, _) => Some(false),
+            _ => None,
+        });
+    Tracked {
+        sock,
+        owner,
+        left_by: None,
+        since_ns: prev.as_ref().map(|p| p.since_ns).unwrap_or(ts),
+        expires_at_ns: None,
+        unretired: false,
+        opened_by,
+        owner_looked: false,
+        outgoing,
+        shared_with: prev
+            .map(|p| std::mem::take(&mut p.shared_with))
+            .unwrap_or_default(),
+        seq: 0,
+    }
+}
+
 /// An event's process as the model keeps it.
 fn owned(who: Option<(u32, &str)>) -> Option<Process> {
     who.map(|(pid, comm)| Process {
@@ -579,65 +640,26 @@ impl Model {
             self.remove(netns, &id);
             return;
         }
-        let mut prev = self.remove(netns, &id);
-        // The process this transition names, else the one known before.
-        let owner = match (who, prev.as_mut().and_then(|p| p.owner.take())) {
-            (Some((pid, comm)), Some(p)) if p.pid == pid && p.comm == comm => Some(p),
-            (Some(_), _) => owned(who),
-            (None, kept) => kept,
-        };
-        let mut sock = existing(Proto::Tcp, s.local, s.new);
-        sock.family = family_of(&s.local);
-        if s.remote.port() != 0 {
-            sock.remote = Some(s.remote.socket_addr());
+        // A socket the model knows changes where it is: its box and its
+        // index entries stay (a remove and an insert per transition showed
+        // in perf, and emptied and re-made the port's index set of every
+        // client socket).
+        self.seq += 1;
+        let seq = self.seq;
+        let ns = self.ns.entry(netns).or_default();
+        let mut was_unretired = false;
+        let known = ns.socks.update(&id, |t| {
+            was_unretired = t.unretired;
+            let next = after_transition(s, who, Some(t), ts);
+            *t = Tracked { seq, ..next };
+        });
+        if known {
+            if was_unretired {
+                ns.unretired -= 1;
+            }
+            return;
         }
-        sock.reuseaddr = s.reuseaddr;
-        sock.reuseport = s.reuseport;
-        sock.uid = s.uid;
-        sock.inode = if s.inode != 0 {
-            s.inode
-        } else {
-            prev.as_ref().map(|p| p.sock.inode).unwrap_or(0)
-        };
-        sock.cookie = s.cookie;
-        if let Some(p) = &prev {
-            sock.v6only = p.sock.v6only;
-            sock.bound_dev_if = p.sock.bound_dev_if;
-        }
-        let since = prev.as_ref().map(|p| p.since_ns).unwrap_or(ts);
-        let opened_by = match prev.as_ref().and_then(|p| p.opened_by.clone()) {
-            None if s.new == TcpState::Listen => owner.clone().map(Box::new),
-            kept => kept,
-        };
-        let outgoing = prev
-            .as_ref()
-            .and_then(|p| p.outgoing)
-            .or(match (s.old, s.new) {
-                (TcpState::Close, TcpState::SynSent) => Some(true),
-                (TcpState::SynRecv | TcpState::NewSynRecv, _) => Some(false),
-                _ => None,
-            });
-        let shared_with = prev
-            .as_ref()
-            .map(|p| p.shared_with.clone())
-            .unwrap_or_default();
-        self.insert(
-            netns,
-            id,
-            Tracked {
-                sock,
-                owner,
-                left_by: None,
-                since_ns: since,
-                expires_at_ns: None,
-                unretired: false,
-                opened_by,
-                owner_looked: false,
-                outgoing,
-                shared_with,
-                seq: 0,
-            },
-        );
+        self.insert(netns, id, after_transition(s, who, None, ts));
     }
 
     fn tw_open(&mut self, netns: u32, t: &TimewaitOpen, ts: u64) {

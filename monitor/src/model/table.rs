@@ -122,6 +122,27 @@ impl Table {
         if let Some(o) = &old {
             self.unindex(id, Keys::of(o));
         }
+        self.index(id, keys);
+        old
+    }
+
+    /// Change the socket under `id` in place (false when there is none);
+    /// the indexes follow what `change` did to the fields they key on.
+    pub fn update(&mut self, id: &SockId, change: impl FnOnce(&mut Tracked)) -> bool {
+        let Some(t) = self.socks.get_mut(id) else {
+            return false;
+        };
+        let before = Keys::of(t);
+        change(t);
+        let after = Keys::of(t);
+        if after != before {
+            self.unindex(*id, before);
+            self.index(*id, after);
+        }
+        true
+    }
+
+    fn index(&mut self, id: SockId, keys: Keys) {
         self.on_port
             .entry((keys.proto, keys.port))
             .or_default()
@@ -136,7 +157,6 @@ impl Table {
             *self.fin_wait2.entry(keys.port).or_default() += 1;
         }
         *self.count_mut(keys.proto) += 1;
-        old
     }
 
     pub fn remove(&mut self, id: &SockId) -> Option<Tracked> {
@@ -250,7 +270,7 @@ fn count_down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: &K) {
 }
 
 /// The fields of a socket the indexes key on, as it was indexed.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Keys {
     proto: Proto,
     port: u16,
@@ -365,11 +385,27 @@ mod tests {
                     };
                     t.set_timewait(&id, state, 1);
                 }
-                0..=5 => {
+                0..=3 => {
                     let proto = if next(4) == 0 { Proto::Udp } else { Proto::Tcp };
                     let port = 1000 + next(6) as u16;
                     let peer = 80 + next(3) as u16;
                     t.insert(id, tracked(proto, port, next(2) == 0, peer));
+                }
+                4 | 5 => {
+                    // Changed in place: same keys, or moved to others.
+                    let proto = if next(4) == 0 { Proto::Udp } else { Proto::Tcp };
+                    let port = 1000 + next(6) as u16;
+                    let peer = 80 + next(3) as u16;
+                    let timewait = next(2) == 0;
+                    let known = t.contains_key(&id);
+                    let changed = t.update(&id, |s| {
+                        if next(2) == 0 {
+                            *s = tracked(proto, port, timewait, peer);
+                        } else {
+                            s.since_ns += 1;
+                        }
+                    });
+                    assert_eq!(changed, known);
                 }
                 6..=8 => {
                     t.remove(&id);
