@@ -145,24 +145,9 @@ impl BatchReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Common, Kind, Lost, Proto};
-
+    /// An event told apart by its time.
     fn ev(n: u64) -> Event {
-        Event {
-            common: Common {
-                ts: String::new(),
-                ts_ns: n,
-                netns: 1,
-                proto: Proto::Tcp,
-                pid: None,
-                comm: None,
-                container: None,
-            },
-            kind: Kind::Lost(Lost {
-                count: n,
-                stream: None,
-            }),
-        }
+        crate::live::tests::ev(n, n)
     }
 
     #[test]

@@ -277,7 +277,7 @@ pub async fn shutdown_signal(duration: Option<f64>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::VecDeque;
 
     use super::*;
@@ -293,7 +293,7 @@ mod tests {
     }
 
     /// An event stamped `ts`; `count` tells them apart.
-    fn ev(ts: u64, count: u64) -> Event {
+    pub(crate) fn ev(ts: u64, count: u64) -> Event {
         Event {
             common: Common {
                 ts: String::new(),
