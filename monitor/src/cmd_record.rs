@@ -151,17 +151,19 @@ async fn record_loop(
                 }
             }
             ev = live.recv() => {
-                let Some(mut ev) = ev else { break };
-                // What else is waiting, up to BURST, before the select again:
-                // its signal and timer polls cost more than an event.
-                for _ in 0..BURST {
+                let Some(ev) = ev else { break };
+                // What else is waiting, up to BURST in all, before the select
+                // again: its signal and timer polls cost more than an event.
+                let mut next = Some(ev);
+                let mut handled = 0;
+                while let Some(ev) = next.take() {
                     if let Err(e) = handle(ev, &netns, &mut correlator, &mut rec, &mut outs) {
                         failed = Some(e);
                         break 'run;
                     }
-                    match live.try_recv() {
-                        Ok(next) => ev = next,
-                        Err(_) => break,
+                    handled += 1;
+                    if handled < BURST {
+                        next = live.try_recv().ok();
                     }
                 }
                 if let Err(e) = rec.tick() {

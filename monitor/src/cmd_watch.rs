@@ -96,18 +96,21 @@ async fn watch_loop(
                 }
             }
             ev = live.recv() => {
-                let Some(mut ev) = ev else { break };
-                // What else is waiting, up to BURST, before the select again.
+                let Some(ev) = ev else { break };
+                // What else is waiting, up to BURST in all, before the select
+                // again.
                 let mut gone = false;
-                for _ in 0..BURST {
+                let mut next = Some(ev);
+                let mut handled = 0;
+                while let Some(ev) = next.take() {
                     correlator.process_into(ev, &mut outs);
                     if !outs.drain(..).all(|e| emit(&mut out, &mut line, &e, args)) {
                         gone = true;
                         break;
                     }
-                    match live.try_recv() {
-                        Ok(next) => ev = next,
-                        Err(_) => break,
+                    handled += 1;
+                    if handled < BURST {
+                        next = live.try_recv().ok();
                     }
                 }
                 if gone {
