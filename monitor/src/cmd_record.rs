@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::cli::RecordArgs;
 use crate::correlate::{Correlator, Kernel};
 use crate::event::{Event, Kind};
-use crate::live::{shutdown_signal, Live, BURST};
+use crate::live::{shutdown_signal, Live};
 use crate::trace::{parse_size, RecordOptions, Recording, WriteError, WriterOptions, Written};
 
 /// A failure whose evidence takes longer than this is logged.
@@ -152,18 +152,10 @@ async fn record_loop(
             }
             ev = live.recv() => {
                 let Some(ev) = ev else { break };
-                // What else is waiting, up to BURST in all, before the select
-                // again: its signal and timer polls cost more than an event.
-                let mut next = Some(ev);
-                let mut handled = 0;
-                while let Some(ev) = next.take() {
+                for ev in live.burst(ev) {
                     if let Err(e) = handle(ev, &netns, &mut correlator, &mut rec, &mut outs) {
                         failed = Some(e);
                         break 'run;
-                    }
-                    handled += 1;
-                    if handled < BURST {
-                        next = live.try_recv().ok();
                     }
                 }
                 if let Err(e) = rec.tick() {

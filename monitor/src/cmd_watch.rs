@@ -7,7 +7,6 @@ use crate::cli::WatchArgs;
 use crate::correlate::{Correlator, Kernel};
 use crate::event::{Event, Kind};
 use crate::json_line;
-use crate::live::BURST;
 use crate::live::{Live, Shutdown};
 use crate::output::human_line;
 use crate::trace::recording::{snapshot_events, SnapshotScope};
@@ -97,20 +96,12 @@ async fn watch_loop(
             }
             ev = live.recv() => {
                 let Some(ev) = ev else { break };
-                // What else is waiting, up to BURST in all, before the select
-                // again.
                 let mut gone = false;
-                let mut next = Some(ev);
-                let mut handled = 0;
-                while let Some(ev) = next.take() {
+                for ev in live.burst(ev) {
                     correlator.process_into(ev, &mut outs);
                     if !outs.drain(..).all(|e| emit(&mut out, &mut line, &e, args)) {
                         gone = true;
                         break;
-                    }
-                    handled += 1;
-                    if handled < BURST {
-                        next = live.try_recv().ok();
                     }
                 }
                 if gone {

@@ -106,6 +106,22 @@ impl Live {
         }
     }
 
+    /// `first` (from [`Live::recv`]), then what else is waiting, up to
+    /// [`BURST`] events in all: what a consumer handles before it goes back
+    /// to its `select!`.
+    pub fn burst(&mut self, first: Event) -> impl Iterator<Item = Event> + '_ {
+        let mut next = Some(first);
+        let mut taken = 0;
+        std::iter::from_fn(move || {
+            let ev = next.take()?;
+            taken += 1;
+            if taken < BURST {
+                next = self.try_recv().ok();
+            }
+            Some(ev)
+        })
+    }
+
     /// [`Live::recv`] from a thread outside the runtime.
     pub fn blocking_recv(&mut self) -> Option<Event> {
         use mpsc::error::TryRecvError::{Disconnected, Empty};
@@ -146,9 +162,9 @@ impl Live {
     }
 }
 
-/// Events a consumer takes with [`Live::try_recv`] after one
-/// [`Live::recv`] before it goes back to its `select!`: the select's
-/// signal and timer polls cost more than an event under churn.
+/// Events a consumer takes per [`Live::burst`] before it goes back to its
+/// `select!`: the select's signal and timer polls cost more than an event
+/// under churn.
 pub const BURST: usize = 256;
 
 /// A bind result waits for the older transitions queued before it only when
